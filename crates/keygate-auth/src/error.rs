@@ -1,0 +1,69 @@
+//! Why a credential was not accepted.
+
+/// A credential that could not be verified. The `Display` text is short and
+/// safe to send to the client; it never contains the token or a claim value.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The token is longer than `max-token-size`.
+    #[error("token is too large")]
+    TooLarge,
+    /// Not three base64url parts, or a header or payload that is not JSON.
+    #[error("token is malformed")]
+    Malformed,
+    /// The header names an algorithm outside the allow-list (`none`, HMAC, …).
+    #[error("token algorithm `{0}` is not accepted")]
+    UnsupportedAlgorithm(String),
+    /// No key of the provider has the token's `kid`, even after re-reading them.
+    #[error("token is signed with a key the provider does not publish")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` (or `iat`) is in the future (beyond the leeway).
+    #[error("token is not valid yet")]
+    NotYetValid,
+    /// `iss` is not the provider's issuer.
+    #[error("token issuer is not the configured provider")]
+    WrongIssuer,
+    /// `aud` holds none of `access-token-audience`.
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    /// A required claim is missing.
+    #[error("token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    /// An ID, refresh or logout token was presented as an access token.
+    #[error("token is not an access token")]
+    WrongTokenType,
+    /// The provider's keys are not loaded (provider unreachable since start-up).
+    #[error("the OpenID provider is unavailable")]
+    ProviderUnavailable,
+}
+
+impl AuthError {
+    /// A stable, short machine-readable reason for logs and metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::TooLarge => "token_too_large",
+            AuthError::Malformed => "token_malformed",
+            AuthError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::WrongTokenType => "wrong_token_type",
+            AuthError::ProviderUnavailable => "provider_unavailable",
+        }
+    }
+
+    /// True when the failure is ours or the provider's, not the caller's (503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AuthError::ProviderUnavailable)
+    }
+}

@@ -1,0 +1,246 @@
+//! Bearer JWT validation, exactly in this order:
+//! size limit → header parse → algorithm allow-list → key by `kid` →
+//! signature → `iss` → `aud` → `exp`/`nbf`/`iat` (with leeway) → token type.
+//! No claim is read before the signature verifies.
+//!
+//! Verified identities are cached by the SHA-256 of the token until the
+//! token's `exp`, in a bounded in-memory cache, so steady traffic pays one
+//! signature check per token rather than per request.
+
+use crate::error::AuthError;
+use crate::provider::{Keys, Provider};
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use keygate_core::{AuthMethod, Identity, Secret};
+use moka::sync::Cache;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Settings for [`JwtVerifier`].
+#[derive(Clone, Debug)]
+pub struct VerifierSettings {
+    /// Accepted `aud` values; one must be present.
+    pub audiences: Vec<String>,
+    /// Accepted algorithms (asymmetric only; names like `RS256`).
+    pub algorithms: Vec<String>,
+    /// Clock-skew leeway (at most 60 s; the config enforces it).
+    pub leeway: Duration,
+    /// Tokens longer than this are refused unread.
+    pub max_token_size: usize,
+    /// Entries in the verified-token cache.
+    pub cache_size: u64,
+}
+
+type TokenHash = [u8; 32];
+
+/// Verifies bearer JWTs against the provider's keys.
+pub struct JwtVerifier {
+    provider: Arc<Provider>,
+    settings: VerifierSettings,
+    algorithms: Vec<Algorithm>,
+    cache: Cache<TokenHash, Arc<Identity>>,
+}
+
+struct UntilExp;
+
+impl moka::Expiry<TokenHash, Arc<Identity>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Identity>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(value.expires_at.saturating_sub(now_secs())))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+impl JwtVerifier {
+    /// Creates a verifier. Algorithm names not known to the JWT library are
+    /// refused here; `none` and HMAC algorithms are never accepted.
+    pub fn new(provider: Arc<Provider>, settings: VerifierSettings) -> Result<Self, String> {
+        let mut algorithms = Vec::new();
+        for name in &settings.algorithms {
+            let alg: Algorithm = name.parse().map_err(|_| format!("unknown algorithm `{name}`"))?;
+            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                return Err(format!("`{name}` is symmetric; keygate accepts only asymmetric algorithms"));
+            }
+            algorithms.push(alg);
+        }
+        let cache = Cache::builder()
+            .max_capacity(settings.cache_size)
+            .expire_after(UntilExp)
+            .build();
+        Ok(JwtVerifier { provider, settings, algorithms, cache })
+    }
+
+    /// The provider whose keys this verifier uses.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.provider
+    }
+
+    /// Verifies `token` and returns the caller's identity.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        if token.len() > self.settings.max_token_size {
+            return Err(AuthError::TooLarge);
+        }
+        let hash = sha256(token.as_bytes());
+        if let Some(identity) = self.cache.get(&hash) {
+            // The cache expires entries at `exp`; check again so that an entry
+            // read in the instant of expiry is not honoured.
+            if identity.expires_at + self.settings.leeway.as_secs() > now_secs() {
+                metrics::counter!("keygate_token_cache_total", "result" => "hit").increment(1);
+                return Ok(identity);
+            }
+            self.cache.invalidate(&hash);
+        }
+        metrics::counter!("keygate_token_cache_total", "result" => "miss").increment(1);
+        let identity = Arc::new(self.verify_uncached(token).await?);
+        self.cache.insert(hash, Arc::clone(&identity));
+        Ok(identity)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = parse_header(token)?;
+        let alg: Algorithm = header
+            .alg
+            .parse()
+            .ok()
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or_else(|| AuthError::UnsupportedAlgorithm(truncate(&header.alg)))?;
+        let kid = header.kid.unwrap_or_default();
+
+        let keys = self.provider.keys().ok_or(AuthError::ProviderUnavailable)?;
+        let keys = if keys.by_kid.contains_key(&kid) {
+            keys
+        } else {
+            self.provider
+                .refresh_for_unknown_kid(keys.generation)
+                .await
+                .ok_or(AuthError::ProviderUnavailable)?
+        };
+        let claims = self.check(token, alg, &kid, &keys)?;
+        Ok(Identity::from_claims(claims, Secret::new(token), AuthMethod::Jwt))
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        kid: &str,
+        keys: &Keys,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let key = keys.by_kid.get(kid).ok_or(AuthError::UnknownKey)?;
+        if key.alg.is_some_and(|a| a != alg) {
+            return Err(AuthError::UnsupportedAlgorithm(format!("{alg:?}")));
+        }
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[keys.metadata.issuer.as_str()]);
+        validation.set_audience(&self.settings.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| map_error(e.kind()))?;
+        let claims = data.claims;
+        if let Some(iat) = claims.get("iat").and_then(Value::as_u64)
+            && iat > now_secs() + self.settings.leeway.as_secs()
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        // Keycloak marks ID, refresh and logout tokens with `typ`; none of
+        // them may stand in for an access token.
+        if let Some(typ) = claims.get("typ").and_then(Value::as_str)
+            && !(typ.eq_ignore_ascii_case("Bearer") || typ.eq_ignore_ascii_case("at+jwt"))
+        {
+            return Err(AuthError::WrongTokenType);
+        }
+        Ok(claims)
+    }
+}
+
+fn map_error(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
+            "exp" => "exp",
+            "iss" => "iss",
+            "aud" => "aud",
+            "sub" => "sub",
+            _ => "required",
+        }),
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            AuthError::UnsupportedAlgorithm("mismatch".into())
+        }
+        _ => AuthError::Malformed,
+    }
+}
+
+fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| AuthError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+}
+
+/// Keeps attacker-chosen text short before it reaches an error message.
+fn truncate(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_graphic()).take(16).collect()
+}
+
+fn sha256(data: &[u8]) -> TokenHash {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_alg_none_header_before_any_key_lookup() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"sub":"x"}"#));
+        let h = parse_header(&token).unwrap();
+        assert_eq!(h.alg, "none");
+        assert!("none".parse::<Algorithm>().is_err());
+    }
+
+    #[test]
+    fn rejects_tokens_without_three_parts() {
+        assert_eq!(parse_header("a.b").err(), Some(AuthError::Malformed));
+        assert_eq!(parse_header("a.b.c.d").err(), Some(AuthError::Malformed));
+        assert_eq!(parse_header("!!!.b.c").err(), Some(AuthError::Malformed));
+    }
+
+    #[test]
+    fn truncates_attacker_text() {
+        assert_eq!(truncate("HS256\n\u{1b}[31mxxxxxxxxxxxxxxxxxxxx"), "HS256[31mxxxxxxx");
+    }
+}

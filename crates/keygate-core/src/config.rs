@@ -1,0 +1,465 @@
+//! The configuration model. The `keygate` binary merges the YAML file,
+//! `KEYGATE_*` environment variables and `--flags` into one document and
+//! deserializes it into [`Config`]; unknown keys are rejected there, and
+//! [`Config::validate`] checks what serde cannot.
+//!
+//! Key names follow keycloak-gatekeeper where it had the same setting.
+
+use crate::Secret;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The largest clock-skew leeway keygate accepts.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+
+/// The whole configuration. Field docs are the reference (`docs/config.md`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Address to listen on: `host:port` or gatekeeper's `:port` (all interfaces).
+    #[serde(default = "default_listen")]
+    pub listen: ListenAddr,
+    /// The upstream every authorized request is proxied to.
+    #[serde(default)]
+    pub upstream_url: Option<String>,
+    /// The provider's issuer URL; `/.well-known/openid-configuration` is optional.
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// keygate's client id at the provider.
+    #[serde(default)]
+    pub client_id: String,
+    /// keygate's client secret (never printed).
+    #[serde(default)]
+    pub client_secret: Secret,
+    /// Audiences accepted in access tokens; one must be in `aud`. Default: `[client-id]`.
+    #[serde(default)]
+    pub access_token_audience: Vec<String>,
+    /// Paths no resource matches need a valid credential.
+    #[serde(default = "yes")]
+    pub enable_default_deny: bool,
+    /// Per-route rules.
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+    /// Claim name → regular expression (anchored) every authenticated request must match.
+    #[serde(default)]
+    pub match_claims: BTreeMap<String, String>,
+    /// Claims copied to `X-Auth-<Name>` upstream headers.
+    #[serde(default)]
+    pub add_claims: Vec<String>,
+    /// Static headers added to every upstream request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Forward `Authorization: Bearer <access token>` upstream.
+    #[serde(default = "yes")]
+    pub enable_authorization_header: bool,
+    /// Also forward the access token as `X-Auth-Token`.
+    #[serde(default)]
+    pub enable_token_header: bool,
+    /// Addresses or CIDRs whose `X-Forwarded-*` / `X-Original-*` headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Accept any TLS certificate from the provider. Dangerous; warns at start-up.
+    #[serde(default)]
+    pub skip_openid_provider_tls_verify: bool,
+    /// PEM file with the CA(s) that sign the upstream's certificate.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// PEM certificate chain to serve TLS (with `tls-private-key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key to serve TLS.
+    #[serde(default)]
+    pub tls_private_key: Option<PathBuf>,
+    /// Accepted JWT signature algorithms (asymmetric only).
+    #[serde(default = "default_algorithms")]
+    pub signing_algorithms: Vec<String>,
+    /// Clock-skew leeway for `exp`/`nbf`/`iat`, at most 60 s.
+    #[serde(default = "default_leeway", with = "duration")]
+    pub clock_skew: Duration,
+    /// Tokens longer than this many bytes are refused unread.
+    #[serde(default = "default_max_token_size")]
+    pub max_token_size: usize,
+    /// Verified tokens kept in memory (by SHA-256), each until its `exp`.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: u64,
+    /// How often the provider's keys are re-read in the background.
+    #[serde(default = "default_jwks_refresh", with = "duration")]
+    pub jwks_refresh_interval: Duration,
+    /// Least time between two key fetches caused by unknown `kid`s.
+    #[serde(default = "default_jwks_min", with = "duration")]
+    pub jwks_min_refresh_interval: Duration,
+    /// Timeout of one request to the provider.
+    #[serde(default = "default_provider_timeout", with = "duration")]
+    pub openid_provider_timeout: Duration,
+    /// Timeout to connect to the upstream.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub upstream_timeout: Duration,
+    /// Timeout for the upstream's response headers.
+    #[serde(default = "default_response_timeout", with = "duration")]
+    pub upstream_response_header_timeout: Duration,
+    /// Idle upstream connections are closed after this.
+    #[serde(default = "default_idle", with = "duration")]
+    pub upstream_keepalive_timeout: Duration,
+    /// Time a client has to send its request headers.
+    #[serde(default = "default_read_header_timeout", with = "duration")]
+    pub server_read_header_timeout: Duration,
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[serde(default = "default_shutdown", with = "duration")]
+    pub shutdown_grace_period: Duration,
+    /// Largest accepted request header section, in bytes.
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: usize,
+    /// Collapse `//` into `/` before matching (and forwarding).
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// Match resource URIs case-insensitively (for case-insensitive upstreams).
+    #[serde(default)]
+    pub case_insensitive_paths: bool,
+    /// `text` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `keygate_proxy=debug`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+/// One `resources:` entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Resource {
+    /// Exact path, a prefix ending in `/*`, or a pattern with `*` segments.
+    pub uri: String,
+    /// Methods this rule applies to (case-insensitive); empty means all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Realm roles, or `client:role` for client roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Groups, as the provider writes them (e.g. `/ops`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Scopes the token's `scope` claim must contain.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Any one of `roles` suffices (default: all are needed).
+    #[serde(default)]
+    pub require_any_role: bool,
+    /// No credential needed.
+    #[serde(default)]
+    pub white_listed: bool,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A listen address: `host:port`, `[v6]:port` or `:port` (all interfaces).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddr(pub std::net::SocketAddr);
+
+impl ListenAddr {
+    /// Parses `host:port` or `:port`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+        let full = full.replace("localhost:", "127.0.0.1:");
+        full.parse()
+            .map(ListenAddr)
+            .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:3000 or :3000"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ListenAddr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// An address or network, e.g. `10.0.0.0/8` or `127.0.0.1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl Cidr {
+    /// True when `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Cidr(net));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Cidr(IpNet::from(ip)))
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR")))
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Durations written as `30s`, `5m`, `1h30m`, or a bare number of seconds.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Deserializes a humantime duration or a number of seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|_| {
+                serde::de::Error::custom(format!("`{t}` is not a duration like 30s, 5m or 1h"))
+            }),
+        }
+    }
+
+    /// Serializes as humantime text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// A configuration that deserialized but is not usable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A key has a value outside what it accepts.
+    #[error("`{key}`: {message}")]
+    Invalid {
+        /// The config key.
+        key: &'static str,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// A required key is missing.
+    #[error("`{key}` is required: {why}")]
+    Missing {
+        /// The config key.
+        key: &'static str,
+        /// Why it is needed.
+        why: &'static str,
+    },
+}
+
+/// Algorithms keygate accepts at all; `signing-algorithms` picks among them.
+pub const SUPPORTED_ALGORITHMS: &[&str] =
+    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+impl Config {
+    /// Checks what serde cannot: required keys, ranges, cross-key rules, and
+    /// fills defaults that depend on other keys.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.discovery_url.as_deref().unwrap_or("").is_empty() {
+            return Err(ConfigError::Missing {
+                key: "discovery-url",
+                why: "keygate needs the provider's issuer URL to verify tokens",
+            });
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "client-id",
+                why: "it names keygate at the provider and is the default token audience",
+            });
+        }
+        match self.upstream_url.as_deref() {
+            None | Some("") => {
+                return Err(ConfigError::Missing {
+                    key: "upstream-url",
+                    why: "keygate must know where to forward authorized requests",
+                });
+            }
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                return Err(ConfigError::Invalid {
+                    key: "upstream-url",
+                    message: format!("`{u}` must start with http:// or https://"),
+                });
+            }
+            Some(_) => {}
+        }
+        if self.access_token_audience.is_empty() {
+            self.access_token_audience = vec![self.client_id.clone()];
+        }
+        if self.clock_skew > MAX_LEEWAY {
+            return Err(ConfigError::Invalid {
+                key: "clock-skew",
+                message: format!(
+                    "{} is more than the 60s keygate allows",
+                    humantime::format_duration(self.clock_skew)
+                ),
+            });
+        }
+        for alg in &self.signing_algorithms {
+            if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "signing-algorithms",
+                    message: format!(
+                        "`{alg}` is not allowed; choose from {}",
+                        SUPPORTED_ALGORITHMS.join(", ")
+                    ),
+                });
+            }
+        }
+        if self.signing_algorithms.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "signing-algorithms",
+                message: "must name at least one algorithm".into(),
+            });
+        }
+        if self.tls_cert.is_some() != self.tls_private_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls-cert",
+                message: "`tls-cert` and `tls-private-key` must be given together".into(),
+            });
+        }
+        if self.max_token_size < 512 {
+            return Err(ConfigError::Invalid {
+                key: "max-token-size",
+                message: "must be at least 512 bytes".into(),
+            });
+        }
+        for (name, value) in &self.headers {
+            if name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                || value.bytes().any(|b| b < 0x20 || b == 0x7f)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "headers",
+                    message: format!("`{name}` is not a valid header name and value"),
+                });
+            }
+            if is_identity_header(name) {
+                return Err(ConfigError::Invalid {
+                    key: "headers",
+                    message: format!("`{name}`: X-Auth-* headers are set by keygate only"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True for `X-Auth-*` header names in any case and with `_` or `-`.
+pub fn is_identity_header(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 7
+        && b[..6].eq_ignore_ascii_case(b"x-auth")
+        && (b[1] == b'-' || b[1] == b'_')
+        && (b[6] == b'-' || b[6] == b'_')
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> ListenAddr {
+    ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
+}
+fn default_algorithms() -> Vec<String> {
+    SUPPORTED_ALGORITHMS.iter().map(|s| (*s).to_owned()).collect()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_token_size() -> usize {
+    16 * 1024
+}
+fn default_token_cache_size() -> u64 {
+    100_000
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_provider_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_read_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_shutdown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_header_size() -> usize {
+    64 * 1024
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_header_names_in_every_spelling() {
+        for n in ["X-Auth-Subject", "x-auth-roles", "X_Auth_Email", "x_auth-foo", "X-AUTH_x"] {
+            assert!(is_identity_header(n), "{n}");
+        }
+        for n in ["X-Authz", "Authorization", "X-Auth", "X-Author-Name"] {
+            assert!(!is_identity_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn listen_accepts_gatekeeper_port_only_form() {
+        assert_eq!(ListenAddr::parse(":3000").unwrap().0.port(), 3000);
+        assert!(ListenAddr::parse("3000").is_err());
+    }
+
+    #[test]
+    fn cidr_matches_v4_mapped_v6() {
+        let c: Cidr = serde_json::from_str("\"127.0.0.0/8\"").unwrap();
+        assert!(c.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!c.contains("10.0.0.1".parse().unwrap()));
+    }
+}

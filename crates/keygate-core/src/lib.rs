@@ -1,0 +1,13 @@
+//! Types shared by every keygate crate: the configuration model, the verified
+//! [`Identity`] of a caller, path normalization and the route rules.
+//!
+//! Nothing here does I/O; everything is pure and unit-tested in place.
+
+pub mod config;
+pub mod identity;
+pub mod normalize;
+pub mod rules;
+pub mod secret;
+
+pub use identity::{AuthMethod, Identity};
+pub use secret::Secret;

@@ -1,0 +1,68 @@
+//! Forward-auth: `/oauth/auth` runs phases 1–4 on the original method and
+//! URI that a front proxy reports — `X-Forwarded-Method` + `X-Forwarded-Uri`
+//! (Traefik) or `X-Original-Method` + `X-Original-URI` (nginx) — and answers
+//! 200 with the headers to inject, 401 or 403. The reported method and URI
+//! are believed only from `trusted-proxies`.
+
+use crate::gateway::Gateway;
+use crate::pipeline::{self, Decision, Refused, RequestCtx};
+use crate::respond::{self, Body, Refusal};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::borrow::Cow;
+
+/// Answers one forward-auth request.
+pub async fn handle(gw: &Gateway, ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Body>, Refused> {
+    let trusted = gw.config.trusted_proxies.iter().any(|c| c.contains(ctx.peer.ip()));
+    if !trusted {
+        return Err(Refused {
+            refusal: Refusal::Forbidden("forward-auth is answered only to trusted-proxies".into()),
+            reason: Cow::Borrowed("untrusted_proxy"),
+        });
+    }
+    let (method, uri) = original_request(req.headers())?;
+    let (path, query) = pipeline::normalize(gw, &uri)?;
+    ctx.method = method;
+    ctx.path = path;
+    ctx.query = query;
+    let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
+    ctx.route = route.label().to_owned();
+    let identity = pipeline::authenticate(gw, &route, req.headers()).await?;
+    pipeline::authorize(gw, &route, identity.as_deref())?;
+    let mut resp = respond::empty(StatusCode::OK);
+    if let Some(identity) = &identity {
+        pipeline::identity_headers(gw, identity, resp.headers_mut());
+    }
+    ctx.decision = if identity.is_some() { Decision::Allow } else { Decision::Public };
+    ctx.identity = identity;
+    Ok(resp)
+}
+
+fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (method, uri) = match (get("x-forwarded-method"), get("x-forwarded-uri")) {
+        (Some(m), Some(u)) => (m, u),
+        _ => match (get("x-original-method"), get("x-original-uri")) {
+            (Some(m), Some(u)) => (m, u),
+            _ => {
+                return Err(Refused {
+                    refusal: Refusal::BadRequest(
+                        "forward-auth needs X-Forwarded-Method and X-Forwarded-Uri, or X-Original-Method and X-Original-URI"
+                            .into(),
+                    ),
+                    reason: Cow::Borrowed("missing_original_request"),
+                });
+            }
+        },
+    };
+    let method = Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()).map_err(|_| Refused {
+        refusal: Refusal::BadRequest("the original method is not a valid HTTP method".into()),
+        reason: Cow::Borrowed("bad_original_method"),
+    })?;
+    // Traefik sends the path and query; some set-ups send a full URL.
+    let uri = match uri.find("://") {
+        Some(i) => uri[i + 3..].find('/').map(|p| &uri[i + 3 + p..]).unwrap_or("/"),
+        None => uri,
+    };
+    Ok((method, uri.to_owned()))
+}

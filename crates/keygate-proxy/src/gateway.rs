@@ -1,0 +1,146 @@
+//! The gateway: everything a request needs, built once from the config.
+
+use crate::forward::Upstream;
+use http::{HeaderName, HeaderValue};
+use keygate_auth::{JwtVerifier, Provider, ProviderSettings, VerifierSettings};
+use keygate_core::config::{Config, is_identity_header};
+use keygate_core::rules::{RuleOptions, RuleSet};
+use std::sync::Arc;
+
+/// Start-up failures, each naming the config key at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// A key's value cannot be used.
+    #[error("`{key}`: {message}")]
+    Config {
+        /// The config key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl GatewayError {
+    pub(crate) fn config(key: &'static str, message: impl std::fmt::Display) -> Self {
+        GatewayError::Config { key, message: message.to_string() }
+    }
+}
+
+/// Shared, immutable per-process state of the pipeline.
+pub struct Gateway {
+    /// The validated configuration.
+    pub config: Config,
+    /// Compiled route rules.
+    pub rules: RuleSet,
+    /// Bearer JWT verification.
+    pub verifier: JwtVerifier,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// `headers:` prebuilt.
+    pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `add-claims:` with their `X-Auth-<Name>` header names prebuilt.
+    pub claim_headers: Vec<(String, HeaderName)>,
+    /// Whether the listener serves TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+impl Gateway {
+    /// Builds the gateway from a validated config (see `Config::validate`).
+    /// Starts nothing; [`Gateway::start_background`] starts the key refresh.
+    pub fn new(config: Config) -> Result<Arc<Self>, GatewayError> {
+        let rules = RuleSet::new(
+            &config.resources,
+            &config.match_claims,
+            RuleOptions {
+                default_deny: config.enable_default_deny,
+                case_insensitive: config.case_insensitive_paths,
+            },
+        )
+        .map_err(|e| GatewayError::config("resources", e))?;
+        let discovery_url = config.discovery_url.clone().unwrap_or_default();
+        if config.skip_openid_provider_tls_verify {
+            tracing::warn!(
+                "skip-openid-provider-tls-verify is ON: keygate accepts ANY certificate from the provider; \
+                 a network attacker can then forge the provider's keys. Never use this in production."
+            );
+        }
+        let provider = Provider::new(ProviderSettings {
+            discovery_url,
+            refresh_interval: config.jwks_refresh_interval,
+            min_refresh_interval: config.jwks_min_refresh_interval,
+            timeout: config.openid_provider_timeout,
+            skip_tls_verify: config.skip_openid_provider_tls_verify,
+        })
+        .map_err(|e| GatewayError::config("discovery-url", e))?;
+        let verifier = JwtVerifier::new(
+            provider,
+            VerifierSettings {
+                audiences: config.access_token_audience.clone(),
+                algorithms: config.signing_algorithms.clone(),
+                leeway: config.clock_skew,
+                max_token_size: config.max_token_size,
+                cache_size: config.token_cache_size,
+            },
+        )
+        .map_err(|e| GatewayError::config("signing-algorithms", e))?;
+        let upstream = Upstream::new(&config)?;
+        let mut static_headers = Vec::new();
+        for (name, value) in &config.headers {
+            let name = HeaderName::try_from(name.as_str()).map_err(|e| GatewayError::config("headers", e))?;
+            let value = HeaderValue::try_from(value.as_str()).map_err(|e| GatewayError::config("headers", e))?;
+            static_headers.push((name, value));
+        }
+        let mut claim_headers = Vec::new();
+        for claim in &config.add_claims {
+            let header = format!("x-auth-{}", claim_header_suffix(claim));
+            let name = HeaderName::try_from(header.as_str())
+                .map_err(|_| GatewayError::config("add-claims", format!("`{claim}` cannot be a header name")))?;
+            debug_assert!(is_identity_header(name.as_str()));
+            claim_headers.push((claim.clone(), name));
+        }
+        let tls = config.tls_cert.is_some();
+        Ok(Arc::new(Gateway { config, rules, verifier, upstream, static_headers, claim_headers, tls }))
+    }
+
+    /// Starts the provider's background key loading and refresh.
+    pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
+        self.verifier.provider().start()
+    }
+}
+
+/// `given_name` → `Given-Name`; only letters, digits and `-` survive.
+fn claim_header_suffix(claim: &str) -> String {
+    claim
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut chars = p.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_names_become_header_suffixes() {
+        assert_eq!(claim_header_suffix("given_name"), "Given-Name");
+        assert_eq!(claim_header_suffix("email"), "Email");
+        assert_eq!(claim_header_suffix("a.b:c"), "A-B-C");
+    }
+}

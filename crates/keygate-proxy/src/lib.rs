@@ -1,0 +1,24 @@
+//! keygate's HTTP side: the request pipeline and the servers that run it.
+//!
+//! Every request walks the same phases, each a plain function over one
+//! [`pipeline::RequestCtx`] (see `docs/architecture.md` for the chart):
+//!
+//! 1. **normalize** ([`pipeline::normalize`]) — parse the path once; strip
+//!    client-sent identity headers;
+//! 2. **route** ([`pipeline::route`]) — find the resource rule;
+//! 3. **authenticate** ([`pipeline::authenticate`]) — verify the credential;
+//! 4. **authorize** ([`pipeline::authorize`]) — evaluate the rule;
+//! 5. **forward** ([`forward`]) — stream to the upstream, or, in forward-auth
+//!    mode ([`forward_auth`]), answer 200 with the headers to inject;
+//! 6. **log** ([`pipeline::log`]) — one structured line and metrics.
+
+pub mod forward;
+pub mod forward_auth;
+pub mod gateway;
+pub mod ops;
+pub mod pipeline;
+pub mod respond;
+pub mod server;
+
+pub use gateway::{Gateway, GatewayError};
+pub use server::Server;

@@ -1,0 +1,423 @@
+//! The request pipeline: one [`RequestCtx`] per request, walked through the
+//! phases normalize → route → authenticate → authorize → forward → log.
+//! Forward-auth ([`crate::forward_auth`]) runs the same phase functions on the
+//! original method and URI that the front proxy reports.
+
+use crate::gateway::Gateway;
+use crate::ops;
+use crate::respond::{Body, Refusal};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+use keygate_auth::AuthError;
+use keygate_core::Identity;
+use keygate_core::config::is_identity_header;
+use keygate_core::normalize::{NormalizeOptions, normalize_path};
+use keygate_core::rules::Route;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What the log phase reports about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forwarded (or, in forward-auth, approved) with a verified identity.
+    Allow,
+    /// Forwarded without a credential (white-listed, or unmatched without default deny).
+    Public,
+    /// Refused: 401 or 403.
+    Deny,
+    /// Refused: bad request (400) or keygate/provider/upstream trouble (5xx).
+    Error,
+    /// One of keygate's own endpoints (`/oauth/health`, …).
+    Internal,
+}
+
+impl Decision {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Public => "public",
+            Decision::Deny => "deny",
+            Decision::Error => "error",
+            Decision::Internal => "internal",
+        }
+    }
+}
+
+/// The per-request context every phase reads and writes.
+pub struct RequestCtx {
+    /// `X-Request-Id`: the client's when it sent a sane one, else generated.
+    pub request_id: HeaderValue,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The method being authorized (in forward-auth: the original one).
+    pub method: Method,
+    /// The normalized path (set by the normalize phase).
+    pub path: String,
+    /// The query string, passed through untouched; never used for matching.
+    pub query: Option<String>,
+    /// The matched rule's `uri`, or `unmatched`.
+    pub route: String,
+    /// The verified caller, if any.
+    pub identity: Option<Arc<Identity>>,
+    /// Outcome for the log line.
+    pub decision: Decision,
+    /// Short reason for the log line and metrics (`ok`, `expired`, …).
+    pub reason: Cow<'static, str>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+impl RequestCtx {
+    /// Starts a context for a request that just arrived.
+    pub fn new(headers: &HeaderMap, method: Method, peer: SocketAddr) -> Self {
+        RequestCtx {
+            request_id: request_id(headers),
+            peer,
+            method,
+            path: String::new(),
+            query: None,
+            route: String::new(),
+            identity: None,
+            decision: Decision::Error,
+            reason: Cow::Borrowed("ok"),
+            started: Instant::now(),
+        }
+    }
+
+    fn refused(&mut self, refusal: &Refusal, reason: Cow<'static, str>) {
+        self.decision = match refusal {
+            Refusal::NoCredential | Refusal::BadCredential(_) | Refusal::Forbidden(_) => Decision::Deny,
+            _ => Decision::Error,
+        };
+        self.reason = reason;
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id")
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    let id = uuid::Uuid::new_v4();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// A refusal with the short reason recorded in logs and metrics.
+pub struct Refused {
+    /// What the client gets.
+    pub refusal: Refusal,
+    /// Why, for operators.
+    pub reason: Cow<'static, str>,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        let reason = Cow::Borrowed(refusal.code());
+        Refused { refusal, reason }
+    }
+}
+
+/// Serves one request from the main listener.
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let mut ctx = RequestCtx::new(req.headers(), req.method().clone(), peer);
+    let mut resp = match run(&gw, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(Refused { refusal, reason }) => {
+            ctx.refused(&refusal, reason);
+            refusal.into_response()
+        }
+    };
+    resp.headers_mut().insert("x-request-id", ctx.request_id.clone());
+    log(&ctx, resp.status());
+    resp
+}
+
+async fn run(gw: &Gateway, ctx: &mut RequestCtx, mut req: Request<Incoming>) -> Result<Response<Body>, Refused> {
+    let target = req.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let (path, query) = normalize(gw, target)?;
+    ctx.path = path;
+    ctx.query = query;
+    strip_client_identity_headers(req.headers_mut());
+    if ctx.path.starts_with("/oauth/") {
+        ctx.decision = Decision::Internal;
+        ctx.route = "/oauth".into();
+        return ops::serve(gw, ctx, req).await;
+    }
+    let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
+    ctx.route = route.label().to_owned();
+    let identity = authenticate(gw, &route, req.headers()).await?;
+    authorize(gw, &route, identity.as_deref())?;
+    ctx.decision = if identity.is_some() { Decision::Allow } else { Decision::Public };
+    ctx.identity = identity;
+    forward(gw, ctx, req).await
+}
+
+/// Phase 1: splits the request target, normalizes the path (once) and keeps
+/// the query untouched.
+pub fn normalize(gw: &Gateway, target: &str) -> Result<(String, Option<String>), Refused> {
+    let (raw_path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    let opts = NormalizeOptions { merge_slashes: gw.config.merge_slashes };
+    match normalize_path(raw_path, opts) {
+        Ok(path) => Ok((path, query)),
+        Err(e) => Err(Refused {
+            refusal: Refusal::BadRequest(format!("invalid path: {e}")),
+            reason: Cow::Borrowed("invalid_path"),
+        }),
+    }
+}
+
+/// Phase 1 (headers): removes every client-sent `X-Auth-*` header, in any
+/// case and with `_` or `-`, so only keygate can set them.
+pub fn strip_client_identity_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| is_identity_header(n.as_str())) {
+        return;
+    }
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|n| is_identity_header(n.as_str())).cloned().collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+/// Phase 3: verifies the credential when the route needs one.
+pub async fn authenticate(
+    gw: &Gateway,
+    route: &Route<'_>,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Identity>>, Refused> {
+    if !gw.rules.needs_credential(route) {
+        return Ok(None);
+    }
+    let token = bearer_token(headers)?;
+    match gw.verifier.verify(token).await {
+        Ok(identity) => Ok(Some(identity)),
+        Err(e) => Err(auth_refusal(&e)),
+    }
+}
+
+fn auth_refusal(e: &AuthError) -> Refused {
+    let refusal = if e.is_unavailable() {
+        Refusal::Unavailable("the OpenID provider is unavailable; try again shortly".into())
+    } else {
+        Refusal::BadCredential(e.to_string())
+    };
+    Refused { refusal, reason: Cow::Borrowed(e.reason()) }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<&str, Refused> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Refused { refusal: Refusal::NoCredential, reason: Cow::Borrowed("no_credential") });
+    };
+    let bad = |why: &'static str, reason: &'static str| Refused {
+        refusal: Refusal::BadCredential(why.into()),
+        reason: Cow::Borrowed(reason),
+    };
+    if values.next().is_some() {
+        return Err(bad("more than one Authorization header", "ambiguous_credential"));
+    }
+    let value = value.to_str().map_err(|_| bad("token is malformed", "token_malformed"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(token.trim())
+        }
+        _ => Err(bad("the Authorization header must be `Bearer <token>`", "unsupported_scheme")),
+    }
+}
+
+/// Phase 4: evaluates the rule (and `match-claims`) for the identity.
+pub fn authorize(gw: &Gateway, route: &Route<'_>, identity: Option<&Identity>) -> Result<(), Refused> {
+    let Some(identity) = identity else { return Ok(()) };
+    gw.rules.authorize(route, identity).map_err(|denied| Refused {
+        refusal: Refusal::Forbidden(denied.reason),
+        reason: Cow::Borrowed("not_allowed"),
+    })
+}
+
+/// The headers keygate sets for a verified identity: `Authorization`,
+/// `X-Auth-*` and `add-claims`. Used by forwarding and forward-auth alike.
+pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderMap) {
+    let config = &gw.config;
+    if config.enable_authorization_header {
+        let bearer = format!("Bearer {}", identity.access_token.expose());
+        if let Ok(v) = HeaderValue::from_str(&bearer) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    } else {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let mut put = |name: &'static str, value: &str| {
+        if let Some(v) = safe_header_value(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("x-auth-subject", &identity.subject);
+    if let Some(u) = &identity.username {
+        put("x-auth-userid", u);
+        put("x-auth-username", u);
+    }
+    if let Some(e) = &identity.email {
+        put("x-auth-email", e);
+    }
+    put("x-auth-roles", &identity.roles.join(","));
+    put("x-auth-groups", &identity.groups.join(","));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    put("x-auth-expiresin", &identity.expires_at.saturating_sub(now).to_string());
+    put("x-auth-method", identity.method.as_str());
+    if let Some(k) = &identity.key_id {
+        put("x-auth-key-id", k);
+    }
+    if config.enable_token_header {
+        put("x-auth-token", identity.access_token.expose());
+    }
+    for (claim, name) in &gw.claim_headers {
+        let value = match identity.claims.get(claim) {
+            Some(serde_json::Value::String(s)) => Cow::Borrowed(s.as_str()),
+            Some(serde_json::Value::Array(items)) => Cow::Owned(
+                items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(","),
+            ),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Cow::Owned(v.to_string()),
+            _ => continue,
+        };
+        if let Some(v) = safe_header_value(&value) {
+            headers.insert(name.clone(), v);
+        }
+    }
+}
+
+/// A claim value as a header value, or `None` when it holds control
+/// characters (CR, LF, NUL, TAB, DEL…): such values are dropped, never written.
+fn safe_header_value(value: &str) -> Option<HeaderValue> {
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        tracing::debug!("dropping an identity header whose value holds control characters");
+        return None;
+    }
+    HeaderValue::from_bytes(value.as_bytes()).ok()
+}
+
+/// Phase 5: prepares the upstream request and streams it.
+async fn forward(gw: &Gateway, ctx: &mut RequestCtx, mut req: Request<Incoming>) -> Result<Response<Body>, Refused> {
+    let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    *req.uri_mut() = gw.upstream.uri_for(&ctx.path, ctx.query.as_deref())?;
+    *req.version_mut() = Version::HTTP_11;
+    let original_host = req
+        .headers_mut()
+        .remove(header::HOST)
+        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let headers = req.headers_mut();
+    forwarded_headers(gw, ctx, headers, original_host);
+    headers.insert("x-request-id", ctx.request_id.clone());
+    for (name, value) in &gw.static_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(identity) = &ctx.identity {
+        identity_headers(gw, identity, headers);
+    }
+    gw.upstream.send(req, client_upgrade).await.map_err(Refused::from)
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// `X-Forwarded-For/Proto/Host`: extended when the peer is a trusted proxy,
+/// replaced otherwise, so clients cannot forge their address.
+fn forwarded_headers(gw: &Gateway, ctx: &RequestCtx, headers: &mut HeaderMap, host: Option<HeaderValue>) {
+    let trusted = gw.config.trusted_proxies.iter().any(|c| c.contains(ctx.peer.ip()));
+    let peer_ip = ctx.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if trusted => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+        let proto = if gw.tls { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if !(trusted && headers.contains_key("x-forwarded-host"))
+        && let Some(host) = host
+    {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Phase 6: one structured line and the metrics for the request.
+pub fn log(ctx: &RequestCtx, status: http::StatusCode) {
+    let elapsed = ctx.started.elapsed();
+    let decision = ctx.decision.as_str();
+    metrics::counter!(
+        "keygate_requests_total",
+        "route" => ctx.route.clone(),
+        "decision" => decision,
+        "reason" => ctx.reason.clone(),
+    )
+    .increment(1);
+    metrics::histogram!("keygate_request_duration_seconds", "decision" => decision).record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "keygate::access",
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        client = %ctx.peer.ip(),
+        method = %ctx.method,
+        path = %ctx.path,
+        route = %ctx.route,
+        status = status.as_u16(),
+        decision,
+        reason = %ctx.reason,
+        subject = ctx.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or(""),
+        duration_us = elapsed.as_micros() as u64,
+    );
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_identity_headers_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        h.insert("x-auth-subject", HeaderValue::from_static("admin"));
+        h.insert("X-AUTH-ROLES", HeaderValue::from_static("admin"));
+        h.insert("x_auth_email", HeaderValue::from_static("a@b"));
+        h.insert("x-authz", HeaderValue::from_static("keep"));
+        strip_client_identity_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-authz"));
+    }
+
+    #[test]
+    fn control_characters_never_reach_headers() {
+        assert!(safe_header_value("alice\r\nX-Admin: 1").is_none());
+        assert!(safe_header_value("a\tb").is_none());
+        assert!(safe_header_value("\0").is_none());
+        assert!(safe_header_value("Zoë").is_some());
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        assert_eq!(bearer_token(&h).ok(), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(bearer_token(&h).is_err());
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert!(bearer_token(&h).is_err());
+    }
+}

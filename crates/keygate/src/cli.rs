@@ -1,0 +1,189 @@
+//! The command line: `serve`, `check-config`, `version`. Every config key is
+//! also a `--flag` and a `KEYGATE_*` environment variable.
+
+use crate::settings::{self, KEYS, Loaded, Source};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use keygate_core::config::LogFormat;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const ABOUT: &str = "keygate: an authenticating gateway and forward-auth service for OpenID Connect providers such as Keycloak.";
+
+fn config_args(cmd: Command) -> Command {
+    let cmd = cmd.arg(
+        Arg::new("config")
+            .long("config")
+            .short('c')
+            .env("KEYGATE_CONFIG")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("YAML config file (keycloak-gatekeeper names); flags and KEYGATE_* env override it"),
+    );
+    KEYS.iter().fold(cmd, |cmd, key| {
+        let mut arg = Arg::new(key.name)
+            .long(key.name)
+            .env(settings::env_name(key.name))
+            .value_name(value_name(key.kind))
+            .help(key.help)
+            .help_heading("Configuration keys (flag > KEYGATE_* env > file > default)")
+            .action(ArgAction::Set);
+        if key.secret {
+            arg = arg.hide_env_values(true);
+        }
+        cmd.arg(arg)
+    })
+}
+
+fn value_name(kind: settings::Kind) -> &'static str {
+    use settings::Kind::*;
+    match kind {
+        Str => "TEXT",
+        Bool => "BOOL",
+        Num => "N",
+        Duration => "DURATION",
+        List => "A,B",
+        Map => "K=V,..",
+        Yaml => "YAML",
+    }
+}
+
+fn command() -> Command {
+    Command::new("keygate")
+        .about(ABOUT)
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(config_args(Command::new("serve").about("Run the gateway (proxy, forward-auth at /oauth/auth, health, metrics)")))
+        .subcommand(config_args(
+            Command::new("check-config")
+                .about("Print the effective config with secrets redacted; exit 1 on any error"),
+        ))
+        .subcommand(Command::new("version").about("Print the version"))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let matches = command().get_matches();
+    match matches.subcommand() {
+        Some(("version", _)) => {
+            println!("keygate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some(("check-config", m)) => match load(m) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    eprintln!("warning: {w}");
+                }
+                print!("{}", settings::redacted_yaml(&loaded.config));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(("serve", m)) => match load(m) {
+            Ok(loaded) => serve(loaded),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn load(m: &ArgMatches) -> Result<Loaded, settings::LoadError> {
+    let file = m.get_one::<PathBuf>("config");
+    let mut env = Vec::new();
+    let mut flags = Vec::new();
+    for key in KEYS {
+        let Some(value) = m.get_one::<String>(key.name) else { continue };
+        match m.value_source(key.name) {
+            Some(ValueSource::EnvVariable) => {
+                env.push((key, value.clone(), Source::Env(settings::env_name(key.name))))
+            }
+            Some(ValueSource::CommandLine) => flags.push((key, value.clone(), Source::Flag(key.name.to_owned()))),
+            _ => {}
+        }
+    }
+    env.extend(flags);
+    settings::load(file.map(PathBuf::as_path), &env)
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(loaded: Loaded) -> ExitCode {
+    let Loaded { config, warnings } = loaded;
+    init_logging(config.log_format, &config.log_level);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match keygate_proxy::Gateway::new(config) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let server = match keygate_proxy::Server::bind(gateway.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let _refresh = gateway.start_background();
+        tracing::info!(listen = %server.local_addr(), version = env!("CARGO_PKG_VERSION"), "keygate is serving");
+        server.run(shutdown_signal()).await;
+        tracing::info!("keygate stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_is_well_formed() {
+        super::command().debug_assert();
+    }
+}

@@ -1,0 +1,12 @@
+//! `keygate`: parse the command line, load the config, set up logging, run.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod settings;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}
