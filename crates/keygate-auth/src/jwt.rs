@@ -52,7 +52,9 @@ impl moka::Expiry<TokenHash, Arc<Identity>> for UntilExp {
         value: &Arc<Identity>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(value.expires_at.saturating_sub(now_secs())))
+        Some(Duration::from_secs(
+            value.expires_at.saturating_sub(now_secs()),
+        ))
     }
 }
 
@@ -69,9 +71,13 @@ impl JwtVerifier {
     pub fn new(provider: Arc<Provider>, settings: VerifierSettings) -> Result<Self, String> {
         let mut algorithms = Vec::new();
         for name in &settings.algorithms {
-            let alg: Algorithm = name.parse().map_err(|_| format!("unknown algorithm `{name}`"))?;
+            let alg: Algorithm = name
+                .parse()
+                .map_err(|_| format!("unknown algorithm `{name}`"))?;
             if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                return Err(format!("`{name}` is symmetric; keygate accepts only asymmetric algorithms"));
+                return Err(format!(
+                    "`{name}` is symmetric; keygate accepts only asymmetric algorithms"
+                ));
             }
             algorithms.push(alg);
         }
@@ -79,7 +85,12 @@ impl JwtVerifier {
             .max_capacity(settings.cache_size)
             .expire_after(UntilExp)
             .build();
-        Ok(JwtVerifier { provider, settings, algorithms, cache })
+        Ok(JwtVerifier {
+            provider,
+            settings,
+            algorithms,
+            cache,
+        })
     }
 
     /// The provider whose keys this verifier uses.
@@ -128,7 +139,11 @@ impl JwtVerifier {
                 .ok_or(AuthError::ProviderUnavailable)?
         };
         let claims = self.check(token, alg, &kid, &keys)?;
-        Ok(Identity::from_claims(claims, Secret::new(token), AuthMethod::Jwt))
+        Ok(Identity::from_claims(
+            claims,
+            Secret::new(token),
+            AuthMethod::Jwt,
+        ))
     }
 
     fn check(
@@ -183,16 +198,17 @@ fn map_error(kind: &ErrorKind) -> AuthError {
             "sub" => "sub",
             _ => "required",
         }),
-        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm | ErrorKind::InvalidAlgorithmName => {
-            AuthError::UnsupportedAlgorithm("mismatch".into())
-        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidAlgorithmName => AuthError::UnsupportedAlgorithm("mismatch".into()),
         _ => AuthError::Malformed,
     }
 }
 
 fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::Malformed);
     };
@@ -204,7 +220,10 @@ fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
 
 /// Keeps attacker-chosen text short before it reaches an error message.
 fn truncate(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii_graphic()).take(16).collect()
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(16)
+        .collect()
 }
 
 fn sha256(data: &[u8]) -> TokenHash {
@@ -215,7 +234,10 @@ fn sha256(data: &[u8]) -> TokenHash {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -241,6 +263,9 @@ mod tests {
 
     #[test]
     fn truncates_attacker_text() {
-        assert_eq!(truncate("HS256\n\u{1b}[31mxxxxxxxxxxxxxxxxxxxx"), "HS256[31mxxxxxxx");
+        assert_eq!(
+            truncate("HS256\n\u{1b}[31mxxxxxxxxxxxxxxxxxxxx"),
+            "HS256[31mxxxxxxx"
+        );
     }
 }

@@ -139,7 +139,9 @@ impl Provider {
     /// The expected issuer, from the configuration.
     pub fn configured_issuer(&self) -> &str {
         let url = self.settings.discovery_url.trim_end_matches('/');
-        url.strip_suffix(WELL_KNOWN).unwrap_or(url).trim_end_matches('/')
+        url.strip_suffix(WELL_KNOWN)
+            .unwrap_or(url)
+            .trim_end_matches('/')
     }
 
     /// The loaded keys, if any. Cheap: one read lock and an `Arc` clone.
@@ -241,7 +243,11 @@ impl Provider {
         }
         let generation = previous.map(|k| k.generation + 1).unwrap_or(1);
         tracing::debug!(keys = by_kid.len(), generation, "provider keys loaded");
-        let keys = Arc::new(Keys { metadata, by_kid, generation });
+        let keys = Arc::new(Keys {
+            metadata,
+            by_kid,
+            generation,
+        });
         if let Ok(mut slot) = self.keys.write() {
             *slot = Some(keys);
         }
@@ -253,13 +259,19 @@ impl Provider {
         let url = format!("{expected}{WELL_KNOWN}");
         let metadata: Metadata = self.get_json(&url).await?;
         if metadata.issuer.trim_end_matches('/') != expected {
-            return Err(FetchError::IssuerMismatch { expected, found: metadata.issuer });
+            return Err(FetchError::IssuerMismatch {
+                expected,
+                found: metadata.issuer,
+            });
         }
         Ok(metadata)
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {
-        let wrap = |source| FetchError::Http { url: url.to_owned(), source };
+        let wrap = |source| FetchError::Http {
+            url: url.to_owned(),
+            source,
+        };
         self.http
             .get(url)
             .send()

@@ -172,7 +172,11 @@ pub struct ListenAddr(pub std::net::SocketAddr);
 impl ListenAddr {
     /// Parses `host:port` or `:port`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+        let full = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.to_owned()
+        };
         let full = full.replace("localhost:", "127.0.0.1:");
         full.parse()
             .map(ListenAddr)
@@ -201,7 +205,10 @@ impl Cidr {
     /// True when `ip` lies in this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         self.0.contains(&ip)
@@ -282,8 +289,9 @@ pub enum ConfigError {
 }
 
 /// Algorithms keygate accepts at all; `signing-algorithms` picks among them.
-pub const SUPPORTED_ALGORITHMS: &[&str] =
-    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 impl Config {
     /// Checks what serde cannot: required keys, ranges, cross-key rules, and
@@ -359,7 +367,9 @@ impl Config {
         }
         for (name, value) in &self.headers {
             if name.is_empty()
-                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
                 || value.bytes().any(|b| b < 0x20 || b == 0x7f)
             {
                 return Err(ConfigError::Invalid {
@@ -382,8 +392,9 @@ impl Config {
 pub fn is_identity_header(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() >= 7
-        && b[..6].eq_ignore_ascii_case(b"x-auth")
+        && b[0].eq_ignore_ascii_case(&b'x')
         && (b[1] == b'-' || b[1] == b'_')
+        && b[2..6].eq_ignore_ascii_case(b"auth")
         && (b[6] == b'-' || b[6] == b'_')
 }
 
@@ -394,7 +405,10 @@ fn default_listen() -> ListenAddr {
     ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 3000)))
 }
 fn default_algorithms() -> Vec<String> {
-    SUPPORTED_ALGORITHMS.iter().map(|s| (*s).to_owned()).collect()
+    SUPPORTED_ALGORITHMS
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
@@ -437,12 +451,19 @@ fn default_log_level() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn identity_header_names_in_every_spelling() {
-        for n in ["X-Auth-Subject", "x-auth-roles", "X_Auth_Email", "x_auth-foo", "X-AUTH_x"] {
+        for n in [
+            "X-Auth-Subject",
+            "x-auth-roles",
+            "X_Auth_Email",
+            "x_auth-foo",
+            "X-AUTH_x",
+        ] {
             assert!(is_identity_header(n), "{n}");
         }
         for n in ["X-Authz", "Authorization", "X-Auth", "X-Author-Name"] {

@@ -74,7 +74,12 @@ impl Identity {
         let scopes = claims
             .get("scope")
             .and_then(Value::as_str)
-            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         Identity {
             subject: str_claim("sub").unwrap_or_default(),
@@ -100,13 +105,18 @@ impl Identity {
 
 fn string_list(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -121,7 +131,9 @@ mod tests {
             "scope": "openid email  api",
             "groups": ["/ops", "/ops/oncall"]
         });
-        let Value::Object(map) = claims else { unreachable!() };
+        let Value::Object(map) = claims else {
+            unreachable!()
+        };
         let id = Identity::from_claims(map, Secret::new("t"), AuthMethod::Jwt);
         assert_eq!(id.subject, "36fa");
         assert_eq!(id.username.as_deref(), Some("alice"));

@@ -112,7 +112,10 @@ fn needs_rewrite(bytes: &[u8], opts: NormalizeOptions) -> Result<bool, PathError
 
 /// `.`, `..`, or either followed by a `;` parameter.
 fn is_dot_like(segment: &[u8]) -> bool {
-    matches!(segment, [b'.'] | [b'.', b'.'] | [b'.', b';', ..] | [b'.', b'.', b';', ..])
+    matches!(
+        segment,
+        [b'.'] | [b'.', b'.'] | [b'.', b';', ..] | [b'.', b'.', b';', ..]
+    )
 }
 
 /// Accepts the raw (not percent-encoded) bytes allowed in a path, other
@@ -218,8 +221,12 @@ fn remove_dot_segments(path: &str, opts: NormalizeOptions) -> Result<String, Pat
 mod tests {
     use super::*;
 
-    const MERGE: NormalizeOptions = NormalizeOptions { merge_slashes: true };
-    const KEEP: NormalizeOptions = NormalizeOptions { merge_slashes: false };
+    const MERGE: NormalizeOptions = NormalizeOptions {
+        merge_slashes: true,
+    };
+    const KEEP: NormalizeOptions = NormalizeOptions {
+        merge_slashes: false,
+    };
 
     fn norm(raw: &str) -> Result<String, PathError> {
         normalize_path(raw, MERGE)
@@ -227,7 +234,14 @@ mod tests {
 
     #[test]
     fn leaves_plain_paths_unchanged() {
-        for p in ["/", "/admin", "/admin/", "/a/b.c/.well-known/x", "/a/...", "/a/b-c_d~e!$&'()*+,;=:@"] {
+        for p in [
+            "/",
+            "/admin",
+            "/admin/",
+            "/a/b.c/.well-known/x",
+            "/a/...",
+            "/a/b-c_d~e!$&'()*+,;=:@",
+        ] {
             assert_eq!(norm(p).as_deref(), Ok(p), "{p}");
             assert_eq!(normalize_path(p, KEEP).as_deref(), Ok(p), "{p}");
         }
@@ -303,7 +317,10 @@ mod tests {
         assert_eq!(norm("/public//../admin").as_deref(), Ok("/admin"));
         // Without merging, RFC 3986 applies to the empty segment as written,
         // and the result is what is forwarded, so nothing is hidden either.
-        assert_eq!(normalize_path("/public//../admin", KEEP).as_deref(), Ok("/public/admin"));
+        assert_eq!(
+            normalize_path("/public//../admin", KEEP).as_deref(),
+            Ok("/public/admin")
+        );
         assert_eq!(normalize_path("//..", KEEP).as_deref(), Ok("/"));
     }
 
@@ -330,7 +347,9 @@ mod tests {
 
     #[test]
     fn rejects_invalid_characters() {
-        for p in ["/a#frag", "/a b", "/é", "/a\tb", "/a\r\nb", "/a\x7fb", "/a?b", "/%41#"] {
+        for p in [
+            "/a#frag", "/a b", "/é", "/a\tb", "/a\r\nb", "/a\x7fb", "/a?b", "/%41#",
+        ] {
             assert_eq!(norm(p), Err(PathError::InvalidCharacter), "{p:?}");
         }
     }
@@ -344,7 +363,10 @@ mod tests {
         assert_eq!(norm("/%c3%a9").as_deref(), Ok("/%C3%A9"));
         assert_eq!(norm("/%20%23%3F%25").as_deref(), Ok("/%20%23%3F%25"));
         // A decoded `%` is not decoded again.
-        assert_eq!(norm("/%252e%252e/admin").as_deref(), Ok("/%252e%252e/admin"));
+        assert_eq!(
+            norm("/%252e%252e/admin").as_deref(),
+            Ok("/%252e%252e/admin")
+        );
     }
 
     #[test]
@@ -360,11 +382,20 @@ mod tests {
 
     #[test]
     fn rejects_dot_segment_with_parameter() {
-        for p in ["/public/..;/admin", "/public/..;x=1/admin", "/public/%2e%2e;/admin", "/.;/admin", "/a/..;"] {
+        for p in [
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
+            "/public/%2e%2e;/admin",
+            "/.;/admin",
+            "/a/..;",
+        ] {
             assert_eq!(norm(p), Err(PathError::DotSegmentParameter), "{p}");
         }
         // A parameter on a normal segment is left alone.
-        assert_eq!(norm("/a;jsessionid=1/b").as_deref(), Ok("/a;jsessionid=1/b"));
+        assert_eq!(
+            norm("/a;jsessionid=1/b").as_deref(),
+            Ok("/a;jsessionid=1/b")
+        );
         assert_eq!(norm("/a/...;x").as_deref(), Ok("/a/...;x"));
     }
 }

@@ -120,7 +120,10 @@ enum Pattern {
     Exact(String),
     /// Segments after the leading `/`; with `prefix`, any further segments
     /// (including none) may follow.
-    Glob { segments: Vec<Segment>, prefix: bool },
+    Glob {
+        segments: Vec<Segment>,
+        prefix: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -158,7 +161,9 @@ pub struct Denied {
 
 impl Denied {
     fn new(reason: impl Into<String>) -> Self {
-        Denied { reason: reason.into() }
+        Denied {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -198,7 +203,11 @@ impl Rule {
     /// `path` has had its trailing slash removed already.
     fn matches_path(&self, path: &str, case_insensitive: bool) -> bool {
         let eq = |a: &str, b: &str| {
-            if case_insensitive { a.eq_ignore_ascii_case(b) } else { a == b }
+            if case_insensitive {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
         };
         match &self.pattern {
             Pattern::Any => true,
@@ -231,11 +240,20 @@ impl Rule {
             Pattern::Any => (false, 0, true),
             Pattern::Exact(_) => (true, 0, false),
             Pattern::Glob { segments, prefix } => {
-                let literals = segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+                let literals = segments
+                    .iter()
+                    .filter(|s| matches!(s, Segment::Literal(_)))
+                    .count();
                 (false, literals, *prefix)
             }
         };
-        (!exact, std::cmp::Reverse(literals), prefix, self.methods.is_empty(), index)
+        (
+            !exact,
+            std::cmp::Reverse(literals),
+            prefix,
+            self.methods.is_empty(),
+            index,
+        )
     }
 }
 
@@ -261,10 +279,14 @@ fn compile_uri(uri: &str) -> Result<(Pattern, String), String> {
         return Err(format!("`{uri}` must start with `/` (or be `*`)"));
     }
     if uri.contains(['?', '#']) {
-        return Err(format!("`{uri}` must not contain a query (`?`) or fragment (`#`)"));
+        return Err(format!(
+            "`{uri}` must not contain a query (`?`) or fragment (`#`)"
+        ));
     }
     if uri.ends_with("*/") {
-        return Err(format!("`{uri}`: write a prefix as `…/*`, without a trailing `/`"));
+        return Err(format!(
+            "`{uri}`: write a prefix as `…/*`, without a trailing `/`"
+        ));
     }
     let path = trim_trailing_slash(uri);
     if path == "/" {
@@ -284,10 +306,17 @@ fn compile_uri(uri: &str) -> Result<(Pattern, String), String> {
     }
     // Requests are matched after normalization, so a rule spelled any other
     // way could never match what it seems to say.
-    match normalize_path(path, NormalizeOptions { merge_slashes: true }) {
+    match normalize_path(
+        path,
+        NormalizeOptions {
+            merge_slashes: true,
+        },
+    ) {
         Ok(normal) if normal == path => {}
         Ok(normal) => {
-            return Err(format!("`{uri}` is not in normalized form; write it as `{normal}`"));
+            return Err(format!(
+                "`{uri}` is not in normalized form; write it as `{normal}`"
+            ));
         }
         Err(e) => return Err(format!("`{uri}`: {e}")),
     }
@@ -296,10 +325,20 @@ fn compile_uri(uri: &str) -> Result<(Pattern, String), String> {
         return Ok((Pattern::Exact(canonical.clone()), canonical));
     }
     let prefix = parts.last() == Some(&"*");
-    let body = if prefix { &parts[..parts.len() - 1] } else { &parts[..] };
+    let body = if prefix {
+        &parts[..parts.len() - 1]
+    } else {
+        &parts[..]
+    };
     let segments = body
         .iter()
-        .map(|p| if *p == "*" { Segment::Wild } else { Segment::Literal((*p).to_owned()) })
+        .map(|p| {
+            if *p == "*" {
+                Segment::Wild
+            } else {
+                Segment::Literal((*p).to_owned())
+            }
+        })
         .collect();
     Ok((Pattern::Glob { segments, prefix }, canonical))
 }
@@ -307,11 +346,18 @@ fn compile_uri(uri: &str) -> Result<(Pattern, String), String> {
 /// Upper-cases a method after checking it looks like an HTTP method token.
 fn compile_method(uri: &str, method: &str) -> Result<String, String> {
     if method == "*" {
-        return Err(format!("`{uri}`: leave `methods` empty to match every method, not `*`"));
+        return Err(format!(
+            "`{uri}`: leave `methods` empty to match every method, not `*`"
+        ));
     }
     let plausible = method.len() <= 32
-        && method.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
-        && method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && method
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic())
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !plausible {
         return Err(format!("`{uri}`: `{method}` is not an HTTP method"));
     }
@@ -327,11 +373,16 @@ fn compile_rule(resource: &Resource) -> Result<(Rule, String), ConfigError> {
         .map(|m| compile_method(uri, m))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|m| invalid("resources", m))?;
-    for (what, names) in
-        [("roles", &resource.roles), ("groups", &resource.groups), ("scopes", &resource.scopes)]
-    {
+    for (what, names) in [
+        ("roles", &resource.roles),
+        ("groups", &resource.groups),
+        ("scopes", &resource.scopes),
+    ] {
         if names.iter().any(|n| n.is_empty()) {
-            return Err(invalid("resources", format!("`{uri}`: `{what}` has an empty entry")));
+            return Err(invalid(
+                "resources",
+                format!("`{uri}`: `{what}` has an empty entry"),
+            ));
         }
         if resource.white_listed && !names.is_empty() {
             return Err(invalid(
@@ -340,16 +391,30 @@ fn compile_rule(resource: &Resource) -> Result<(Rule, String), ConfigError> {
             ));
         }
     }
-    Ok((Rule { resource: resource.clone(), pattern, methods }, canonical))
+    Ok((
+        Rule {
+            resource: resource.clone(),
+            pattern,
+            methods,
+        },
+        canonical,
+    ))
 }
 
 fn compile_claim(name: &str, regex: &str) -> Result<ClaimMatcher, ConfigError> {
     if name.is_empty() {
         return Err(invalid("match-claims", "a claim name is empty".to_owned()));
     }
-    let regex = Regex::new(&format!("^(?:{regex})$"))
-        .map_err(|e| invalid("match-claims", format!("claim `{name}`: invalid regex: {e}")))?;
-    Ok(ClaimMatcher { name: name.to_owned(), regex })
+    let regex = Regex::new(&format!("^(?:{regex})$")).map_err(|e| {
+        invalid(
+            "match-claims",
+            format!("claim `{name}`: invalid regex: {e}"),
+        )
+    })?;
+    Ok(ClaimMatcher {
+        name: name.to_owned(),
+        regex,
+    })
 }
 
 impl ClaimMatcher {
@@ -357,9 +422,10 @@ impl ClaimMatcher {
         let matched = match identity.claims.get(&self.name) {
             None => return Err(Denied::new(format!("missing claim: {}", self.name))),
             Some(Value::String(s)) => self.regex.is_match(s),
-            Some(Value::Array(items)) => {
-                items.iter().filter_map(Value::as_str).any(|s| self.regex.is_match(s))
-            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|s| self.regex.is_match(s)),
             Some(_) => false,
         };
         if matched {
@@ -396,8 +462,11 @@ impl RuleSet {
             }
             compiled.push((rule, canonical));
         }
-        let mut ordered: Vec<(usize, Rule)> =
-            compiled.into_iter().map(|(rule, _)| rule).enumerate().collect();
+        let mut ordered: Vec<(usize, Rule)> = compiled
+            .into_iter()
+            .map(|(rule, _)| rule)
+            .enumerate()
+            .collect();
         ordered.sort_by_key(|(index, rule)| rule.specificity(*index));
         let rules = ordered.into_iter().map(|(_, rule)| rule).collect();
 
@@ -405,7 +474,11 @@ impl RuleSet {
             .iter()
             .map(|(name, regex)| compile_claim(name, regex))
             .collect::<Result<_, _>>()?;
-        Ok(RuleSet { rules, claims, options })
+        Ok(RuleSet {
+            rules,
+            claims,
+            options,
+        })
     }
 
     /// Finds the rule for a request. `path` is the normalized path, without
@@ -464,11 +537,18 @@ impl RuleSet {
             }
         }
         if !resource.groups.is_empty()
-            && !resource.groups.iter().any(|g| identity.groups.iter().any(|h| h == g))
+            && !resource
+                .groups
+                .iter()
+                .any(|g| identity.groups.iter().any(|h| h == g))
         {
             return Err(Denied::new("not in any required group"));
         }
-        if let Some(missing) = resource.scopes.iter().find(|s| !identity.scopes.contains(s)) {
+        if let Some(missing) = resource
+            .scopes
+            .iter()
+            .find(|s| !identity.scopes.contains(s))
+        {
             return Err(Denied::new(format!("missing scope: {missing}")));
         }
         Ok(())
@@ -476,7 +556,11 @@ impl RuleSet {
 }
 
 fn same_path(a: &str, b: &str, options: RuleOptions) -> bool {
-    if options.case_insensitive { a.eq_ignore_ascii_case(b) } else { a == b }
+    if options.case_insensitive {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
 }
 
 /// True when `earlier`, on the same path, wins every request `later` could
@@ -497,7 +581,10 @@ mod tests {
     use crate::{AuthMethod, Secret};
     use serde_json::json;
 
-    const DENY: RuleOptions = RuleOptions { default_deny: true, case_insensitive: false };
+    const DENY: RuleOptions = RuleOptions {
+        default_deny: true,
+        case_insensitive: false,
+    };
 
     fn res(uri: &str) -> Resource {
         Resource {
@@ -512,7 +599,10 @@ mod tests {
     }
 
     fn with_methods(uri: &str, methods: &[&str]) -> Resource {
-        Resource { methods: methods.iter().map(|m| (*m).to_owned()).collect(), ..res(uri) }
+        Resource {
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            ..res(uri)
+        }
     }
 
     fn rules(resources: &[Resource]) -> RuleSet {
@@ -524,17 +614,25 @@ mod tests {
     }
 
     fn identity(claims: serde_json::Value) -> Identity {
-        let Value::Object(map) = claims else { panic!("claims must be an object") };
+        let Value::Object(map) = claims else {
+            panic!("claims must be an object")
+        };
         Identity::from_claims(map, Secret::new("token"), AuthMethod::Jwt)
     }
 
     fn claims_rules(claims: &[(&str, &str)]) -> RuleSet {
-        let map = claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map = claims
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         RuleSet::new(&[res("/api/*")], &map, DENY).unwrap()
     }
 
     fn invalid_key(resources: &[Resource], claims: &[(&str, &str)]) -> (&'static str, String) {
-        let map = claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map = claims
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         match RuleSet::new(resources, &map, DENY) {
             Err(ConfigError::Invalid { key, message }) => (key, message),
             other => panic!("expected Invalid, got {other:?}"),
@@ -549,7 +647,10 @@ mod tests {
 
     #[test]
     fn exact_beats_prefix_in_either_order() {
-        for set in [rules(&[res("/api/*"), res("/api/users")]), rules(&[res("/api/users"), res("/api/*")])] {
+        for set in [
+            rules(&[res("/api/*"), res("/api/users")]),
+            rules(&[res("/api/users"), res("/api/*")]),
+        ] {
             assert_eq!(label(&set, "GET", "/api/users"), "/api/users");
             assert_eq!(label(&set, "GET", "/api/users/1"), "/api/*");
             assert_eq!(label(&set, "GET", "/api"), "/api/*");
@@ -558,7 +659,10 @@ mod tests {
 
     #[test]
     fn exact_beats_glob_in_either_order() {
-        for set in [rules(&[res("/api/*/items"), res("/api/v1/items")]), rules(&[res("/api/v1/items"), res("/api/*/items")])] {
+        for set in [
+            rules(&[res("/api/*/items"), res("/api/v1/items")]),
+            rules(&[res("/api/v1/items"), res("/api/*/items")]),
+        ] {
             assert_eq!(label(&set, "GET", "/api/v1/items"), "/api/v1/items");
             assert_eq!(label(&set, "GET", "/api/v2/items"), "/api/*/items");
         }
@@ -566,7 +670,10 @@ mod tests {
 
     #[test]
     fn glob_beats_prefix_with_same_literals_in_either_order() {
-        for set in [rules(&[res("/api/v1/*"), res("/api/*/items")]), rules(&[res("/api/*/items"), res("/api/v1/*")])] {
+        for set in [
+            rules(&[res("/api/v1/*"), res("/api/*/items")]),
+            rules(&[res("/api/*/items"), res("/api/v1/*")]),
+        ] {
             assert_eq!(label(&set, "GET", "/api/v1/items"), "/api/*/items");
             assert_eq!(label(&set, "GET", "/api/v1/other"), "/api/v1/*");
         }
@@ -574,20 +681,29 @@ mod tests {
 
     #[test]
     fn more_literal_segments_win_in_either_order() {
-        for set in [rules(&[res("/api/*"), res("/api/admin/*")]), rules(&[res("/api/admin/*"), res("/api/*")])] {
+        for set in [
+            rules(&[res("/api/*"), res("/api/admin/*")]),
+            rules(&[res("/api/admin/*"), res("/api/*")]),
+        ] {
             assert_eq!(label(&set, "GET", "/api/admin/x"), "/api/admin/*");
             assert_eq!(label(&set, "GET", "/api/admin"), "/api/admin/*");
             assert_eq!(label(&set, "GET", "/api/adminx"), "/api/*");
         }
         // A prefix with more literals beats a glob with fewer.
-        for set in [rules(&[res("/*/items"), res("/api/v1/*")]), rules(&[res("/api/v1/*"), res("/*/items")])] {
+        for set in [
+            rules(&[res("/*/items"), res("/api/v1/*")]),
+            rules(&[res("/api/v1/*"), res("/*/items")]),
+        ] {
             assert_eq!(label(&set, "GET", "/api/v1/items"), "/api/v1/*");
         }
     }
 
     #[test]
     fn catch_all_loses_to_everything() {
-        for set in [rules(&[res("/*"), res("/api/*")]), rules(&[res("/api/*"), res("*")])] {
+        for set in [
+            rules(&[res("/*"), res("/api/*")]),
+            rules(&[res("/api/*"), res("*")]),
+        ] {
             assert_eq!(label(&set, "GET", "/api/x"), "/api/*");
             assert_ne!(label(&set, "GET", "/other"), "unmatched");
             assert_ne!(label(&set, "GET", "/"), "unmatched");
@@ -610,7 +726,12 @@ mod tests {
         let set = rules(&[res("/api/*/items")]);
         assert_eq!(label(&set, "GET", "/api/v1/items"), "/api/*/items");
         assert_eq!(label(&set, "GET", "/api/v1/items/"), "/api/*/items");
-        for p in ["/api/items", "/api//items", "/api/a/b/items", "/api/v1/items/x"] {
+        for p in [
+            "/api/items",
+            "/api//items",
+            "/api/a/b/items",
+            "/api/v1/items/x",
+        ] {
             assert_eq!(label(&set, "GET", p), "unmatched", "{p}");
         }
     }
@@ -636,8 +757,16 @@ mod tests {
 
     #[test]
     fn path_case_is_ignored_when_configured() {
-        let options = RuleOptions { default_deny: true, case_insensitive: true };
-        let set = RuleSet::new(&[res("/admin"), res("/api/*/items")], &BTreeMap::new(), options).unwrap();
+        let options = RuleOptions {
+            default_deny: true,
+            case_insensitive: true,
+        };
+        let set = RuleSet::new(
+            &[res("/admin"), res("/api/*/items")],
+            &BTreeMap::new(),
+            options,
+        )
+        .unwrap();
         assert_eq!(label(&set, "GET", "/ADMIN"), "/admin");
         assert_eq!(label(&set, "GET", "/Api/X/ITEMS"), "/api/*/items");
     }
@@ -654,18 +783,36 @@ mod tests {
     #[test]
     fn method_filter_falls_through_to_next_rule() {
         let set = rules(&[
-            Resource { white_listed: true, ..with_methods("/public/*", &["GET", "HEAD"]) },
-            Resource { roles: vec!["admin".into()], ..res("/*") },
+            Resource {
+                white_listed: true,
+                ..with_methods("/public/*", &["GET", "HEAD"])
+            },
+            Resource {
+                roles: vec!["admin".into()],
+                ..res("/*")
+            },
         ]);
-        assert!(matches!(set.route("GET", "/public/x"), Route::WhiteListed(_)));
+        assert!(matches!(
+            set.route("GET", "/public/x"),
+            Route::WhiteListed(_)
+        ));
         assert!(matches!(set.route("POST", "/public/x"), Route::Protected(r) if r.uri() == "/*"));
-        assert!(matches!(set.route("DELETE", "/public/x"), Route::Protected(_)));
+        assert!(matches!(
+            set.route("DELETE", "/public/x"),
+            Route::Protected(_)
+        ));
     }
 
     #[test]
     fn rule_with_methods_beats_rule_without_in_either_order() {
-        let get_open = Resource { white_listed: true, ..with_methods("/x", &["GET"]) };
-        for set in [rules(&[res("/x"), get_open.clone()]), rules(&[get_open.clone(), res("/x")])] {
+        let get_open = Resource {
+            white_listed: true,
+            ..with_methods("/x", &["GET"])
+        };
+        for set in [
+            rules(&[res("/x"), get_open.clone()]),
+            rules(&[get_open.clone(), res("/x")]),
+        ] {
             assert!(matches!(set.route("GET", "/x"), Route::WhiteListed(_)));
             assert!(matches!(set.route("PUT", "/x"), Route::Protected(_)));
         }
@@ -673,24 +820,48 @@ mod tests {
 
     #[test]
     fn earlier_rule_wins_a_tie() {
-        let a = Resource { roles: vec!["a".into()], ..with_methods("/x", &["GET"]) };
-        let b = Resource { roles: vec!["b".into()], ..with_methods("/x", &["GET", "POST"]) };
+        let a = Resource {
+            roles: vec!["a".into()],
+            ..with_methods("/x", &["GET"])
+        };
+        let b = Resource {
+            roles: vec!["b".into()],
+            ..with_methods("/x", &["GET", "POST"])
+        };
         let set = rules(&[a, b]);
-        let Route::Protected(rule) = set.route("GET", "/x") else { panic!() };
+        let Route::Protected(rule) = set.route("GET", "/x") else {
+            panic!()
+        };
         assert_eq!(rule.resource().roles, ["a"]);
-        let Route::Protected(rule) = set.route("POST", "/x") else { panic!() };
+        let Route::Protected(rule) = set.route("POST", "/x") else {
+            panic!()
+        };
         assert_eq!(rule.resource().roles, ["b"]);
     }
 
     #[test]
     fn white_listed_needs_no_credential_or_check() {
-        let set = rules(&[Resource { white_listed: true, ..res("/health") }]);
+        let set = rules(&[Resource {
+            white_listed: true,
+            ..res("/health")
+        }]);
         let route = set.route("GET", "/health");
         assert!(matches!(route, Route::WhiteListed(_)));
         assert!(!set.needs_credential(&route));
         let map = [("email".to_owned(), ".*@example\\.com".to_owned())].into();
-        let set = RuleSet::new(&[Resource { white_listed: true, ..res("/health") }], &map, DENY).unwrap();
-        assert_eq!(set.authorize(&set.route("GET", "/health"), &identity(json!({}))), Ok(()));
+        let set = RuleSet::new(
+            &[Resource {
+                white_listed: true,
+                ..res("/health")
+            }],
+            &map,
+            DENY,
+        )
+        .unwrap();
+        assert_eq!(
+            set.authorize(&set.route("GET", "/health"), &identity(json!({}))),
+            Ok(())
+        );
     }
 
     #[test]
@@ -700,14 +871,25 @@ mod tests {
         assert!(matches!(route, Route::Unmatched));
         assert_eq!(route.label(), "unmatched");
         assert!(on.needs_credential(&route));
-        let off = RuleSet::new(&[res("/api/*")], &BTreeMap::new(), RuleOptions { default_deny: false, case_insensitive: false }).unwrap();
+        let off = RuleSet::new(
+            &[res("/api/*")],
+            &BTreeMap::new(),
+            RuleOptions {
+                default_deny: false,
+                case_insensitive: false,
+            },
+        )
+        .unwrap();
         assert!(!off.needs_credential(&off.route("GET", "/other")));
         assert!(off.needs_credential(&off.route("GET", "/api/x")));
     }
 
     #[test]
     fn requires_all_realm_and_client_roles() {
-        let set = rules(&[Resource { roles: vec!["admin".into(), "APP-backend:editor".into()], ..res("/admin/*") }]);
+        let set = rules(&[Resource {
+            roles: vec!["admin".into(), "APP-backend:editor".into()],
+            ..res("/admin/*")
+        }]);
         let route = set.route("GET", "/admin/x");
         let both = identity(json!({
             "realm_access": {"roles": ["admin"]},
@@ -715,12 +897,18 @@ mod tests {
         }));
         assert_eq!(set.authorize(&route, &both), Ok(()));
         let realm_only = identity(json!({"realm_access": {"roles": ["admin"]}}));
-        assert_eq!(set.authorize(&route, &realm_only).unwrap_err().reason, "missing role: APP-backend:editor");
+        assert_eq!(
+            set.authorize(&route, &realm_only).unwrap_err().reason,
+            "missing role: APP-backend:editor"
+        );
         // A client role does not satisfy a realm role of the same name.
         let client_admin = identity(json!({
             "resource_access": {"APP-backend": {"roles": ["admin", "editor"]}}
         }));
-        assert_eq!(set.authorize(&route, &client_admin).unwrap_err().reason, "missing role: admin");
+        assert_eq!(
+            set.authorize(&route, &client_admin).unwrap_err().reason,
+            "missing role: admin"
+        );
     }
 
     #[test]
@@ -742,33 +930,58 @@ mod tests {
 
     #[test]
     fn any_one_group_suffices() {
-        let set = rules(&[Resource { groups: vec!["/ops".into(), "/dev".into()], ..res("/ops/*") }]);
+        let set = rules(&[Resource {
+            groups: vec!["/ops".into(), "/dev".into()],
+            ..res("/ops/*")
+        }]);
         let route = set.route("GET", "/ops");
-        assert_eq!(set.authorize(&route, &identity(json!({"groups": ["/dev"]}))), Ok(()));
+        assert_eq!(
+            set.authorize(&route, &identity(json!({"groups": ["/dev"]}))),
+            Ok(())
+        );
         let sub = identity(json!({"groups": ["/ops/oncall", "/sales"]}));
-        assert_eq!(set.authorize(&route, &sub).unwrap_err().reason, "not in any required group");
+        assert_eq!(
+            set.authorize(&route, &sub).unwrap_err().reason,
+            "not in any required group"
+        );
         assert!(set.authorize(&route, &identity(json!({}))).is_err());
     }
 
     #[test]
     fn requires_all_scopes() {
-        let set = rules(&[Resource { scopes: vec!["api".into(), "write".into()], ..res("/api/*") }]);
+        let set = rules(&[Resource {
+            scopes: vec!["api".into(), "write".into()],
+            ..res("/api/*")
+        }]);
         let route = set.route("POST", "/api/x");
-        assert_eq!(set.authorize(&route, &identity(json!({"scope": "openid write api"}))), Ok(()));
         assert_eq!(
-            set.authorize(&route, &identity(json!({"scope": "openid api"}))).unwrap_err().reason,
+            set.authorize(&route, &identity(json!({"scope": "openid write api"}))),
+            Ok(())
+        );
+        assert_eq!(
+            set.authorize(&route, &identity(json!({"scope": "openid api"})))
+                .unwrap_err()
+                .reason,
             "missing scope: write"
         );
         // `apiv2` is not `api`.
-        assert!(set.authorize(&route, &identity(json!({"scope": "apiv2 write"}))).is_err());
+        assert!(
+            set.authorize(&route, &identity(json!({"scope": "apiv2 write"})))
+                .is_err()
+        );
     }
 
     #[test]
     fn match_claims_string_claim() {
         let set = claims_rules(&[("email", ".*@example\\.com")]);
         let route = set.route("GET", "/api/x");
-        assert_eq!(set.authorize(&route, &identity(json!({"email": "a@example.com"}))), Ok(()));
-        let err = set.authorize(&route, &identity(json!({"email": "secret@evil.com"}))).unwrap_err();
+        assert_eq!(
+            set.authorize(&route, &identity(json!({"email": "a@example.com"}))),
+            Ok(())
+        );
+        let err = set
+            .authorize(&route, &identity(json!({"email": "secret@evil.com"})))
+            .unwrap_err();
         assert_eq!(err.reason, "claim `email` does not match");
         assert!(!err.reason.contains("evil"));
     }
@@ -777,24 +990,53 @@ mod tests {
     fn match_claims_array_claim_needs_one_matching_string() {
         let set = claims_rules(&[("aud", "APP-.*")]);
         let route = set.route("GET", "/api/x");
-        assert_eq!(set.authorize(&route, &identity(json!({"aud": ["account", "APP-backend"]}))), Ok(()));
-        assert!(set.authorize(&route, &identity(json!({"aud": ["account", 7]}))).is_err());
-        assert!(set.authorize(&route, &identity(json!({"aud": []}))).is_err());
+        assert_eq!(
+            set.authorize(
+                &route,
+                &identity(json!({"aud": ["account", "APP-backend"]}))
+            ),
+            Ok(())
+        );
+        assert!(
+            set.authorize(&route, &identity(json!({"aud": ["account", 7]})))
+                .is_err()
+        );
+        assert!(
+            set.authorize(&route, &identity(json!({"aud": []})))
+                .is_err()
+        );
     }
 
     #[test]
     fn match_claims_missing_or_non_string_claim_fails() {
         let set = claims_rules(&[("tenant", "acme")]);
         let route = set.route("GET", "/api/x");
-        assert_eq!(set.authorize(&route, &identity(json!({}))).unwrap_err().reason, "missing claim: tenant");
-        for value in [json!(null), json!(true), json!(1), json!({"tenant": "acme"})] {
-            assert!(set.authorize(&route, &identity(json!({"tenant": value}))).is_err(), "{value}");
+        assert_eq!(
+            set.authorize(&route, &identity(json!({})))
+                .unwrap_err()
+                .reason,
+            "missing claim: tenant"
+        );
+        for value in [
+            json!(null),
+            json!(true),
+            json!(1),
+            json!({"tenant": "acme"}),
+        ] {
+            assert!(
+                set.authorize(&route, &identity(json!({"tenant": value})))
+                    .is_err(),
+                "{value}"
+            );
         }
     }
 
     #[test]
     fn match_claims_are_anchored() {
-        let set = claims_rules(&[("tenant", "a.*"), ("email", "alice@example\\.com|bob@example\\.com")]);
+        let set = claims_rules(&[
+            ("tenant", "a.*"),
+            ("email", "alice@example\\.com|bob@example\\.com"),
+        ]);
         let route = set.route("GET", "/api/x");
         let ok = identity(json!({"tenant": "acme", "email": "bob@example.com"}));
         assert_eq!(set.authorize(&route, &ok), Ok(()));
@@ -814,21 +1056,43 @@ mod tests {
         let set = claims_rules(&[("tenant", "acme")]);
         let route = set.route("GET", "/elsewhere");
         assert!(matches!(route, Route::Unmatched));
-        assert!(set.authorize(&route, &identity(json!({"tenant": "other"}))).is_err());
-        assert_eq!(set.authorize(&route, &identity(json!({"tenant": "acme"}))), Ok(()));
+        assert!(
+            set.authorize(&route, &identity(json!({"tenant": "other"})))
+                .is_err()
+        );
+        assert_eq!(
+            set.authorize(&route, &identity(json!({"tenant": "acme"}))),
+            Ok(())
+        );
     }
 
     #[test]
     fn match_claims_are_checked_before_rule_requirements() {
         let map = [("tenant".to_owned(), "acme".to_owned())].into();
-        let set = RuleSet::new(&[Resource { roles: vec!["admin".into()], ..res("/a") }], &map, DENY).unwrap();
+        let set = RuleSet::new(
+            &[Resource {
+                roles: vec!["admin".into()],
+                ..res("/a")
+            }],
+            &map,
+            DENY,
+        )
+        .unwrap();
         let id = identity(json!({"tenant": "x", "realm_access": {"roles": ["admin"]}}));
-        assert_eq!(set.authorize(&set.route("GET", "/a"), &id).unwrap_err().reason, "claim `tenant` does not match");
+        assert_eq!(
+            set.authorize(&set.route("GET", "/a"), &id)
+                .unwrap_err()
+                .reason,
+            "claim `tenant` does not match"
+        );
     }
 
     #[test]
     fn rejects_invalid_uris() {
-        for uri in ["", "api", "/api*", "/a/*x", "/a?b=1", "/a#b", "/a/../b", "/a/./b", "/a//b", "/api/*/", "/a%2fb", "/%61", "/a b", "/%3a"] {
+        for uri in [
+            "", "api", "/api*", "/a/*x", "/a?b=1", "/a#b", "/a/../b", "/a/./b", "/a//b", "/api/*/",
+            "/a%2fb", "/%61", "/a b", "/%3a",
+        ] {
             let (key, message) = invalid_key(&[res(uri)], &[]);
             assert_eq!(key, "resources", "{uri}");
             assert!(message.contains(&format!("`{uri}`")), "{uri}: {message}");
@@ -842,7 +1106,14 @@ mod tests {
             assert_eq!(key, "resources", "{method}");
             assert!(message.contains("`/a`"), "{message}");
         }
-        assert!(RuleSet::new(&[with_methods("/a", &["PROPFIND", "M-SEARCH", "patch"])], &BTreeMap::new(), DENY).is_ok());
+        assert!(
+            RuleSet::new(
+                &[with_methods("/a", &["PROPFIND", "M-SEARCH", "patch"])],
+                &BTreeMap::new(),
+                DENY
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -854,20 +1125,63 @@ mod tests {
 
     #[test]
     fn rejects_shadowed_rules() {
-        let (key, message) = invalid_key(&[res("/a/*"), Resource { white_listed: true, ..res("/a/*") }], &[]);
+        let (key, message) = invalid_key(
+            &[
+                res("/a/*"),
+                Resource {
+                    white_listed: true,
+                    ..res("/a/*")
+                },
+            ],
+            &[],
+        );
         assert_eq!(key, "resources");
         assert!(message.contains("`/a/*`"), "{message}");
         assert_eq!(invalid_key(&[res("*"), res("/*")], &[]).0, "resources");
         assert_eq!(invalid_key(&[res("/a"), res("/a/")], &[]).0, "resources");
-        assert_eq!(invalid_key(&[with_methods("/a", &["GET", "POST"]), with_methods("/a", &["get"])], &[]).0, "resources");
+        assert_eq!(
+            invalid_key(
+                &[
+                    with_methods("/a", &["GET", "POST"]),
+                    with_methods("/a", &["get"])
+                ],
+                &[]
+            )
+            .0,
+            "resources"
+        );
         // Not shadowed: the later rule has methods the earlier one does not cover.
-        assert!(RuleSet::new(&[with_methods("/a", &["GET"]), with_methods("/a", &["GET", "POST"])], &BTreeMap::new(), DENY).is_ok());
-        assert!(RuleSet::new(&[with_methods("/a", &["GET"]), res("/a")], &BTreeMap::new(), DENY).is_ok());
+        assert!(
+            RuleSet::new(
+                &[
+                    with_methods("/a", &["GET"]),
+                    with_methods("/a", &["GET", "POST"])
+                ],
+                &BTreeMap::new(),
+                DENY
+            )
+            .is_ok()
+        );
+        assert!(
+            RuleSet::new(
+                &[with_methods("/a", &["GET"]), res("/a")],
+                &BTreeMap::new(),
+                DENY
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn rejects_requirements_on_white_listed_rule() {
-        let (key, message) = invalid_key(&[Resource { white_listed: true, roles: vec!["admin".into()], ..res("/a") }], &[]);
+        let (key, message) = invalid_key(
+            &[Resource {
+                white_listed: true,
+                roles: vec!["admin".into()],
+                ..res("/a")
+            }],
+            &[],
+        );
         assert_eq!(key, "resources");
         assert!(message.contains("roles"), "{message}");
     }
@@ -876,6 +1190,9 @@ mod tests {
     fn route_labels_use_the_uri_as_written() {
         let set = rules(&[res("/docs/")]);
         assert_eq!(set.route("GET", "/docs").label(), "/docs/");
-        assert_eq!(set.route("GET", "/docs").rule().map(Rule::uri), Some("/docs/"));
+        assert_eq!(
+            set.route("GET", "/docs").rule().map(Rule::uri),
+            Some("/docs/")
+        );
     }
 }

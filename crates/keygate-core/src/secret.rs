@@ -55,6 +55,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

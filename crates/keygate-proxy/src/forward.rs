@@ -31,14 +31,19 @@ impl Upstream {
     /// Builds the upstream client from `upstream-url`, `upstream-ca` and the timeouts.
     pub fn new(config: &Config) -> Result<Self, GatewayError> {
         let url = config.upstream_url.as_deref().unwrap_or_default();
-        let uri: Uri = url.parse().map_err(|e| GatewayError::config("upstream-url", e))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| GatewayError::config("upstream-url", e))?;
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| GatewayError::config("upstream-url", format!("`{url}` has no host")))?;
         if uri.query().is_some() {
-            return Err(GatewayError::config("upstream-url", "must not contain a query"));
+            return Err(GatewayError::config(
+                "upstream-url",
+                "must not contain a query",
+            ));
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
 
@@ -69,7 +74,9 @@ impl Upstream {
 
     /// The upstream URI for a normalized path and the original query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
-        let mut pq = String::with_capacity(self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        let mut pq = String::with_capacity(
+            self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
         pq.push_str(&self.base_path);
         pq.push_str(path);
         if let Some(q) = query {
@@ -91,20 +98,25 @@ impl Upstream {
         mut req: Request<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, Refusal> {
-        let upgrade_type = client_upgrade.as_ref().and(req.headers().get(header::UPGRADE).cloned());
+        let upgrade_type = client_upgrade
+            .as_ref()
+            .and(req.headers().get(header::UPGRADE).cloned());
         strip_hop_by_hop(req.headers_mut());
         if let Some(proto) = &upgrade_type {
-            req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             req.headers_mut().insert(header::UPGRADE, proto.clone());
         }
         let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
         let mut resp = match sent {
             Err(_) => {
-                metrics::counter!("keygate_upstream_errors_total", "kind" => "timeout").increment(1);
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "timeout")
+                    .increment(1);
                 return Err(Refusal::GatewayTimeout);
             }
             Ok(Err(e)) => {
-                metrics::counter!("keygate_upstream_errors_total", "kind" => "connect").increment(1);
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "connect")
+                    .increment(1);
                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
                 return Err(Refusal::BadGateway);
             }
@@ -126,7 +138,8 @@ impl Upstream {
             });
             let upgrade = resp.headers().get(header::UPGRADE).cloned();
             strip_hop_by_hop(resp.headers_mut());
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             if let Some(u) = upgrade {
                 resp.headers_mut().insert(header::UPGRADE, u);
             }
@@ -143,13 +156,16 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, GatewayError> {
         Some(path) => {
             use rustls::pki_types::CertificateDer;
             use rustls::pki_types::pem::PemObject;
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| GatewayError::config("upstream-ca", format!("{}: {e}", path.display())))?;
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
+            })?;
             for cert in certs {
-                let cert = cert.map_err(|e| GatewayError::config("upstream-ca", format!("{}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| GatewayError::config("upstream-ca", format!("{}: {e}", path.display())))?;
+                let cert = cert.map_err(|e| {
+                    GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
+                })?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

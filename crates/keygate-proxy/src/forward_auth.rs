@@ -12,8 +12,16 @@ use hyper::body::Incoming;
 use std::borrow::Cow;
 
 /// Answers one forward-auth request.
-pub async fn handle(gw: &Gateway, ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Body>, Refused> {
-    let trusted = gw.config.trusted_proxies.iter().any(|c| c.contains(ctx.peer.ip()));
+pub async fn handle(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
+    let trusted = gw
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(ctx.peer.ip()));
     if !trusted {
         return Err(Refused {
             refusal: Refusal::Forbidden("forward-auth is answered only to trusted-proxies".into()),
@@ -33,7 +41,11 @@ pub async fn handle(gw: &Gateway, ctx: &mut RequestCtx, req: Request<Incoming>) 
     if let Some(identity) = &identity {
         pipeline::identity_headers(gw, identity, resp.headers_mut());
     }
-    ctx.decision = if identity.is_some() { Decision::Allow } else { Decision::Public };
+    ctx.decision = if identity.is_some() {
+        Decision::Allow
+    } else {
+        Decision::Public
+    };
     ctx.identity = identity;
     Ok(resp)
 }
@@ -55,13 +67,17 @@ fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused> {
             }
         },
     };
-    let method = Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()).map_err(|_| Refused {
-        refusal: Refusal::BadRequest("the original method is not a valid HTTP method".into()),
-        reason: Cow::Borrowed("bad_original_method"),
-    })?;
+    let method =
+        Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()).map_err(|_| Refused {
+            refusal: Refusal::BadRequest("the original method is not a valid HTTP method".into()),
+            reason: Cow::Borrowed("bad_original_method"),
+        })?;
     // Traefik sends the path and query; some set-ups send a full URL.
     let uri = match uri.find("://") {
-        Some(i) => uri[i + 3..].find('/').map(|p| &uri[i + 3 + p..]).unwrap_or("/"),
+        Some(i) => uri[i + 3..]
+            .find('/')
+            .map(|p| &uri[i + 3 + p..])
+            .unwrap_or("/"),
         None => uri,
     };
     Ok((method, uri.to_owned()))

@@ -31,7 +31,10 @@ pub enum GatewayError {
 
 impl GatewayError {
     pub(crate) fn config(key: &'static str, message: impl std::fmt::Display) -> Self {
-        GatewayError::Config { key, message: message.to_string() }
+        GatewayError::Config {
+            key,
+            message: message.to_string(),
+        }
     }
 }
 
@@ -95,20 +98,31 @@ impl Gateway {
         let upstream = Upstream::new(&config)?;
         let mut static_headers = Vec::new();
         for (name, value) in &config.headers {
-            let name = HeaderName::try_from(name.as_str()).map_err(|e| GatewayError::config("headers", e))?;
-            let value = HeaderValue::try_from(value.as_str()).map_err(|e| GatewayError::config("headers", e))?;
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|e| GatewayError::config("headers", e))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|e| GatewayError::config("headers", e))?;
             static_headers.push((name, value));
         }
         let mut claim_headers = Vec::new();
         for claim in &config.add_claims {
             let header = format!("x-auth-{}", claim_header_suffix(claim));
-            let name = HeaderName::try_from(header.as_str())
-                .map_err(|_| GatewayError::config("add-claims", format!("`{claim}` cannot be a header name")))?;
+            let name = HeaderName::try_from(header.as_str()).map_err(|_| {
+                GatewayError::config("add-claims", format!("`{claim}` cannot be a header name"))
+            })?;
             debug_assert!(is_identity_header(name.as_str()));
             claim_headers.push((claim.clone(), name));
         }
         let tls = config.tls_cert.is_some();
-        Ok(Arc::new(Gateway { config, rules, verifier, upstream, static_headers, claim_headers, tls }))
+        Ok(Arc::new(Gateway {
+            config,
+            rules,
+            verifier,
+            upstream,
+            static_headers,
+            claim_headers,
+            tls,
+        }))
     }
 
     /// Starts the provider's background key loading and refresh.

@@ -11,7 +11,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 /// Dispatches a request whose normalized path starts with `/oauth/`.
-pub async fn serve(gw: &Gateway, ctx: &mut RequestCtx, req: Request<Incoming>) -> Result<Response<Body>, Refused> {
+pub async fn serve(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     match ctx.path.as_str() {
         "/oauth/auth" => forward_auth::handle(gw, ctx, req).await,
@@ -29,7 +33,11 @@ pub async fn serve(gw: &Gateway, ctx: &mut RequestCtx, req: Request<Incoming>) -
 /// Liveness and provider state: always 200 while the process serves.
 fn health(gw: &Gateway) -> Response<Body> {
     let provider = gw.verifier.provider().health();
-    let status = if provider.keys_loaded { "ok" } else { "degraded" };
+    let status = if provider.keys_loaded {
+        "ok"
+    } else {
+        "degraded"
+    };
     respond::json(
         StatusCode::OK,
         &serde_json::json!({
@@ -43,7 +51,11 @@ fn health(gw: &Gateway) -> Response<Body> {
 /// Readiness: 200 once the provider's keys are loaded, 503 before.
 fn ready(gw: &Gateway) -> Response<Body> {
     let loaded = gw.verifier.provider().keys().is_some();
-    let status = if loaded { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if loaded {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     respond::json(status, &serde_json::json!({ "ready": loaded }))
 }
 
@@ -53,8 +65,8 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets(&[
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
             ])
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();

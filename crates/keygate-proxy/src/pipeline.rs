@@ -90,7 +90,9 @@ impl RequestCtx {
 
     fn refused(&mut self, refusal: &Refusal, reason: Cow<'static, str>) {
         self.decision = match refusal {
-            Refusal::NoCredential | Refusal::BadCredential(_) | Refusal::Forbidden(_) => Decision::Deny,
+            Refusal::NoCredential | Refusal::BadCredential(_) | Refusal::Forbidden(_) => {
+                Decision::Deny
+            }
             _ => Decision::Error,
         };
         self.reason = reason;
@@ -107,7 +109,8 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let id = uuid::Uuid::new_v4();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// A refusal with the short reason recorded in logs and metrics.
@@ -135,13 +138,22 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
             refusal.into_response()
         }
     };
-    resp.headers_mut().insert("x-request-id", ctx.request_id.clone());
+    resp.headers_mut()
+        .insert("x-request-id", ctx.request_id.clone());
     log(&ctx, resp.status());
     resp
 }
 
-async fn run(gw: &Gateway, ctx: &mut RequestCtx, mut req: Request<Incoming>) -> Result<Response<Body>, Refused> {
-    let target = req.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+async fn run(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
     let (path, query) = normalize(gw, target)?;
     ctx.path = path;
     ctx.query = query;
@@ -155,7 +167,11 @@ async fn run(gw: &Gateway, ctx: &mut RequestCtx, mut req: Request<Incoming>) -> 
     ctx.route = route.label().to_owned();
     let identity = authenticate(gw, &route, req.headers()).await?;
     authorize(gw, &route, identity.as_deref())?;
-    ctx.decision = if identity.is_some() { Decision::Allow } else { Decision::Public };
+    ctx.decision = if identity.is_some() {
+        Decision::Allow
+    } else {
+        Decision::Public
+    };
     ctx.identity = identity;
     forward(gw, ctx, req).await
 }
@@ -167,7 +183,9 @@ pub fn normalize(gw: &Gateway, target: &str) -> Result<(String, Option<String>),
         Some((p, q)) => (p, Some(q.to_owned())),
         None => (target, None),
     };
-    let opts = NormalizeOptions { merge_slashes: gw.config.merge_slashes };
+    let opts = NormalizeOptions {
+        merge_slashes: gw.config.merge_slashes,
+    };
     match normalize_path(raw_path, opts) {
         Ok(path) => Ok((path, query)),
         Err(e) => Err(Refused {
@@ -183,7 +201,11 @@ pub fn strip_client_identity_headers(headers: &mut HeaderMap) {
     if !headers.keys().any(|n| is_identity_header(n.as_str())) {
         return;
     }
-    let spoofed: Vec<HeaderName> = headers.keys().filter(|n| is_identity_header(n.as_str())).cloned().collect();
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_identity_header(n.as_str()))
+        .cloned()
+        .collect();
     for name in spoofed {
         headers.remove(name);
     }
@@ -211,37 +233,61 @@ fn auth_refusal(e: &AuthError) -> Refused {
     } else {
         Refusal::BadCredential(e.to_string())
     };
-    Refused { refusal, reason: Cow::Borrowed(e.reason()) }
+    Refused {
+        refusal,
+        reason: Cow::Borrowed(e.reason()),
+    }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, Refused> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
-        return Err(Refused { refusal: Refusal::NoCredential, reason: Cow::Borrowed("no_credential") });
+        return Err(Refused {
+            refusal: Refusal::NoCredential,
+            reason: Cow::Borrowed("no_credential"),
+        });
     };
     let bad = |why: &'static str, reason: &'static str| Refused {
         refusal: Refusal::BadCredential(why.into()),
         reason: Cow::Borrowed(reason),
     };
     if values.next().is_some() {
-        return Err(bad("more than one Authorization header", "ambiguous_credential"));
+        return Err(bad(
+            "more than one Authorization header",
+            "ambiguous_credential",
+        ));
     }
-    let value = value.to_str().map_err(|_| bad("token is malformed", "token_malformed"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| bad("token is malformed", "token_malformed"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
-        _ => Err(bad("the Authorization header must be `Bearer <token>`", "unsupported_scheme")),
+        _ => Err(bad(
+            "the Authorization header must be `Bearer <token>`",
+            "unsupported_scheme",
+        )),
     }
 }
 
 /// Phase 4: evaluates the rule (and `match-claims`) for the identity.
-pub fn authorize(gw: &Gateway, route: &Route<'_>, identity: Option<&Identity>) -> Result<(), Refused> {
-    let Some(identity) = identity else { return Ok(()) };
-    gw.rules.authorize(route, identity).map_err(|denied| Refused {
-        refusal: Refusal::Forbidden(denied.reason),
-        reason: Cow::Borrowed("not_allowed"),
-    })
+pub fn authorize(
+    gw: &Gateway,
+    route: &Route<'_>,
+    identity: Option<&Identity>,
+) -> Result<(), Refused> {
+    let Some(identity) = identity else {
+        return Ok(());
+    };
+    gw.rules
+        .authorize(route, identity)
+        .map_err(|denied| Refused {
+            refusal: Refusal::Forbidden(denied.reason),
+            reason: Cow::Borrowed("not_allowed"),
+        })
 }
 
 /// The headers keygate sets for a verified identity: `Authorization`,
@@ -271,8 +317,14 @@ pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderM
     }
     put("x-auth-roles", &identity.roles.join(","));
     put("x-auth-groups", &identity.groups.join(","));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    put("x-auth-expiresin", &identity.expires_at.saturating_sub(now).to_string());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    put(
+        "x-auth-expiresin",
+        &identity.expires_at.saturating_sub(now).to_string(),
+    );
     put("x-auth-method", identity.method.as_str());
     if let Some(k) = &identity.key_id {
         put("x-auth-key-id", k);
@@ -284,9 +336,15 @@ pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderM
         let value = match identity.claims.get(claim) {
             Some(serde_json::Value::String(s)) => Cow::Borrowed(s.as_str()),
             Some(serde_json::Value::Array(items)) => Cow::Owned(
-                items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(","),
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
             ),
-            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Cow::Owned(v.to_string()),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                Cow::Owned(v.to_string())
+            }
             _ => continue,
         };
         if let Some(v) = safe_header_value(&value) {
@@ -306,14 +364,19 @@ fn safe_header_value(value: &str) -> Option<HeaderValue> {
 }
 
 /// Phase 5: prepares the upstream request and streams it.
-async fn forward(gw: &Gateway, ctx: &mut RequestCtx, mut req: Request<Incoming>) -> Result<Response<Body>, Refused> {
+async fn forward(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
     let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     *req.uri_mut() = gw.upstream.uri_for(&ctx.path, ctx.query.as_deref())?;
     *req.version_mut() = Version::HTTP_11;
-    let original_host = req
-        .headers_mut()
-        .remove(header::HOST)
-        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let original_host = req.headers_mut().remove(header::HOST).or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let headers = req.headers_mut();
     forwarded_headers(gw, ctx, headers, original_host);
     headers.insert("x-request-id", ctx.request_id.clone());
@@ -323,7 +386,10 @@ async fn forward(gw: &Gateway, ctx: &mut RequestCtx, mut req: Request<Incoming>)
     if let Some(identity) = &ctx.identity {
         identity_headers(gw, identity, headers);
     }
-    gw.upstream.send(req, client_upgrade).await.map_err(Refused::from)
+    gw.upstream
+        .send(req, client_upgrade)
+        .await
+        .map_err(Refused::from)
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -332,13 +398,25 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// `X-Forwarded-For/Proto/Host`: extended when the peer is a trusted proxy,
 /// replaced otherwise, so clients cannot forge their address.
-fn forwarded_headers(gw: &Gateway, ctx: &RequestCtx, headers: &mut HeaderMap, host: Option<HeaderValue>) {
-    let trusted = gw.config.trusted_proxies.iter().any(|c| c.contains(ctx.peer.ip()));
+fn forwarded_headers(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
+) {
+    let trusted = gw
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(ctx.peer.ip()));
     let peer_ip = ctx.peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if trusted => format!("{prev}, {peer_ip}"),
@@ -369,7 +447,8 @@ pub fn log(ctx: &RequestCtx, status: http::StatusCode) {
         "reason" => ctx.reason.clone(),
     )
     .increment(1);
-    metrics::histogram!("keygate_request_duration_seconds", "decision" => decision).record(elapsed.as_secs_f64());
+    metrics::histogram!("keygate_request_duration_seconds", "decision" => decision)
+        .record(elapsed.as_secs_f64());
     tracing::info!(
         target: "keygate::access",
         request_id = ctx.request_id.to_str().unwrap_or("-"),
@@ -413,7 +492,10 @@ mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive_and_required() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
         assert_eq!(bearer_token(&h).ok(), Some("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert!(bearer_token(&h).is_err());

@@ -27,7 +27,9 @@ impl Server {
     /// Binds `listen` (and loads the TLS certificate when configured).
     pub async fn bind(gateway: Arc<Gateway>) -> Result<Self, GatewayError> {
         let addr = gateway.config.listen.0;
-        let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
         let tls = match (&gateway.config.tls_cert, &gateway.config.tls_private_key) {
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
             _ => None,
@@ -44,12 +46,19 @@ impl Server {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(gateway.config.max_header_size).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
-        Ok(Server { gateway, listener, tls, builder: Arc::new(builder) })
+        Ok(Server {
+            gateway,
+            listener,
+            tls,
+            builder: Arc::new(builder),
+        })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.gateway.config.listen.0)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.gateway.config.listen.0)
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets
@@ -71,8 +80,14 @@ impl Server {
         }
         drop(self.listener);
         let grace = self.gateway.config.shutdown_grace_period;
-        tracing::info!(in_flight = graceful.count(), "shutting down; finishing in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::info!(
+            in_flight = graceful.count(),
+            "shutting down; finishing in-flight requests"
+        );
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; closing remaining connections");
         }
     }
@@ -87,7 +102,9 @@ impl Server {
         let builder = Arc::clone(&self.builder);
         match &self.tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -100,7 +117,9 @@ impl Server {
                 let watcher = graceful.watcher();
                 let handshake_timeout = self.gateway.config.server_read_header_timeout;
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, %peer, "TLS handshake failed");
@@ -108,7 +127,9 @@ impl Server {
                         }
                         Err(_) => return,
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                        .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
@@ -118,7 +139,10 @@ impl Server {
     }
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, GatewayError> {
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<TlsAcceptor, GatewayError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)

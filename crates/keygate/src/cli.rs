@@ -18,7 +18,9 @@ fn config_args(cmd: Command) -> Command {
             .env("KEYGATE_CONFIG")
             .value_name("FILE")
             .value_parser(clap::value_parser!(PathBuf))
-            .help("YAML config file (keycloak-gatekeeper names); flags and KEYGATE_* env override it"),
+            .help(
+                "YAML config file (keycloak-gatekeeper names); flags and KEYGATE_* env override it",
+            ),
     );
     KEYS.iter().fold(cmd, |cmd, key| {
         let mut arg = Arg::new(key.name)
@@ -54,11 +56,12 @@ fn command() -> Command {
         .version(env!("CARGO_PKG_VERSION"))
         .subcommand_required(true)
         .arg_required_else_help(true)
-        .subcommand(config_args(Command::new("serve").about("Run the gateway (proxy, forward-auth at /oauth/auth, health, metrics)")))
-        .subcommand(config_args(
-            Command::new("check-config")
-                .about("Print the effective config with secrets redacted; exit 1 on any error"),
-        ))
+        .subcommand(config_args(Command::new("serve").about(
+            "Run the gateway (proxy, forward-auth at /oauth/auth, health, metrics)",
+        )))
+        .subcommand(config_args(Command::new("check-config").about(
+            "Print the effective config with secrets redacted; exit 1 on any error",
+        )))
         .subcommand(Command::new("version").about("Print the version"))
 }
 
@@ -99,12 +102,18 @@ fn load(m: &ArgMatches) -> Result<Loaded, settings::LoadError> {
     let mut env = Vec::new();
     let mut flags = Vec::new();
     for key in KEYS {
-        let Some(value) = m.get_one::<String>(key.name) else { continue };
+        let Some(value) = m.get_one::<String>(key.name) else {
+            continue;
+        };
         match m.value_source(key.name) {
-            Some(ValueSource::EnvVariable) => {
-                env.push((key, value.clone(), Source::Env(settings::env_name(key.name))))
+            Some(ValueSource::EnvVariable) => env.push((
+                key,
+                value.clone(),
+                Source::Env(settings::env_name(key.name)),
+            )),
+            Some(ValueSource::CommandLine) => {
+                flags.push((key, value.clone(), Source::Flag(key.name.to_owned())))
             }
-            Some(ValueSource::CommandLine) => flags.push((key, value.clone(), Source::Flag(key.name.to_owned()))),
             _ => {}
         }
     }
@@ -115,7 +124,9 @@ fn load(m: &ArgMatches) -> Result<Loaded, settings::LoadError> {
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -128,7 +139,10 @@ fn serve(loaded: Loaded) -> ExitCode {
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -162,13 +176,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -40,93 +40,305 @@ pub struct Key {
 }
 
 const fn key(name: &'static str, kind: Kind, help: &'static str) -> Key {
-    Key { name, kind, help, secret: false }
+    Key {
+        name,
+        kind,
+        help,
+        secret: false,
+    }
 }
 
 /// Every configuration key. `keys_match_the_config_struct` keeps this table
 /// and `Config` in step.
 pub const KEYS: &[Key] = &[
-    key("listen", Kind::Str, "address to listen on, host:port or :port [default: 127.0.0.1:3000]"),
-    key("upstream-url", Kind::Str, "the upstream authorized requests are forwarded to"),
-    key("discovery-url", Kind::Str, "the provider's issuer URL (/.well-known/openid-configuration optional)"),
-    key("client-id", Kind::Str, "keygate's client id at the provider; default token audience"),
-    Key { name: "client-secret", kind: Kind::Str, help: "keygate's client secret", secret: true },
-    key("access-token-audience", Kind::List, "accepted access-token audiences [default: client-id]"),
-    key("enable-default-deny", Kind::Bool, "paths no resource matches need a valid credential [default: true]"),
-    key("resources", Kind::Yaml, "route rules, as YAML/JSON list (see docs/config.md)"),
-    key("match-claims", Kind::Map, "claim=regex pairs every authenticated request must match"),
-    key("add-claims", Kind::List, "claims copied to X-Auth-<Name> upstream headers"),
-    key("headers", Kind::Map, "name=value headers added to every upstream request"),
-    key("enable-authorization-header", Kind::Bool, "forward Authorization: Bearer <token> [default: true]"),
-    key("enable-token-header", Kind::Bool, "also forward the token as X-Auth-Token [default: false]"),
-    key("trusted-proxies", Kind::List, "addresses/CIDRs whose X-Forwarded-*/X-Original-* headers are believed"),
-    key("skip-openid-provider-tls-verify", Kind::Bool, "DANGEROUS: accept any provider certificate"),
-    key("upstream-ca", Kind::Str, "PEM file of CAs for an https upstream"),
+    key(
+        "listen",
+        Kind::Str,
+        "address to listen on, host:port or :port [default: 127.0.0.1:3000]",
+    ),
+    key(
+        "upstream-url",
+        Kind::Str,
+        "the upstream authorized requests are forwarded to",
+    ),
+    key(
+        "discovery-url",
+        Kind::Str,
+        "the provider's issuer URL (/.well-known/openid-configuration optional)",
+    ),
+    key(
+        "client-id",
+        Kind::Str,
+        "keygate's client id at the provider; default token audience",
+    ),
+    Key {
+        name: "client-secret",
+        kind: Kind::Str,
+        help: "keygate's client secret",
+        secret: true,
+    },
+    key(
+        "access-token-audience",
+        Kind::List,
+        "accepted access-token audiences [default: client-id]",
+    ),
+    key(
+        "enable-default-deny",
+        Kind::Bool,
+        "paths no resource matches need a valid credential [default: true]",
+    ),
+    key(
+        "resources",
+        Kind::Yaml,
+        "route rules, as YAML/JSON list (see docs/config.md)",
+    ),
+    key(
+        "match-claims",
+        Kind::Map,
+        "claim=regex pairs every authenticated request must match",
+    ),
+    key(
+        "add-claims",
+        Kind::List,
+        "claims copied to X-Auth-<Name> upstream headers",
+    ),
+    key(
+        "headers",
+        Kind::Map,
+        "name=value headers added to every upstream request",
+    ),
+    key(
+        "enable-authorization-header",
+        Kind::Bool,
+        "forward Authorization: Bearer <token> [default: true]",
+    ),
+    key(
+        "enable-token-header",
+        Kind::Bool,
+        "also forward the token as X-Auth-Token [default: false]",
+    ),
+    key(
+        "trusted-proxies",
+        Kind::List,
+        "addresses/CIDRs whose X-Forwarded-*/X-Original-* headers are believed",
+    ),
+    key(
+        "skip-openid-provider-tls-verify",
+        Kind::Bool,
+        "DANGEROUS: accept any provider certificate",
+    ),
+    key(
+        "upstream-ca",
+        Kind::Str,
+        "PEM file of CAs for an https upstream",
+    ),
     key("tls-cert", Kind::Str, "PEM certificate chain to serve TLS"),
     key("tls-private-key", Kind::Str, "PEM private key to serve TLS"),
-    key("signing-algorithms", Kind::List, "accepted JWT algorithms [default: RS*, PS*, ES256, ES384, EdDSA]"),
-    key("clock-skew", Kind::Duration, "leeway for exp/nbf/iat, at most 60s [default: 30s]"),
-    key("max-token-size", Kind::Num, "longest accepted token in bytes [default: 16384]"),
-    key("token-cache-size", Kind::Num, "verified tokens kept in memory [default: 100000]"),
-    key("jwks-refresh-interval", Kind::Duration, "background refresh of the provider's keys [default: 5m]"),
-    key("jwks-min-refresh-interval", Kind::Duration, "least time between fetches for unknown kids [default: 1s]"),
-    key("openid-provider-timeout", Kind::Duration, "timeout of requests to the provider [default: 10s]"),
-    key("upstream-timeout", Kind::Duration, "timeout to connect to the upstream [default: 10s]"),
-    key("upstream-response-header-timeout", Kind::Duration, "timeout for the upstream's response headers [default: 60s]"),
-    key("upstream-keepalive-timeout", Kind::Duration, "idle upstream connections closed after [default: 90s]"),
-    key("server-read-header-timeout", Kind::Duration, "time a client has to send its headers [default: 10s]"),
-    key("shutdown-grace-period", Kind::Duration, "time in-flight requests get after SIGTERM [default: 30s]"),
-    key("max-header-size", Kind::Num, "largest request header section in bytes [default: 65536]"),
-    key("merge-slashes", Kind::Bool, "collapse // in paths before matching [default: true]"),
-    key("case-insensitive-paths", Kind::Bool, "match resource URIs ignoring ASCII case [default: false]"),
+    key(
+        "signing-algorithms",
+        Kind::List,
+        "accepted JWT algorithms [default: RS*, PS*, ES256, ES384, EdDSA]",
+    ),
+    key(
+        "clock-skew",
+        Kind::Duration,
+        "leeway for exp/nbf/iat, at most 60s [default: 30s]",
+    ),
+    key(
+        "max-token-size",
+        Kind::Num,
+        "longest accepted token in bytes [default: 16384]",
+    ),
+    key(
+        "token-cache-size",
+        Kind::Num,
+        "verified tokens kept in memory [default: 100000]",
+    ),
+    key(
+        "jwks-refresh-interval",
+        Kind::Duration,
+        "background refresh of the provider's keys [default: 5m]",
+    ),
+    key(
+        "jwks-min-refresh-interval",
+        Kind::Duration,
+        "least time between fetches for unknown kids [default: 1s]",
+    ),
+    key(
+        "openid-provider-timeout",
+        Kind::Duration,
+        "timeout of requests to the provider [default: 10s]",
+    ),
+    key(
+        "upstream-timeout",
+        Kind::Duration,
+        "timeout to connect to the upstream [default: 10s]",
+    ),
+    key(
+        "upstream-response-header-timeout",
+        Kind::Duration,
+        "timeout for the upstream's response headers [default: 60s]",
+    ),
+    key(
+        "upstream-keepalive-timeout",
+        Kind::Duration,
+        "idle upstream connections closed after [default: 90s]",
+    ),
+    key(
+        "server-read-header-timeout",
+        Kind::Duration,
+        "time a client has to send its headers [default: 10s]",
+    ),
+    key(
+        "shutdown-grace-period",
+        Kind::Duration,
+        "time in-flight requests get after SIGTERM [default: 30s]",
+    ),
+    key(
+        "max-header-size",
+        Kind::Num,
+        "largest request header section in bytes [default: 65536]",
+    ),
+    key(
+        "merge-slashes",
+        Kind::Bool,
+        "collapse // in paths before matching [default: true]",
+    ),
+    key(
+        "case-insensitive-paths",
+        Kind::Bool,
+        "match resource URIs ignoring ASCII case [default: false]",
+    ),
     key("log-format", Kind::Str, "text or json [default: text]"),
-    key("log-level", Kind::Str, "tracing filter, e.g. info or keygate=debug [default: info]"),
+    key(
+        "log-level",
+        Kind::Str,
+        "tracing filter, e.g. info or keygate=debug [default: info]",
+    ),
 ];
 
 /// keycloak-gatekeeper options keygate does not support (yet), with what to do instead.
 /// They are accepted and ignored with a warning so existing configs load.
 pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
-    ("enable-logging", "keygate always logs one line per request; use log-format/log-level"),
+    (
+        "enable-logging",
+        "keygate always logs one line per request; use log-format/log-level",
+    ),
     ("enable-json-logging", "use `log-format: json`"),
     ("debug", "use `log-level: debug`"),
     ("verbose", "use `log-level: debug`"),
-    ("enable-refresh-tokens", "browser sessions are not implemented yet; ignored"),
-    ("enable-session-cookies", "browser sessions are not implemented yet; ignored"),
-    ("enable-login-handler", "browser sessions are not implemented yet; ignored"),
-    ("encryption-key", "browser sessions are not implemented yet; ignored"),
-    ("secure-cookie", "browser sessions are not implemented yet; ignored"),
+    (
+        "enable-refresh-tokens",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "enable-session-cookies",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "enable-login-handler",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "encryption-key",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "secure-cookie",
+        "browser sessions are not implemented yet; ignored",
+    ),
     ("http-only-cookie", "keygate's cookies are always HttpOnly"),
-    ("same-site-cookie", "browser sessions are not implemented yet; ignored"),
-    ("cookie-domain", "browser sessions are not implemented yet; ignored"),
-    ("cookie-access-name", "browser sessions are not implemented yet; ignored"),
-    ("cookie-refresh-name", "browser sessions are not implemented yet; ignored"),
-    ("redirection-url", "browser sessions are not implemented yet; ignored"),
-    ("scopes", "browser sessions are not implemented yet; ignored"),
+    (
+        "same-site-cookie",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "cookie-domain",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "cookie-access-name",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "cookie-refresh-name",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "redirection-url",
+        "browser sessions are not implemented yet; ignored",
+    ),
+    (
+        "scopes",
+        "browser sessions are not implemented yet; ignored",
+    ),
     ("no-redirects", "keygate never redirects API calls; ignored"),
     ("ingress.enabled", "not a keygate setting; ignored"),
-    ("enable-metrics", "metrics are always served at /oauth/metrics"),
-    ("localhost-metrics", "metrics are always served at /oauth/metrics"),
+    (
+        "enable-metrics",
+        "metrics are always served at /oauth/metrics",
+    ),
+    (
+        "localhost-metrics",
+        "metrics are always served at /oauth/metrics",
+    ),
     ("enable-profiling", "not supported; ignored"),
-    ("enable-security-filter", "not supported; put security headers in the upstream; ignored"),
+    (
+        "enable-security-filter",
+        "not supported; put security headers in the upstream; ignored",
+    ),
     ("enable-https-redirection", "not supported; ignored"),
-    ("preserve-host", "keygate sends the upstream's host and the client's in X-Forwarded-Host"),
-    ("upstream-keepalives", "keygate always keeps upstream connections alive"),
+    (
+        "preserve-host",
+        "keygate sends the upstream's host and the client's in X-Forwarded-Host",
+    ),
+    (
+        "upstream-keepalives",
+        "keygate always keeps upstream connections alive",
+    ),
     ("server-read-timeout", "use `server-read-header-timeout`"),
-    ("server-write-timeout", "not supported (responses stream); ignored"),
+    (
+        "server-write-timeout",
+        "not supported (responses stream); ignored",
+    ),
     ("server-idle-timeout", "not supported; ignored"),
-    ("cors-origins", "CORS is not supported yet; answer CORS in the upstream"),
-    ("cors-methods", "CORS is not supported yet; answer CORS in the upstream"),
-    ("cors-headers", "CORS is not supported yet; answer CORS in the upstream"),
-    ("cors-credentials", "CORS is not supported yet; answer CORS in the upstream"),
-    ("cors-max-age", "CORS is not supported yet; answer CORS in the upstream"),
-    ("cors-exposed-headers", "CORS is not supported yet; answer CORS in the upstream"),
-    ("openid-provider-proxy", "not supported; set HTTPS_PROXY for the process"),
+    (
+        "cors-origins",
+        "CORS is not supported yet; answer CORS in the upstream",
+    ),
+    (
+        "cors-methods",
+        "CORS is not supported yet; answer CORS in the upstream",
+    ),
+    (
+        "cors-headers",
+        "CORS is not supported yet; answer CORS in the upstream",
+    ),
+    (
+        "cors-credentials",
+        "CORS is not supported yet; answer CORS in the upstream",
+    ),
+    (
+        "cors-max-age",
+        "CORS is not supported yet; answer CORS in the upstream",
+    ),
+    (
+        "cors-exposed-headers",
+        "CORS is not supported yet; answer CORS in the upstream",
+    ),
+    (
+        "openid-provider-proxy",
+        "not supported; set HTTPS_PROXY for the process",
+    ),
     ("oauth-uri", "keygate's endpoints are always under /oauth"),
     ("base-uri", "not supported; ignored"),
     ("revocation-url", "not supported; ignored"),
     ("enable-encrypted-token", "not supported; ignored"),
     ("enable-authorization-cookies", "not supported; ignored"),
-    ("skip-upstream-tls-verify", "keygate always verifies the upstream; give its CA with `upstream-ca`"),
+    (
+        "skip-upstream-tls-verify",
+        "keygate always verifies the upstream; give its CA with `upstream-ca`",
+    ),
     ("listen-http", "not supported; use one `listen`"),
     ("enable-forwarding", "forward-signing mode is not supported"),
     ("hostnames", "not supported; ignored"),
@@ -136,8 +348,10 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
 ];
 
 /// Options that would make keygate unsafe: refused outright.
-const REFUSED: &[(&str, &str)] =
-    &[("skip-token-verification", "keygate never skips token verification; remove this option")];
+const REFUSED: &[(&str, &str)] = &[(
+    "skip-token-verification",
+    "keygate never skips token verification; remove this option",
+)];
 
 /// Where a key's effective value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,37 +392,61 @@ pub struct Loaded {
 
 /// The environment variable for a key: `KEYGATE_` + upper case, `-` → `_`.
 pub fn env_name(key: &str) -> String {
-    format!("KEYGATE_{}", key.to_ascii_uppercase().replace(['-', '.'], "_"))
+    format!(
+        "KEYGATE_{}",
+        key.to_ascii_uppercase().replace(['-', '.'], "_")
+    )
 }
 
 /// Loads the file (if any) and overlays `overrides` (already in precedence
 /// order: env first, then flags, so flags win).
-pub fn load(file: Option<&Path>, overrides: &[(&'static Key, String, Source)]) -> Result<Loaded, LoadError> {
+pub fn load(
+    file: Option<&Path>,
+    overrides: &[(&'static Key, String, Source)],
+) -> Result<Loaded, LoadError> {
     let mut warnings = Vec::new();
     let mut sources: Vec<(String, Source)> = Vec::new();
     let mut doc = Mapping::new();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| LoadError(format!("cannot read config file {}: {e}", path.display())))?;
-        let value: Value = serde_yaml::from_str(&text)
-            .map_err(|e| LoadError(format!("config file {}: not valid YAML: {e}", path.display())))?;
+        let value: Value = serde_yaml::from_str(&text).map_err(|e| {
+            LoadError(format!(
+                "config file {}: not valid YAML: {e}",
+                path.display()
+            ))
+        })?;
         let mapping = match value {
             Value::Mapping(m) => m,
             Value::Null => Mapping::new(),
-            _ => return Err(LoadError(format!("config file {}: must be a YAML mapping of keys", path.display()))),
+            _ => {
+                return Err(LoadError(format!(
+                    "config file {}: must be a YAML mapping of keys",
+                    path.display()
+                )));
+            }
         };
         for (k, v) in mapping {
             let Some(name) = k.as_str().map(str::to_owned) else {
-                return Err(LoadError(format!("config file {}: keys must be strings", path.display())));
+                return Err(LoadError(format!(
+                    "config file {}: keys must be strings",
+                    path.display()
+                )));
             };
             if let Some((_, why)) = REFUSED.iter().find(|(n, _)| *n == name) {
                 if v.as_bool() == Some(false) {
                     continue;
                 }
-                return Err(LoadError(format!("config file {}: `{name}`: {why}", path.display())));
+                return Err(LoadError(format!(
+                    "config file {}: `{name}`: {why}",
+                    path.display()
+                )));
             }
             if let Some((_, why)) = GATEKEEPER_UNSUPPORTED.iter().find(|(n, _)| *n == name) {
-                warnings.push(format!("config file {}: `{name}` is not supported by keygate: {why}", path.display()));
+                warnings.push(format!(
+                    "config file {}: `{name}` is not supported by keygate: {why}",
+                    path.display()
+                ));
                 continue;
             }
             if !KEYS.iter().any(|key| key.name == name) {
@@ -229,13 +467,23 @@ pub fn load(file: Option<&Path>, overrides: &[(&'static Key, String, Source)]) -
         doc.insert(Value::String(key.name.to_owned()), value);
     }
     let source_of = |name: &str| {
-        sources.iter().rev().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or(Source::Default)
+        sources
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap_or(Source::Default)
     };
-    let mut config: Config = serde_path_to_error::deserialize(Value::Mapping(doc)).map_err(|e| {
-        let path = e.path().to_string();
-        let top = path.split(['.', '[']).next().unwrap_or("").to_owned();
-        LoadError(format!("`{path}` (from {}): {}", source_of(&top), e.into_inner()))
-    })?;
+    let mut config: Config =
+        serde_path_to_error::deserialize(Value::Mapping(doc)).map_err(|e| {
+            let path = e.path().to_string();
+            let top = path.split(['.', '[']).next().unwrap_or("").to_owned();
+            LoadError(format!(
+                "`{path}` (from {}): {}",
+                source_of(&top),
+                e.into_inner()
+            ))
+        })?;
     config.validate().map_err(|e| {
         let key = match &e {
             keygate_core::config::ConfigError::Invalid { key, .. }
@@ -261,8 +509,16 @@ fn parse_override(key: &Key, raw: &str) -> Result<Value, String> {
     let trimmed = raw.trim();
     Ok(match key.kind {
         Kind::Str | Kind::Duration => {
-            if key.kind == Kind::Duration && trimmed.bytes().all(|b| b.is_ascii_digit()) && !trimmed.is_empty() {
-                Value::Number(trimmed.parse::<u64>().map_err(|e| format!("`{}`: {e}", key.name))?.into())
+            if key.kind == Kind::Duration
+                && trimmed.bytes().all(|b| b.is_ascii_digit())
+                && !trimmed.is_empty()
+            {
+                Value::Number(
+                    trimmed
+                        .parse::<u64>()
+                        .map_err(|e| format!("`{}`: {e}", key.name))?
+                        .into(),
+                )
             } else {
                 Value::String(raw.to_owned())
             }
@@ -273,7 +529,10 @@ fn parse_override(key: &Key, raw: &str) -> Result<Value, String> {
             _ => return Err(format!("`{}` expects true or false, got `{raw}`", key.name)),
         },
         Kind::Num => Value::Number(
-            trimmed.parse::<u64>().map_err(|_| format!("`{}` expects a number, got `{raw}`", key.name))?.into(),
+            trimmed
+                .parse::<u64>()
+                .map_err(|_| format!("`{}` expects a number, got `{raw}`", key.name))?
+                .into(),
         ),
         Kind::List => Value::Sequence(
             trimmed
@@ -286,16 +545,18 @@ fn parse_override(key: &Key, raw: &str) -> Result<Value, String> {
         Kind::Map => {
             let mut m = Mapping::new();
             for pair in trimmed.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let (k, v) = pair
-                    .split_once('=')
-                    .ok_or_else(|| format!("`{}` expects name=value pairs, got `{pair}`", key.name))?;
-                m.insert(Value::String(k.trim().to_owned()), Value::String(v.trim().to_owned()));
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    format!("`{}` expects name=value pairs, got `{pair}`", key.name)
+                })?;
+                m.insert(
+                    Value::String(k.trim().to_owned()),
+                    Value::String(v.trim().to_owned()),
+                );
             }
             Value::Mapping(m)
         }
-        Kind::Yaml => {
-            serde_yaml::from_str(raw).map_err(|e| format!("`{}` expects YAML or JSON: {e}", key.name))?
-        }
+        Kind::Yaml => serde_yaml::from_str(raw)
+            .map_err(|e| format!("`{}` expects YAML or JSON: {e}", key.name))?,
     })
 }
 
@@ -351,10 +612,17 @@ mod tests {
         let f = file(MINIMAL);
         let loaded = load(Some(f.path()), &[]).unwrap();
         let value = serde_yaml::to_value(&loaded.config).unwrap();
-        let fields: Vec<String> =
-            value.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_owned()).collect();
+        let fields: Vec<String> = value
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect();
         let table: Vec<String> = KEYS.iter().map(|k| k.name.to_owned()).collect();
-        assert_eq!(fields, table, "settings::KEYS must list Config's fields in order");
+        assert_eq!(
+            fields, table,
+            "settings::KEYS must list Config's fields in order"
+        );
     }
 
     #[test]
@@ -373,7 +641,9 @@ mod tests {
         assert!(err.contains("enable-default-deny"), "{err}");
         assert!(err.contains("config file"), "{err}");
         assert!(err.contains("boolean"), "{err}");
-        let f = file(&format!("{MINIMAL}resources:\n  - uri: /a\n    roles: admin\n"));
+        let f = file(&format!(
+            "{MINIMAL}resources:\n  - uri: /a\n    roles: admin\n"
+        ));
         let err = load(Some(f.path()), &[]).err().unwrap().0;
         assert!(err.contains("resources[0].roles"), "{err}");
     }
@@ -382,20 +652,59 @@ mod tests {
     fn flag_beats_env_beats_file() {
         let f = file(&format!("{MINIMAL}listen: 127.0.0.1:1000\n"));
         let listen = KEYS.iter().find(|k| k.name == "listen").unwrap();
-        let env = (listen, "127.0.0.1:2000".to_owned(), Source::Env("KEYGATE_LISTEN".into()));
-        let flag = (listen, "127.0.0.1:3001".to_owned(), Source::Flag("listen".into()));
-        assert_eq!(load(Some(f.path()), &[]).unwrap().config.listen.0.port(), 1000);
-        assert_eq!(load(Some(f.path()), &[env.clone()]).unwrap().config.listen.0.port(), 2000);
-        assert_eq!(load(Some(f.path()), &[env, flag]).unwrap().config.listen.0.port(), 3001);
+        let env = (
+            listen,
+            "127.0.0.1:2000".to_owned(),
+            Source::Env("KEYGATE_LISTEN".into()),
+        );
+        let flag = (
+            listen,
+            "127.0.0.1:3001".to_owned(),
+            Source::Flag("listen".into()),
+        );
+        assert_eq!(
+            load(Some(f.path()), &[]).unwrap().config.listen.0.port(),
+            1000
+        );
+        assert_eq!(
+            load(Some(f.path()), std::slice::from_ref(&env))
+                .unwrap()
+                .config
+                .listen
+                .0
+                .port(),
+            2000
+        );
+        assert_eq!(
+            load(Some(f.path()), &[env, flag])
+                .unwrap()
+                .config
+                .listen
+                .0
+                .port(),
+            3001
+        );
     }
 
     #[test]
     fn typed_overrides_parse_lists_maps_and_yaml() {
         let k = |n: &str| KEYS.iter().find(|k| k.name == n).unwrap();
         let over = [
-            (k("access-token-audience"), "a, b".to_owned(), Source::Flag("x".into())),
-            (k("headers"), "X-Team=blue".to_owned(), Source::Flag("x".into())),
-            (k("resources"), r#"[{"uri": "/admin/*", "roles": ["admin"]}]"#.to_owned(), Source::Flag("x".into())),
+            (
+                k("access-token-audience"),
+                "a, b".to_owned(),
+                Source::Flag("x".into()),
+            ),
+            (
+                k("headers"),
+                "X-Team=blue".to_owned(),
+                Source::Flag("x".into()),
+            ),
+            (
+                k("resources"),
+                r#"[{"uri": "/admin/*", "roles": ["admin"]}]"#.to_owned(),
+                Source::Flag("x".into()),
+            ),
             (k("clock-skew"), "5".to_owned(), Source::Flag("x".into())),
         ];
         let f = file(MINIMAL);
@@ -428,10 +737,29 @@ mod tests {
         let loaded = load(Some(f.path()), &[]).unwrap();
         assert_eq!(loaded.config.listen.0.port(), 3000);
         assert_eq!(loaded.config.access_token_audience, ["gatekeeper"]);
-        for opt in ["enable-refresh-tokens", "secure-cookie", "enable-logging", "no-redirects", "ingress.enabled", "debug", "encryption-key"] {
-            assert!(loaded.warnings.iter().any(|w| w.contains(&format!("`{opt}`"))), "{opt}");
+        for opt in [
+            "enable-refresh-tokens",
+            "secure-cookie",
+            "enable-logging",
+            "no-redirects",
+            "ingress.enabled",
+            "debug",
+            "encryption-key",
+        ] {
+            assert!(
+                loaded
+                    .warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("`{opt}`"))),
+                "{opt}"
+            );
         }
-        assert!(loaded.warnings.iter().any(|w| w.contains("skip-openid-provider-tls-verify")));
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("skip-openid-provider-tls-verify"))
+        );
         let printed = redacted_yaml(&loaded.config);
         assert!(!printed.contains("s3cr3t"));
         assert!(!printed.contains("abcdefghijklmnop"));
@@ -440,12 +768,24 @@ mod tests {
     #[test]
     fn refuses_skip_token_verification() {
         let f = file(&format!("{MINIMAL}skip-token-verification: true\n"));
-        assert!(load(Some(f.path()), &[]).err().unwrap().0.contains("never skips"));
+        assert!(
+            load(Some(f.path()), &[])
+                .err()
+                .unwrap()
+                .0
+                .contains("never skips")
+        );
     }
 
     #[test]
     fn missing_required_key_is_named() {
         let f = file("client-id: keygate\nupstream-url: http://x\n");
-        assert!(load(Some(f.path()), &[]).err().unwrap().0.contains("`discovery-url` is required"));
+        assert!(
+            load(Some(f.path()), &[])
+                .err()
+                .unwrap()
+                .0
+                .contains("`discovery-url` is required")
+        );
     }
 }
