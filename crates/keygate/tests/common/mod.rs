@@ -19,7 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------- provider
@@ -64,14 +67,30 @@ impl Idp {
             reader.read_line(&mut line).unwrap();
             line
         });
-        let line = tokio::time::timeout(Duration::from_secs(30), line).await.expect("idp did not start").unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(30), line)
+            .await
+            .expect("idp did not start")
+            .unwrap();
         let issuer = line
             .trim()
             .strip_prefix("IDP READY issuer=")
             .unwrap_or_else(|| panic!("unexpected idp output: {line:?}"))
             .to_owned();
-        let port = issuer.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
-        Idp { child, issuer, port, http: reqwest::Client::new() }
+        let port = issuer
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Idp {
+            child,
+            issuer,
+            port,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn base(&self) -> String {
@@ -105,7 +124,10 @@ impl Idp {
             .json()
             .await
             .unwrap();
-        resp["access_token"].as_str().unwrap_or_else(|| panic!("no token: {resp}")).to_owned()
+        resp["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {resp}"))
+            .to_owned()
     }
 
     /// A service account's token from the client-credentials grant.
@@ -113,14 +135,21 @@ impl Idp {
         let resp: Value = self
             .http
             .post(self.token_endpoint())
-            .form(&[("grant_type", "client_credentials"), ("client_id", client), ("client_secret", secret)])
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client),
+                ("client_secret", secret),
+            ])
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        resp["access_token"].as_str().unwrap_or_else(|| panic!("no token: {resp}")).to_owned()
+        resp["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {resp}"))
+            .to_owned()
     }
 
     /// A token signed by the provider's current key with alice's claims
@@ -136,7 +165,10 @@ impl Idp {
             .json()
             .await
             .unwrap();
-        resp["token"].as_str().unwrap_or_else(|| panic!("sign failed: {resp}")).to_owned()
+        resp["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("sign failed: {resp}"))
+            .to_owned()
     }
 
     /// Rotates the signing key; returns the new kid.
@@ -193,7 +225,9 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(echo);
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -253,7 +287,12 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, std::con
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
-            Some((Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!("data: {i}\n\n")))), i + 1))
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(format!(
+                    "data: {i}\n\n"
+                )))),
+                i + 1,
+            ))
         });
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
@@ -265,13 +304,23 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, std::con
     }
     let mut headers = serde_json::Map::new();
     for (name, value) in req.headers() {
-        let entry = headers.entry(name.as_str().to_owned()).or_insert_with(|| json!([]));
-        entry.as_array_mut().unwrap().push(json!(String::from_utf8_lossy(value.as_bytes())));
+        let entry = headers
+            .entry(name.as_str().to_owned())
+            .or_insert_with(|| json!([]));
+        entry
+            .as_array_mut()
+            .unwrap()
+            .push(json!(String::from_utf8_lossy(value.as_bytes())));
     }
     let method = req.method().to_string();
     let query = req.uri().query().map(str::to_owned);
     let version = format!("{:?}", req.version());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let reply = json!({
         "method": method, "path": path, "query": query, "version": version,
         "headers": headers, "body_len": body.len(),
@@ -289,10 +338,17 @@ pub struct Echo(pub Value);
 
 impl Echo {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.0["headers"][name.to_ascii_lowercase()][0].as_str().map(str::to_owned)
+        self.0["headers"][name.to_ascii_lowercase()][0]
+            .as_str()
+            .map(str::to_owned)
     }
     pub fn header_names(&self) -> Vec<String> {
-        self.0["headers"].as_object().unwrap().keys().cloned().collect()
+        self.0["headers"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
     pub fn path(&self) -> &str {
         self.0["path"].as_str().unwrap()
@@ -327,7 +383,8 @@ impl Keygate {
     }
 
     pub async fn start_yaml(yaml: &str) -> Keygate {
-        let mut config: keygate_core::config::Config = serde_yaml::from_str(yaml).expect("test config parses");
+        let mut config: keygate_core::config::Config =
+            serde_yaml::from_str(yaml).expect("test config parses");
         config.validate().expect("test config is valid");
         let gateway = keygate_proxy::Gateway::new(config).expect("gateway builds");
         let server = keygate_proxy::Server::bind(gateway.clone()).await.unwrap();
@@ -337,7 +394,11 @@ impl Keygate {
         tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        Keygate { addr, stop: Some(tx), refresh }
+        Keygate {
+            addr,
+            stop: Some(tx),
+            refresh,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -382,7 +443,12 @@ impl Stack {
         let upstream = Upstream::start().await;
         let keygate = Keygate::start(&idp, &upstream, extra).await;
         keygate.wait_ready().await;
-        Stack { idp, upstream, keygate, http: client() }
+        Stack {
+            idp,
+            upstream,
+            keygate,
+            http: client(),
+        }
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -395,7 +461,10 @@ impl Stack {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 /// Sends a raw HTTP/1.1 request (for paths reqwest would normalize) and
@@ -412,14 +481,25 @@ pub async fn raw_get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -
     let mut out = Vec::new();
     stream.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// A free loopback port (bound and released; for servers that cannot take port 0).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// base64url without padding.
@@ -430,7 +510,9 @@ pub fn b64(data: &[u8]) -> String {
 
 pub fn b64_decode(data: &str) -> Vec<u8> {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(data).unwrap()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(data)
+        .unwrap()
 }
 
 /// The payload of a JWT, unverified (for test assertions only).

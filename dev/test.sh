@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (Node packages of the
+# test provider, Debian's nginx), then runs every test. Every test runs:
+# one that needs a server which cannot be found fails, it never skips.
+#
+#   ./dev/test.sh            # everything
+#   ./dev/test.sh jwt        # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The package starts a system nginx on port 80; the tests start their own.
+  $SUDO systemctl disable --now nginx >/dev/null 2>&1 || $SUDO service nginx stop >/dev/null 2>&1 || true
+fi
+command -v node >/dev/null 2>&1 || { echo "error: Node.js is required (for dev/idp)"; exit 1; }
+
+if [ ! -d dev/idp/node_modules/oidc-provider ] || [ dev/idp/package-lock.json -nt dev/idp/node_modules/.package-lock.json ]; then
+  echo "==> npm ci (dev/idp)"
+  npm ci --prefix dev/idp --no-audit --no-fund --loglevel=error
+fi
+
+echo "==> dev/idp smoke tests"
+node --test dev/idp/test/ 2>&1 | tail -n 12
+
+echo "==> cargo test"
+cargo test --workspace --all-targets "$@"
