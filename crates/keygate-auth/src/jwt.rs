@@ -136,7 +136,7 @@ impl JwtVerifier {
             self.provider
                 .refresh_for_unknown_kid(keys.generation)
                 .await
-                .ok_or(AuthError::ProviderUnavailable)?
+                .map_err(|()| AuthError::ProviderUnavailable)?
         };
         let claims = self.check(token, alg, &kid, &keys)?;
         Ok(Identity::from_claims(

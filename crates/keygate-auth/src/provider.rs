@@ -187,14 +187,15 @@ impl Provider {
     /// Called when a token names a `kid` not in the key set of generation
     /// `seen_generation`. Waits for (or performs) one fetch that started after
     /// the caller looked, respecting `min_refresh_interval`. Returns the key
-    /// set to look in again.
-    pub async fn refresh_for_unknown_kid(&self, seen_generation: u64) -> Option<Arc<Keys>> {
+    /// set to look in again, or `Err` when the provider could not be reached
+    /// (the caller cannot tell a rotated key from a forged one then).
+    pub async fn refresh_for_unknown_kid(&self, seen_generation: u64) -> Result<Arc<Keys>, ()> {
         let mut last = self.fetch_lock.lock().await;
         if let Some(keys) = self.keys()
             && keys.generation > seen_generation
         {
             // Someone fetched after the caller looked: look there, fetch no more.
-            return Some(keys);
+            return Ok(keys);
         }
         if let Some(at) = *last {
             let next = at + self.settings.min_refresh_interval;
@@ -202,10 +203,13 @@ impl Provider {
         }
         let result = self.fetch_keys_locked().await;
         *last = Some(Instant::now());
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "re-reading the provider's keys for an unknown kid failed");
+        match result {
+            Ok(()) => self.keys().ok_or(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the provider's keys for an unknown kid failed");
+                Err(())
+            }
         }
-        self.keys()
     }
 
     async fn fetch_now(&self) -> Result<(), FetchError> {

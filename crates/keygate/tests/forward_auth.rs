@@ -1,0 +1,260 @@
+//! Forward-auth through a real nginx (`auth_request`), and the
+//! `trusted-proxies` check.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const RULES: &str = "resources:\n  - uri: /public/*\n    white-listed: true\n  - uri: /admin/*\n    roles: [admin]\n";
+
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_binary() -> String {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_owned();
+        }
+    }
+    panic!("nginx is not installed: run ./dev/test.sh, which installs Debian's nginx");
+}
+
+/// nginx in front of the upstream, asking keygate's /oauth/auth first — the
+/// set-up of docs/examples/nginx-forward-auth.conf.
+async fn start_nginx(keygate: std::net::SocketAddr, upstream: std::net::SocketAddr) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = dir.path().display();
+    let conf = format!(
+        r#"
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /_keygate_auth {{
+      internal;
+      proxy_pass http://{keygate}/oauth/auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+    }}
+    location / {{
+      auth_request /_keygate_auth;
+      auth_request_set $kg_authorization $upstream_http_authorization;
+      auth_request_set $kg_subject $upstream_http_x_auth_subject;
+      auth_request_set $kg_username $upstream_http_x_auth_username;
+      auth_request_set $kg_roles $upstream_http_x_auth_roles;
+      proxy_set_header Authorization $kg_authorization;
+      proxy_set_header X-Auth-Subject $kg_subject;
+      proxy_set_header X-Auth-Username $kg_username;
+      proxy_set_header X-Auth-Roles $kg_roles;
+      proxy_pass http://{upstream};
+    }}
+  }}
+}}
+"#
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(nginx_binary())
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Nginx {
+                child,
+                port,
+                _dir: dir,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "nginx did not start; see {}/error.log",
+        dir.path().display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_allows_denies_and_passes_identity() {
+    let stack = Stack::start(&format!("trusted-proxies: [127.0.0.1]\n{RULES}")).await;
+    let nginx = start_nginx(stack.keygate.addr, stack.upstream.addr).await;
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let http = client();
+    let alice = stack.idp.token("alice").await;
+    let bob = stack.idp.token("bob").await;
+
+    let resp = http
+        .get(format!("{base}/admin/x?q=1"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo = Echo(resp.json().await.unwrap());
+    assert_eq!(echo.path(), "/admin/x");
+    assert_eq!(echo.header("x-auth-username").unwrap(), "alice");
+    assert_eq!(
+        echo.header("authorization").unwrap(),
+        format!("Bearer {alice}")
+    );
+
+    assert_eq!(
+        http.get(format!("{base}/admin/x"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let resp = http.get(format!("{base}/admin/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        http.get(format!("{base}/public/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The original URI is what is authorized, normalized by keygate.
+    let (code, _) = raw_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], nginx.port)),
+        "/public/%2e%2e/admin/x",
+        &[("Authorization", &format!("Bearer {bob}"))],
+    )
+    .await;
+    assert_eq!(code, 403);
+    // Spoofed identity headers are overwritten by nginx with keygate's answer.
+    let resp = http
+        .get(format!("{base}/api"))
+        .bearer_auth(&bob)
+        .header("X-Auth-Roles", "admin")
+        .send()
+        .await
+        .unwrap();
+    let echo = Echo(resp.json().await.unwrap());
+    assert!(
+        !echo
+            .header("x-auth-roles")
+            .unwrap()
+            .split(',')
+            .any(|r| r == "admin")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_is_refused_when_not_a_trusted_proxy() {
+    let stack = Stack::start(&format!("trusted-proxies: [10.0.0.0/8]\n{RULES}")).await;
+    let nginx = start_nginx(stack.keygate.addr, stack.upstream.addr).await;
+    let alice = stack.idp.token("alice").await;
+    let resp = client()
+        .get(format!("http://127.0.0.1:{}/admin/x", nginx.port))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_auth_answers_directly() {
+    let stack = Stack::start(&format!("trusted-proxies: [127.0.0.1]\n{RULES}")).await;
+    let http = client();
+    let alice = stack.idp.token("alice").await;
+    let bob = stack.idp.token("bob").await;
+    let ask = |method: &'static str, uri: &'static str, token: Option<String>, traefik: bool| {
+        let mut req = http.get(stack.keygate.url("/oauth/auth"));
+        req = if traefik {
+            req.header("X-Forwarded-Method", method)
+                .header("X-Forwarded-Uri", uri)
+        } else {
+            req.header("X-Original-Method", method)
+                .header("X-Original-URI", uri)
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let resp = ask("GET", "/admin/x?y=1", Some(alice.clone()), true)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-auth-username"], "alice");
+    assert_eq!(
+        resp.headers()["authorization"].to_str().unwrap(),
+        format!("Bearer {alice}")
+    );
+    assert_eq!(
+        ask("GET", "/admin/x", Some(bob.clone()), false)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let resp = ask("GET", "/admin/x", None, true).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        ask("GET", "/public/x", None, false).await.unwrap().status(),
+        200
+    );
+    // Missing original request headers: 400.
+    assert_eq!(
+        http.get(stack.keygate.url("/oauth/auth"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    let untrusted = Stack::start(RULES).await;
+    let resp = client()
+        .get(untrusted.keygate.url("/oauth/auth"))
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Forwarded-Uri", "/public/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        403,
+        "forward-auth answers only trusted proxies"
+    );
+}
