@@ -60,6 +60,8 @@ impl Gateway {
     /// Builds the gateway from a validated config (see `Config::validate`).
     /// Starts nothing; [`Gateway::start_background`] starts the key refresh.
     pub fn new(config: Config) -> Result<Arc<Self>, GatewayError> {
+        // Install the metrics recorder before anything records.
+        crate::ops::metrics_handle();
         let rules = RuleSet::new(
             &config.resources,
             &config.match_claims,

@@ -360,6 +360,7 @@ impl Echo {
 /// keygate in this process, on 127.0.0.1:0.
 pub struct Keygate {
     pub addr: SocketAddr,
+    pub gateway: std::sync::Arc<keygate_proxy::Gateway>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     refresh: tokio::task::JoinHandle<()>,
 }
@@ -396,6 +397,7 @@ impl Keygate {
         }));
         Keygate {
             addr,
+            gateway,
             stop: Some(tx),
             refresh,
         }
@@ -407,11 +409,8 @@ impl Keygate {
 
     /// Waits until the provider's keys are loaded.
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(r) = client.get(self.url("/oauth/ready")).send().await
-                && r.status() == 200
-            {
+            if self.gateway.verifier.provider().keys().is_some() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
