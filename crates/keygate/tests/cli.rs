@@ -1,6 +1,8 @@
 //! The `keygate` binary: `check-config`, `version`, and `serve` with JSON
 //! logs and graceful shutdown on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! Forward-auth through a real nginx (`auth_request`), and the
 //! `trusted-proxies` check.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -33,6 +35,7 @@ fn nginx_binary() -> String {
 
 /// nginx in front of the upstream, asking keygate's /oauth/auth first — the
 /// set-up of docs/examples/nginx-forward-auth.conf.
+#[allow(clippy::zombie_processes)] // `Nginx::drop` kills and waits.
 async fn start_nginx(keygate: std::net::SocketAddr, upstream: std::net::SocketAddr) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -1,5 +1,7 @@
 //! What reaches the upstream: spoofed identity headers never do; keygate's do.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

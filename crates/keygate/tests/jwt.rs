@@ -1,6 +1,8 @@
 //! Bearer JWT validation end to end: dev/idp issues (or signs) the token,
 //! keygate verifies it, the echo upstream reports what reached it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

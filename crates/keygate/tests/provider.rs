@@ -1,5 +1,7 @@
 //! The provider down at start-up, and down after start-up.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

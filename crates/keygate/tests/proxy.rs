@@ -1,6 +1,8 @@
 //! Forwarding: websockets, SSE streaming, HTTP/2 (h2c and h2 over TLS),
 //! request bodies, upstream failures, and the operations endpoints.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

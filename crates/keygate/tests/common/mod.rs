@@ -2,6 +2,7 @@
 //! - [`Idp`]: the OpenID provider from `dev/idp` (a Node child process);
 //! - [`Upstream`]: an echo server that answers with what it received;
 //! - [`Keygate`]: keygate in-process on port 0, or [`KeygateProcess`] as the real binary.
+//!
 //! Everything is stopped when dropped.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
