@@ -30,6 +30,10 @@
 //!   `case-insensitive-paths` is on (for upstreams that ignore case); then
 //!   ASCII case is ignored.
 //! - The query string and fragment never take part in matching.
+//! - Path parameters (`;…` inside a segment, as in `/admin;jsessionid=1`) are
+//!   ignored for matching — Java servlet containers ignore them when routing,
+//!   so `/admin;x` must meet the rules of `/admin`. Segments left empty by
+//!   this are dropped. The upstream still receives the path as it was.
 //!
 //! # Methods
 //!
@@ -436,6 +440,26 @@ impl ClaimMatcher {
     }
 }
 
+/// The path with every `;parameter` cut from its segments and the segments
+/// this leaves empty removed (`/a;x/;y/b` → `/a/b`). Borrowed when there is no `;`.
+fn strip_path_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/').skip(1) {
+        let name = segment.split(';').next().unwrap_or("");
+        if !name.is_empty() {
+            out.push('/');
+            out.push_str(name);
+        }
+    }
+    if path.ends_with('/') || out.is_empty() {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl RuleSet {
     /// Compiles and validates the rules. Errors name the config key
     /// (`resources` or `match-claims`) and the offending uri or claim.
@@ -482,9 +506,10 @@ impl RuleSet {
     }
 
     /// Finds the rule for a request. `path` is the normalized path, without
-    /// the query. Does not allocate.
+    /// the query. Does not allocate unless the path has `;` parameters.
     pub fn route(&self, method: &str, path: &str) -> Route<'_> {
-        let path = trim_trailing_slash(path);
+        let stripped = strip_path_parameters(path);
+        let path = trim_trailing_slash(&stripped);
         let case_insensitive = self.options.case_insensitive;
         for rule in &self.rules {
             if rule.allows_method(method) && rule.matches_path(path, case_insensitive) {
@@ -1194,5 +1219,19 @@ mod tests {
             set.route("GET", "/docs").rule().map(Rule::uri),
             Some("/docs/")
         );
+    }
+}
+
+#[cfg(test)]
+mod path_parameter_tests {
+    use super::strip_path_parameters;
+
+    #[test]
+    fn path_parameters_do_not_dodge_rules() {
+        assert_eq!(strip_path_parameters("/admin;jsessionid=1"), "/admin");
+        assert_eq!(strip_path_parameters("/a;x/;y/b"), "/a/b");
+        assert_eq!(strip_path_parameters("/;x/admin/"), "/admin/");
+        assert_eq!(strip_path_parameters("/;x"), "/");
+        assert_eq!(strip_path_parameters("/plain"), "/plain");
     }
 }
