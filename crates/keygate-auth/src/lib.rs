@@ -2,6 +2,8 @@
 //! OpenID provider discovery and its signing keys ([`provider`]), and bearer
 //! JWT validation with a cache of verified identities ([`jwt`]).
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod jwt;
 pub mod provider;

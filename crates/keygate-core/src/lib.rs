@@ -3,6 +3,8 @@
 //!
 //! Nothing here does I/O; everything is pure and unit-tested in place.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod identity;
 pub mod normalize;

@@ -12,6 +12,8 @@
 //!    mode ([`forward_auth`]), answer 200 with the headers to inject;
 //! 6. **log** ([`pipeline::log`]) — one structured line and metrics.
 
+#![forbid(unsafe_code)]
+
 pub mod forward;
 pub mod forward_auth;
 pub mod gateway;
