@@ -29,5 +29,12 @@ fi
 echo "==> dev/idp smoke tests"
 node --test dev/idp/test/ 2>&1 | tail -n 12
 
-echo "==> cargo test"
-cargo test --workspace --all-targets "$@"
+if cargo nextest --version >/dev/null 2>&1; then
+  echo "==> cargo nextest (each test in its own process, hung tests terminated)"
+  cargo nextest run --workspace --all-targets "$@"
+  echo "==> doc tests"
+  cargo test --workspace --doc "$@"
+else
+  echo "==> cargo test"
+  cargo test --workspace --all-targets "$@"
+fi

@@ -58,7 +58,10 @@
 //!
 //! A request no rule matches is *unmatched*: with `enable-default-deny` it
 //! needs a valid credential (and passes `match-claims`); without, it is
-//! forwarded anonymously unless a credential is presented anyway.
+//! forwarded without authentication. On white-listed and such open paths a
+//! client's `Authorization` header is passed through unverified (the
+//! upstream may do optional authentication of its own); keygate's `X-Auth-*`
+//! headers are never set there, and client-sent ones are always removed.
 //!
 //! # Authorization
 //!

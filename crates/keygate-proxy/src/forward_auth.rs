@@ -52,20 +52,33 @@ pub async fn handle(
 
 fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (method, uri) = match (get("x-forwarded-method"), get("x-forwarded-uri")) {
+    let (fm, fu) = (get("x-forwarded-method"), get("x-forwarded-uri"));
+    let (om, ou) = (get("x-original-method"), get("x-original-uri"));
+    // A front proxy sets one pair and passes the client's other headers
+    // through; a client that adds the other pair must not choose what is
+    // authorized. Both pairs present and disagreeing: refuse.
+    let conflict = matches!((fu, ou), (Some(a), Some(b)) if a != b)
+        || matches!((fm, om), (Some(a), Some(b)) if !a.trim().eq_ignore_ascii_case(b.trim()));
+    if conflict {
+        return Err(Refused {
+            refusal: Refusal::BadRequest(
+                "X-Forwarded-Method/Uri and X-Original-Method/URI disagree; the front proxy must set (or clear) both"
+                    .into(),
+            ),
+            reason: Cow::Borrowed("conflicting_original_request"),
+        });
+    }
+    let (method, uri) = match (fm.or(om), fu.or(ou)) {
         (Some(m), Some(u)) => (m, u),
-        _ => match (get("x-original-method"), get("x-original-uri")) {
-            (Some(m), Some(u)) => (m, u),
-            _ => {
-                return Err(Refused {
-                    refusal: Refusal::BadRequest(
-                        "forward-auth needs X-Forwarded-Method and X-Forwarded-Uri, or X-Original-Method and X-Original-URI"
-                            .into(),
-                    ),
-                    reason: Cow::Borrowed("missing_original_request"),
-                });
-            }
-        },
+        _ => {
+            return Err(Refused {
+                refusal: Refusal::BadRequest(
+                    "forward-auth needs X-Forwarded-Method and X-Forwarded-Uri, or X-Original-Method and X-Original-URI"
+                        .into(),
+                ),
+                reason: Cow::Borrowed("missing_original_request"),
+            });
+        }
     };
     let method =
         Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()).map_err(|_| Refused {
@@ -81,4 +94,59 @@ fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused> {
         None => uri,
     };
     Ok((method, uri.to_owned()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn client_cannot_choose_the_authorized_uri_with_the_other_header_pair() {
+        let spoofed = headers(&[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/admin/x"),
+            ("x-forwarded-uri", "/public/x"),
+        ]);
+        assert!(original_request(&spoofed).is_err());
+        let spoofed = headers(&[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/admin/x"),
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/public/x"),
+        ]);
+        assert!(original_request(&spoofed).is_err());
+    }
+
+    #[test]
+    fn reads_either_pair_and_full_urls() {
+        let (m, u) = original_request(&headers(&[
+            ("x-original-method", "post"),
+            ("x-original-uri", "/a?b=1"),
+        ]))
+        .unwrap();
+        assert_eq!((m.as_str(), u.as_str()), ("POST", "/a?b=1"));
+        let (_, u) = original_request(&headers(&[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "https://h.example/p/q"),
+        ]))
+        .unwrap();
+        assert_eq!(u, "/p/q");
+        let same = headers(&[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/a"),
+            ("x-original-method", "get"),
+            ("x-original-uri", "/a"),
+        ]);
+        assert!(original_request(&same).is_ok());
+    }
 }

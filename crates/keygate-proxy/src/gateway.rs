@@ -38,6 +38,20 @@ impl GatewayError {
     }
 }
 
+impl From<keygate_core::config::ConfigError> for GatewayError {
+    fn from(e: keygate_core::config::ConfigError) -> Self {
+        match e {
+            keygate_core::config::ConfigError::Invalid { key, message } => {
+                GatewayError::Config { key, message }
+            }
+            other => GatewayError::Config {
+                key: "config",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 /// Shared, immutable per-process state of the pipeline.
 pub struct Gateway {
     /// The validated configuration.
@@ -70,7 +84,7 @@ impl Gateway {
                 case_insensitive: config.case_insensitive_paths,
             },
         )
-        .map_err(|e| GatewayError::config("resources", e))?;
+        .map_err(GatewayError::from)?;
         let discovery_url = config.discovery_url.clone().unwrap_or_default();
         if config.skip_openid_provider_tls_verify {
             tracing::warn!(
@@ -108,7 +122,14 @@ impl Gateway {
         }
         let mut claim_headers = Vec::new();
         for claim in &config.add_claims {
-            let header = format!("x-auth-{}", claim_header_suffix(claim));
+            let suffix = claim_header_suffix(claim);
+            if suffix.is_empty() {
+                return Err(GatewayError::config(
+                    "add-claims",
+                    format!("`{claim}` cannot be a header name"),
+                ));
+            }
+            let header = format!("x-auth-{suffix}");
             let name = HeaderName::try_from(header.as_str()).map_err(|_| {
                 GatewayError::config("add-claims", format!("`{claim}` cannot be a header name"))
             })?;

@@ -114,6 +114,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// A refusal with the short reason recorded in logs and metrics.
+#[derive(Debug)]
 pub struct Refused {
     /// What the client gets.
     pub refusal: Refusal,

@@ -73,7 +73,13 @@ pub fn main() -> ExitCode {
             println!("keygate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some(("check-config", m)) => match load(m) {
+        Some(("check-config", m)) => match load(m).and_then(|loaded| {
+            // Build everything `serve` builds (rules, headers, TLS files), without
+            // binding or contacting anyone, so every config error shows here.
+            keygate_proxy::Gateway::new(loaded.config.clone())
+                .map(|_| loaded)
+                .map_err(|e| settings::LoadError(e.to_string()))
+        }) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     eprintln!("warning: {w}");

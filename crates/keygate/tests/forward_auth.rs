@@ -162,6 +162,19 @@ async fn nginx_auth_request_allows_denies_and_passes_identity() {
     )
     .await;
     assert_eq!(code, 403);
+    // A client cannot pick the authorized URI with the other header pair.
+    let resp = http
+        .get(format!("{base}/admin/x"))
+        .header("X-Forwarded-Uri", "/public/x")
+        .header("X-Forwarded-Method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200);
+    assert!(
+        resp.text().await.unwrap().find("\"path\"").is_none(),
+        "must not reach the upstream"
+    );
     // Spoofed identity headers are overwritten by nginx with keygate's answer.
     let resp = http
         .get(format!("{base}/api"))

@@ -62,20 +62,30 @@ impl Idp {
             .spawn()
             .expect("cannot start node: is Node.js installed?");
         let stdout = child.stdout.take().unwrap();
-        let line = tokio::task::spawn_blocking(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            line
+        // The guard kills the child even if we panic before `Idp` exists.
+        let mut guard = ChildGuard(Some(child));
+        // A thread reads the READY line, then keeps draining stdout so the
+        // provider never blocks or fails on a full or closed pipe.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("IDP READY ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line);
+                }
+            }
         });
-        let line = tokio::time::timeout(Duration::from_secs(30), line)
+        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
             .await
-            .expect("idp did not start")
-            .unwrap();
+            .unwrap()
+            .expect("dev/idp did not print its READY line within 30 s");
         let issuer = line
             .trim()
             .strip_prefix("IDP READY issuer=")
-            .unwrap_or_else(|| panic!("unexpected idp output: {line:?}"))
+            .unwrap()
             .to_owned();
         let port = issuer
             .split(':')
@@ -86,6 +96,7 @@ impl Idp {
             .unwrap()
             .parse()
             .unwrap();
+        let child = guard.0.take().unwrap();
         Idp {
             child,
             issuer,
@@ -201,6 +212,17 @@ impl Idp {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -470,6 +492,15 @@ pub fn client() -> reqwest::Client {
 /// Sends a raw HTTP/1.1 request (for paths reqwest would normalize) and
 /// returns the status and body.
 pub async fn raw_get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        raw_get_inner(addr, target, headers),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no complete answer to GET {target} within 20 s"))
+}
+
+async fn raw_get_inner(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
