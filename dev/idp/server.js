@@ -253,7 +253,16 @@ setInterval(() => {
 const keys = []; // [{ kid, jwk (private), key (KeyObject) }], keys[0] signs
 
 function newKey() {
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  // Generate as PEM text and re-import: exporting a JWK straight from the
+  // KeyObject that generateKeyPairSync returned can deadlock Node 20 when a
+  // garbage collection runs during the export (the finished key-generation
+  // job's destructor waits on the key's mutex, held by the export).
+  const { privateKey: pem } = crypto.generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  const privateKey = crypto.createPrivateKey(pem);
   const kid = crypto.randomBytes(12).toString('base64url');
   const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
   return { kid, jwk, key: privateKey };
