@@ -30,10 +30,10 @@ echo "==> dev/idp smoke tests"
 node --test dev/idp/test/ 2>&1 | tail -n 12
 
 if cargo nextest --version >/dev/null 2>&1; then
-  echo "==> cargo nextest (each test in its own process, hung tests terminated)"
-  cargo nextest run --workspace --all-targets "$@"
   echo "==> doc tests"
   cargo test --workspace --doc "$@"
+  echo "==> cargo nextest (each test in its own process, hung tests terminated)"
+  cargo nextest run --workspace --all-targets "$@"
 else
   echo "==> cargo test"
   cargo test --workspace --all-targets "$@"

@@ -2,6 +2,8 @@
 
 use crate::Secret;
 use serde_json::{Map, Value};
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 /// How the caller authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +54,9 @@ pub struct Identity {
     pub method: AuthMethod,
     /// The API key id, for API-key callers.
     pub key_id: Option<String>,
+    /// Values derived from this identity once and reused while it is cached
+    /// (the proxy keeps its prebuilt upstream headers here).
+    pub derived: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Identity {
@@ -93,6 +98,7 @@ impl Identity {
             access_token,
             method,
             key_id: None,
+            derived: OnceLock::new(),
         }
     }
 

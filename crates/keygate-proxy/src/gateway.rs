@@ -148,9 +148,27 @@ impl Gateway {
         }))
     }
 
-    /// Starts the provider's background key loading and refresh.
+    /// Starts the background work: the provider's key loading and refresh,
+    /// and metrics upkeep. Aborting the returned task stops both.
     pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
-        self.verifier.provider().start()
+        /// Aborts the key-refresh task when the returned task is aborted.
+        struct AbortOnDrop(tokio::task::JoinHandle<()>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let keys = AbortOnDrop(self.verifier.provider().start());
+        tokio::spawn(async move {
+            let _keys = keys;
+            // Histograms keep raw samples until upkeep folds them into their
+            // buckets; without it memory would grow with every request.
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                crate::ops::metrics_handle().run_upkeep();
+            }
+        })
     }
 }
 

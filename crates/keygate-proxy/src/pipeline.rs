@@ -293,65 +293,77 @@ pub fn authorize(
 
 /// The headers keygate sets for a verified identity: `Authorization`,
 /// `X-Auth-*` and `add-claims`. Used by forwarding and forward-auth alike.
+/// All but `X-Auth-ExpiresIn` are built once per identity and reused while
+/// the identity is cached.
 pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderMap) {
-    let config = &gw.config;
-    if config.enable_authorization_header {
-        let bearer = format!("Bearer {}", identity.access_token.expose());
-        if let Ok(v) = HeaderValue::from_str(&bearer) {
-            headers.insert(header::AUTHORIZATION, v);
+    let prebuilt = identity
+        .derived
+        .get_or_init(|| Arc::new(build_identity_headers(gw, identity)))
+        .downcast_ref::<Vec<(HeaderName, HeaderValue)>>();
+    match prebuilt {
+        Some(prebuilt) => {
+            for (name, value) in prebuilt {
+                headers.insert(name.clone(), value.clone());
+            }
         }
-    } else {
+        None => {
+            for (name, value) in build_identity_headers(gw, identity) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    if !gw.config.enable_authorization_header {
         headers.remove(header::AUTHORIZATION);
     }
-    let mut put = |name: &'static str, value: &str| {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    headers.insert(
+        HeaderName::from_static("x-auth-expiresin"),
+        HeaderValue::from(identity.expires_at.saturating_sub(now)),
+    );
+}
+
+fn build_identity_headers(gw: &Gateway, identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
+    let config = &gw.config;
+    let mut out = Vec::with_capacity(12);
+    if config.enable_authorization_header
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", identity.access_token.expose()))
+    {
+        out.push((header::AUTHORIZATION, v));
+    }
+    let mut put = |name: HeaderName, value: &str| {
         if let Some(v) = safe_header_value(value) {
-            headers.insert(HeaderName::from_static(name), v);
+            out.push((name, v));
         }
     };
-    put("x-auth-subject", &identity.subject);
+    put(HeaderName::from_static("x-auth-subject"), &identity.subject);
     if let Some(u) = &identity.username {
-        put("x-auth-userid", u);
-        put("x-auth-username", u);
+        put(HeaderName::from_static("x-auth-userid"), u);
+        put(HeaderName::from_static("x-auth-username"), u);
     }
     if let Some(e) = &identity.email {
-        put("x-auth-email", e);
+        put(HeaderName::from_static("x-auth-email"), e);
     }
-    put("x-auth-roles", &identity.roles.join(","));
-    put("x-auth-groups", &identity.groups.join(","));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    put(
-        "x-auth-expiresin",
-        &identity.expires_at.saturating_sub(now).to_string(),
-    );
-    put("x-auth-method", identity.method.as_str());
+    put(HeaderName::from_static("x-auth-roles"), &identity.roles.join(","));
+    put(HeaderName::from_static("x-auth-groups"), &identity.groups.join(","));
+    put(HeaderName::from_static("x-auth-method"), identity.method.as_str());
     if let Some(k) = &identity.key_id {
-        put("x-auth-key-id", k);
+        put(HeaderName::from_static("x-auth-key-id"), k);
     }
     if config.enable_token_header {
-        put("x-auth-token", identity.access_token.expose());
+        put(HeaderName::from_static("x-auth-token"), identity.access_token.expose());
     }
     for (claim, name) in &gw.claim_headers {
         let value = match identity.claims.get(claim) {
             Some(serde_json::Value::String(s)) => Cow::Borrowed(s.as_str()),
-            Some(serde_json::Value::Array(items)) => Cow::Owned(
-                items
-                    .iter()
-                    .filter_map(|i| i.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                Cow::Owned(v.to_string())
+            Some(serde_json::Value::Array(items)) => {
+                Cow::Owned(items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(","))
             }
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Cow::Owned(v.to_string()),
             _ => continue,
         };
-        if let Some(v) = safe_header_value(&value) {
-            headers.insert(name.clone(), v);
-        }
+        put(name.clone(), &value);
     }
+    out
 }
 
 /// A claim value as a header value, or `None` when it holds control
