@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod keys;
 pub mod normalize;
 pub mod rules;
 pub mod secret;
