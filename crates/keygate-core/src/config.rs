@@ -126,6 +126,133 @@ pub struct Config {
     /// A tracing filter such as `info` or `keygate_proxy=debug`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Where API keys and their audit trail live: `sqlite://path` or `postgres://…`.
+    #[serde(default = "default_store_url")]
+    pub store_url: StoreUrl,
+    /// Address of the admin API (`/admin/v1/…`); off when unset.
+    #[serde(default)]
+    pub listen_admin: Option<ListenAddr>,
+    /// API keys: presentation, lifetimes, caches. Off until a server secret is set.
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
+}
+
+/// The `api-keys:` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ApiKeysConfig {
+    /// Header that carries a key (besides `Authorization: Bearer kg…` and Basic).
+    #[serde(default = "default_key_header")]
+    pub header: String,
+    /// Server secret (at least 32 bytes): keys the stored hashes and, with each
+    /// API key, the encryption of the secrets stored with it. Setting it (or
+    /// `server-secret-file`) turns API keys on.
+    #[serde(default)]
+    pub server_secret: Secret,
+    /// A file holding the server secret (e.g. a mounted Kubernetes Secret).
+    #[serde(default)]
+    pub server_secret_file: Option<PathBuf>,
+    /// Longest lifetime of a service key.
+    #[serde(default = "default_max_service", with = "duration")]
+    pub max_lifetime_service: Duration,
+    /// Longest lifetime of a personal key.
+    #[serde(default = "default_max_personal", with = "duration")]
+    pub max_lifetime_personal: Duration,
+    /// Lifetime of a service key when none is asked for.
+    #[serde(default = "default_service", with = "duration")]
+    pub default_lifetime_service: Duration,
+    /// Lifetime of a personal key when none is asked for.
+    #[serde(default = "default_personal", with = "duration")]
+    pub default_lifetime_personal: Duration,
+    /// Allow keys without an expiry (`--expires-in never`).
+    #[serde(default)]
+    pub allow_no_expiry: bool,
+    /// How long an unknown, revoked or expired key is remembered as such.
+    #[serde(default = "default_negative_ttl", with = "duration")]
+    pub negative_cache_ttl: Duration,
+    /// How long a key's stored record is trusted before it is read again
+    /// (bounds how late a revoke made by another process is seen).
+    #[serde(default = "default_record_ttl", with = "duration")]
+    pub record_cache_ttl: Duration,
+    /// Exchanged provider tokens are renewed this long before they expire.
+    #[serde(default = "default_refresh_margin", with = "duration")]
+    pub refresh_margin: Duration,
+    /// Role (realm role, or `client:role`) the admin API requires.
+    #[serde(default = "default_admin_role")]
+    pub admin_role: String,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        ApiKeysConfig {
+            header: default_key_header(),
+            server_secret: Secret::default(),
+            server_secret_file: None,
+            max_lifetime_service: default_max_service(),
+            max_lifetime_personal: default_max_personal(),
+            default_lifetime_service: default_service(),
+            default_lifetime_personal: default_personal(),
+            allow_no_expiry: false,
+            negative_cache_ttl: default_negative_ttl(),
+            record_cache_ttl: default_record_ttl(),
+            refresh_margin: default_refresh_margin(),
+            admin_role: default_admin_role(),
+        }
+    }
+}
+
+impl ApiKeysConfig {
+    /// The server secret, read from `server-secret-file` when that is set.
+    /// `Ok(None)` when API keys are off.
+    pub fn load_server_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let secret = match &self.server_secret_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Secret::new(text.trim_end_matches(['\r', '\n'])),
+                Err(e) => {
+                    return Err(ConfigError::Invalid {
+                        key: "api-keys",
+                        message: format!("server-secret-file {}: {e}", path.display()),
+                    });
+                }
+            },
+            None => self.server_secret.clone(),
+        };
+        if secret.is_empty() {
+            return Ok(None);
+        }
+        if secret.expose().len() < 32 {
+            return Err(ConfigError::Invalid {
+                key: "api-keys",
+                message: "server-secret must be at least 32 bytes (e.g. `openssl rand -base64 48`)"
+                    .into(),
+            });
+        }
+        Ok(Some(secret))
+    }
+}
+
+/// A store URL; its password is never printed.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct StoreUrl(pub String);
+
+impl Serialize for StoreUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redact_url_password(&self.0))
+    }
+}
+
+/// `postgres://user:pw@host/db` → `postgres://user:[redacted]@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// One `resources:` entry.
@@ -365,6 +492,27 @@ impl Config {
                 message: "must be at least 512 bytes".into(),
             });
         }
+        if self.api_keys.default_lifetime_service > self.api_keys.max_lifetime_service
+            || self.api_keys.default_lifetime_personal > self.api_keys.max_lifetime_personal
+        {
+            return Err(ConfigError::Invalid {
+                key: "api-keys",
+                message: "a default lifetime is longer than the maximum lifetime of its kind"
+                    .into(),
+            });
+        }
+        if http_header_name_invalid(&self.api_keys.header)
+            || is_identity_header(&self.api_keys.header)
+        {
+            return Err(ConfigError::Invalid {
+                key: "api-keys",
+                message: format!(
+                    "header `{}` is not a usable header name",
+                    self.api_keys.header
+                ),
+            });
+        }
+        self.api_keys.load_server_secret()?;
         for (name, value) in &self.headers {
             if name.is_empty()
                 || !name
@@ -386,6 +534,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn http_header_name_invalid(name: &str) -> bool {
+    name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
 /// True for `X-Auth-*` header names in any case and with `_` or `-`.
@@ -449,6 +604,37 @@ fn default_max_header_size() -> usize {
 fn default_log_level() -> String {
     "info".into()
 }
+fn default_store_url() -> StoreUrl {
+    StoreUrl("sqlite://keygate.db".into())
+}
+fn default_key_header() -> String {
+    "X-API-Key".into()
+}
+const DAY: u64 = 86_400;
+fn default_max_service() -> Duration {
+    Duration::from_secs(365 * DAY)
+}
+fn default_max_personal() -> Duration {
+    Duration::from_secs(90 * DAY)
+}
+fn default_service() -> Duration {
+    Duration::from_secs(90 * DAY)
+}
+fn default_personal() -> Duration {
+    Duration::from_secs(14 * DAY)
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_record_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_refresh_margin() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_admin_role() -> String {
+    "keygate-admin".into()
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -469,6 +655,22 @@ mod tests {
         for n in ["X-Authz", "Authorization", "X-Auth", "X-Author-Name"] {
             assert!(!is_identity_header(n), "{n}");
         }
+    }
+
+    #[test]
+    fn store_url_password_is_redacted() {
+        assert_eq!(
+            redact_url_password("postgres://kg:pw@db:5432/kg"),
+            "postgres://kg:[redacted]@db:5432/kg"
+        );
+        assert_eq!(
+            redact_url_password("sqlite://keygate.db"),
+            "sqlite://keygate.db"
+        );
+        assert_eq!(
+            redact_url_password("postgres://kg@db/kg"),
+            "postgres://kg@db/kg"
+        );
     }
 
     #[test]

@@ -315,7 +315,10 @@ pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderM
     if !gw.config.enable_authorization_header {
         headers.remove(header::AUTHORIZATION);
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     headers.insert(
         HeaderName::from_static("x-auth-expiresin"),
         HeaderValue::from(identity.expires_at.saturating_sub(now)),
@@ -343,22 +346,40 @@ fn build_identity_headers(gw: &Gateway, identity: &Identity) -> Vec<(HeaderName,
     if let Some(e) = &identity.email {
         put(HeaderName::from_static("x-auth-email"), e);
     }
-    put(HeaderName::from_static("x-auth-roles"), &identity.roles.join(","));
-    put(HeaderName::from_static("x-auth-groups"), &identity.groups.join(","));
-    put(HeaderName::from_static("x-auth-method"), identity.method.as_str());
+    put(
+        HeaderName::from_static("x-auth-roles"),
+        &identity.roles.join(","),
+    );
+    put(
+        HeaderName::from_static("x-auth-groups"),
+        &identity.groups.join(","),
+    );
+    put(
+        HeaderName::from_static("x-auth-method"),
+        identity.method.as_str(),
+    );
     if let Some(k) = &identity.key_id {
         put(HeaderName::from_static("x-auth-key-id"), k);
     }
     if config.enable_token_header {
-        put(HeaderName::from_static("x-auth-token"), identity.access_token.expose());
+        put(
+            HeaderName::from_static("x-auth-token"),
+            identity.access_token.expose(),
+        );
     }
     for (claim, name) in &gw.claim_headers {
         let value = match identity.claims.get(claim) {
             Some(serde_json::Value::String(s)) => Cow::Borrowed(s.as_str()),
-            Some(serde_json::Value::Array(items)) => {
-                Cow::Owned(items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(","))
+            Some(serde_json::Value::Array(items)) => Cow::Owned(
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                Cow::Owned(v.to_string())
             }
-            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Cow::Owned(v.to_string()),
             _ => continue,
         };
         put(name.clone(), &value);

@@ -215,6 +215,22 @@ pub const KEYS: &[Key] = &[
         Kind::Str,
         "tracing filter, e.g. info or keygate=debug [default: info]",
     ),
+    Key {
+        name: "store-url",
+        kind: Kind::Str,
+        help: "API-key store: sqlite://path or postgres://… [default: sqlite://keygate.db]",
+        secret: true,
+    },
+    key(
+        "listen-admin",
+        Kind::Str,
+        "address of the admin API (/admin/v1/keys); off when unset",
+    ),
+    key(
+        "api-keys",
+        Kind::Yaml,
+        "API-key settings as YAML/JSON (server-secret, header, lifetimes; see docs/api-keys.md)",
+    ),
 ];
 
 /// keycloak-gatekeeper options keygate does not support (yet), with what to do instead.
