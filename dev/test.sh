@@ -11,6 +11,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+# PostgreSQL: the key-store tests start their own server from these binaries.
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]} (Debian packages)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -18,6 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The package starts a system nginx on port 80; the tests start their own.
   $SUDO systemctl disable --now nginx >/dev/null 2>&1 || $SUDO service nginx stop >/dev/null 2>&1 || true
+  # Likewise the package's own PostgreSQL cluster, if it started one.
+  $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || $SUDO service postgresql stop >/dev/null 2>&1 || true
 fi
 command -v node >/dev/null 2>&1 || { echo "error: Node.js is required (for dev/idp)"; exit 1; }
 

@@ -1,10 +1,14 @@
 //! Credential verification for keygate, with no HTTP-server dependency:
-//! OpenID provider discovery and its signing keys ([`provider`]), and bearer
-//! JWT validation with a cache of verified identities ([`jwt`]).
+//! OpenID provider discovery and its signing keys ([`provider`]), bearer
+//! JWT validation with a cache of verified identities ([`jwt`]), the API-key
+//! format, hashing and sealing ([`apikey`]), and the provider's token-endpoint
+//! grants that API keys are exchanged with ([`grants`]).
 
 #![forbid(unsafe_code)]
 
+pub mod apikey;
 pub mod error;
+pub mod grants;
 pub mod jwt;
 pub mod provider;
 

@@ -43,6 +43,15 @@ pub struct Metadata {
     /// `authorization_endpoint`.
     #[serde(default)]
     pub authorization_endpoint: Option<String>,
+    /// `device_authorization_endpoint` (RFC 8628).
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
+    /// `revocation_endpoint` (RFC 7009).
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+    /// `end_session_endpoint` (RP-initiated logout).
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
 }
 
 /// One verification key.

@@ -5,7 +5,7 @@
 //! are believed only from `trusted-proxies`.
 
 use crate::gateway::Gateway;
-use crate::pipeline::{self, Decision, Refused, RequestCtx};
+use crate::pipeline::{self, Credential, Decision, Refused, RequestCtx};
 use crate::respond::{self, Body, Refusal};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -16,6 +16,7 @@ pub async fn handle(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     req: Request<Incoming>,
+    credential: Credential,
 ) -> Result<Response<Body>, Refused> {
     let trusted = gw
         .config
@@ -35,7 +36,15 @@ pub async fn handle(
     ctx.query = query;
     let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
     ctx.route = route.label().to_owned();
-    let identity = pipeline::authenticate(gw, &route, req.headers()).await?;
+    let identity = pipeline::authenticate(
+        gw,
+        &route,
+        &credential,
+        ctx.method.as_str(),
+        &ctx.path,
+        ctx.peer.ip(),
+    )
+    .await?;
     pipeline::authorize(gw, &route, identity.as_deref())?;
     let mut resp = respond::empty(StatusCode::OK);
     if let Some(identity) = &identity {

@@ -1,5 +1,6 @@
 //! The gateway: everything a request needs, built once from the config.
 
+use crate::apikeys::ApiKeys;
 use crate::forward::Upstream;
 use http::{HeaderName, HeaderValue};
 use keygate_auth::{JwtVerifier, Provider, ProviderSettings, VerifierSettings};
@@ -68,12 +69,29 @@ pub struct Gateway {
     pub claim_headers: Vec<(String, HeaderName)>,
     /// Whether the listener serves TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    /// API keys, when a server secret is configured.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl Gateway {
     /// Builds the gateway from a validated config (see `Config::validate`).
     /// Starts nothing; [`Gateway::start_background`] starts the key refresh.
     pub fn new(config: Config) -> Result<Arc<Self>, GatewayError> {
+        Self::assemble(config).map(Arc::new)
+    }
+
+    /// Builds the gateway and opens the API-key store (when API keys are on).
+    pub async fn build(config: Config) -> Result<Arc<Self>, GatewayError> {
+        let mut gateway = Self::assemble(config)?;
+        gateway.api_keys =
+            ApiKeys::from_config(&gateway.config, Arc::clone(gateway.verifier.provider()))
+                .await
+                .map_err(|e| GatewayError::config("store-url", e))?
+                .map(Arc::new);
+        Ok(Arc::new(gateway))
+    }
+
+    fn assemble(config: Config) -> Result<Self, GatewayError> {
         // Install the metrics recorder before anything records.
         crate::ops::metrics_handle();
         let rules = RuleSet::new(
@@ -137,7 +155,7 @@ impl Gateway {
             claim_headers.push((claim.clone(), name));
         }
         let tls = config.tls_cert.is_some();
-        Ok(Arc::new(Gateway {
+        Ok(Gateway {
             config,
             rules,
             verifier,
@@ -145,7 +163,8 @@ impl Gateway {
             static_headers,
             claim_headers,
             tls,
-        }))
+            api_keys: None,
+        })
     }
 
     /// Starts the background work: the provider's key loading and refresh,
@@ -159,6 +178,7 @@ impl Gateway {
             }
         }
         let keys = AbortOnDrop(self.verifier.provider().start());
+        let api_keys = self.api_keys.clone();
         tokio::spawn(async move {
             let _keys = keys;
             // Histograms keep raw samples until upkeep folds them into their
@@ -167,6 +187,9 @@ impl Gateway {
             loop {
                 tick.tick().await;
                 crate::ops::metrics_handle().run_upkeep();
+                if let Some(keys) = &api_keys {
+                    keys.flush_last_used().await;
+                }
             }
         })
     }

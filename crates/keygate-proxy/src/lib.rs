@@ -14,12 +14,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod apikeys;
 pub mod forward;
 pub mod forward_auth;
 pub mod gateway;
 pub mod ops;
 pub mod pipeline;
 pub mod respond;
+pub mod selfservice;
 pub mod server;
 
 pub use gateway::{Gateway, GatewayError};

@@ -3,7 +3,7 @@
 
 use crate::forward_auth;
 use crate::gateway::Gateway;
-use crate::pipeline::{Refused, RequestCtx};
+use crate::pipeline::{Credential, Refused, RequestCtx};
 use crate::respond::{self, Body, Refusal};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -15,10 +15,17 @@ pub async fn serve(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     req: Request<Incoming>,
+    credential: Credential,
 ) -> Result<Response<Body>, Refused> {
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    if ctx.path == "/oauth/keys"
+        || ctx.path.starts_with("/oauth/keys/")
+        || ctx.path == "/oauth/token"
+    {
+        return crate::selfservice::serve(gw, ctx, req, credential).await;
+    }
     match ctx.path.as_str() {
-        "/oauth/auth" => forward_auth::handle(gw, ctx, req).await,
+        "/oauth/auth" => forward_auth::handle(gw, ctx, req, credential).await,
         "/oauth/health" if read_only => Ok(health(gw)),
         "/oauth/ready" if read_only => Ok(ready(gw)),
         "/oauth/metrics" if read_only => Ok(respond::text(

@@ -90,9 +90,10 @@ impl RequestCtx {
 
     fn refused(&mut self, refusal: &Refusal, reason: Cow<'static, str>) {
         self.decision = match refusal {
-            Refusal::NoCredential | Refusal::BadCredential(_) | Refusal::Forbidden(_) => {
-                Decision::Deny
-            }
+            Refusal::NoCredential
+            | Refusal::BadCredential(_)
+            | Refusal::Forbidden(_)
+            | Refusal::MethodNotAllowed(_) => Decision::Deny,
             _ => Decision::Error,
         };
         self.reason = reason;
@@ -159,14 +160,23 @@ async fn run(
     ctx.path = path;
     ctx.query = query;
     strip_client_identity_headers(req.headers_mut());
+    let credential = take_credential(gw, req.headers_mut());
     if ctx.path.starts_with("/oauth/") {
         ctx.decision = Decision::Internal;
         ctx.route = "/oauth".into();
-        return ops::serve(gw, ctx, req).await;
+        return ops::serve(gw, ctx, req, credential).await;
     }
     let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
     ctx.route = route.label().to_owned();
-    let identity = authenticate(gw, &route, req.headers()).await?;
+    let identity = authenticate(
+        gw,
+        &route,
+        &credential,
+        ctx.method.as_str(),
+        &ctx.path,
+        ctx.peer.ip(),
+    )
+    .await?;
     authorize(gw, &route, identity.as_deref())?;
     ctx.decision = if identity.is_some() {
         Decision::Allow
@@ -212,19 +222,145 @@ pub fn strip_client_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The credential a request presents, taken out of its headers in phase 1
+/// (API keys are removed from the request there, so no key ever reaches
+/// the upstream).
+pub enum Credential {
+    /// Nothing presented.
+    None,
+    /// `Authorization: Bearer <JWT>`.
+    Bearer(String),
+    /// An API key, from the key header, `Bearer kg…` or Basic's password.
+    ApiKey(String),
+    /// An `Authorization` header keygate cannot use; the text says why.
+    Unusable(&'static str, &'static str),
+}
+
+/// Phase 1 (credential): takes the credential out of the headers. The key
+/// header and any `Authorization` that carries a key are removed.
+pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
+    let key_header = gw
+        .api_keys
+        .as_ref()
+        .map(|k| k.header())
+        .unwrap_or("x-api-key");
+    let from_header = headers.remove(key_header);
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let authorization = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Credential::Unusable(
+                "more than one Authorization header",
+                "ambiguous_credential",
+            );
+        }
+        (Some(v), None) => Some(v.to_str().map(str::to_owned)),
+    };
+    if let Some(value) = from_header {
+        if authorization.is_some() {
+            headers.remove(header::AUTHORIZATION);
+            return Credential::Unusable(
+                "send either an API key or an Authorization header, not both",
+                "ambiguous_credential",
+            );
+        }
+        return match value.to_str() {
+            Ok(v) => Credential::ApiKey(v.trim().to_owned()),
+            Err(_) => Credential::Unusable("malformed API key", "api_key_malformed"),
+        };
+    }
+    let Some(value) = authorization else {
+        return Credential::None;
+    };
+    let Ok(value) = value else {
+        headers.remove(header::AUTHORIZATION);
+        return Credential::Unusable("token is malformed", "token_malformed");
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        if keygate_auth::apikey::has_key_prefix(rest) {
+            headers.remove(header::AUTHORIZATION);
+            return Credential::ApiKey(rest.to_owned());
+        }
+        return Credential::Bearer(rest.to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine as _;
+        let password = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|up| up.split_once(':').map(|(_, p)| p.to_owned()));
+        if let Some(p) = password
+            && keygate_auth::apikey::has_key_prefix(&p)
+        {
+            headers.remove(header::AUTHORIZATION);
+            return Credential::ApiKey(p);
+        }
+    }
+    Credential::Unusable(
+        "the Authorization header must be `Bearer <token>`, or carry an API key",
+        "unsupported_scheme",
+    )
+}
+
 /// Phase 3: verifies the credential when the route needs one.
 pub async fn authenticate(
     gw: &Gateway,
     route: &Route<'_>,
-    headers: &HeaderMap,
+    credential: &Credential,
+    method: &str,
+    path: &str,
+    peer: std::net::IpAddr,
 ) -> Result<Option<Arc<Identity>>, Refused> {
     if !gw.rules.needs_credential(route) {
         return Ok(None);
     }
-    let token = bearer_token(headers)?;
-    match gw.verifier.verify(token).await {
-        Ok(identity) => Ok(Some(identity)),
-        Err(e) => Err(auth_refusal(&e)),
+    verify_credential(gw, credential, method, path, peer)
+        .await
+        .map(Some)
+}
+
+/// Verifies a credential: a bearer JWT, or an API key exchanged for the
+/// provider token it stands for.
+pub async fn verify_credential(
+    gw: &Gateway,
+    credential: &Credential,
+    method: &str,
+    path: &str,
+    peer: std::net::IpAddr,
+) -> Result<Arc<Identity>, Refused> {
+    match credential {
+        Credential::None => Err(Refused {
+            refusal: Refusal::NoCredential,
+            reason: Cow::Borrowed("no_credential"),
+        }),
+        Credential::Unusable(why, reason) => Err(Refused {
+            refusal: Refusal::BadCredential((*why).into()),
+            reason: Cow::Borrowed(reason),
+        }),
+        Credential::Bearer(token) => gw
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|e| auth_refusal(&e)),
+        Credential::ApiKey(key) => {
+            let Some(keys) = &gw.api_keys else {
+                return Err(Refused {
+                    refusal: Refusal::BadCredential(
+                        "API keys are not enabled on this gateway".into(),
+                    ),
+                    reason: Cow::Borrowed("api_keys_disabled"),
+                });
+            };
+            keys.authenticate(key, method, path, peer, &gw.verifier)
+                .await
+                .map_err(|(refusal, reason)| Refused {
+                    refusal,
+                    reason: Cow::Borrowed(reason),
+                })
+        }
     }
 }
 
@@ -237,40 +373,6 @@ fn auth_refusal(e: &AuthError) -> Refused {
     Refused {
         refusal,
         reason: Cow::Borrowed(e.reason()),
-    }
-}
-
-fn bearer_token(headers: &HeaderMap) -> Result<&str, Refused> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Err(Refused {
-            refusal: Refusal::NoCredential,
-            reason: Cow::Borrowed("no_credential"),
-        });
-    };
-    let bad = |why: &'static str, reason: &'static str| Refused {
-        refusal: Refusal::BadCredential(why.into()),
-        reason: Cow::Borrowed(reason),
-    };
-    if values.next().is_some() {
-        return Err(bad(
-            "more than one Authorization header",
-            "ambiguous_credential",
-        ));
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| bad("token is malformed", "token_malformed"))?;
-    match value.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(token.trim())
-        }
-        _ => Err(bad(
-            "the Authorization header must be `Bearer <token>`",
-            "unsupported_scheme",
-        )),
     }
 }
 
@@ -521,19 +623,5 @@ mod tests {
         assert!(safe_header_value("a\tb").is_none());
         assert!(safe_header_value("\0").is_none());
         assert!(safe_header_value("Zoë").is_some());
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_required() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc"),
-        );
-        assert_eq!(bearer_token(&h).ok(), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert!(bearer_token(&h).is_err());
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert!(bearer_token(&h).is_err());
     }
 }

@@ -25,6 +25,8 @@ pub enum Refusal {
     Forbidden(String),
     /// 404 under `/oauth/`.
     NotFound,
+    /// 405: the credential may not use this method (API-key restriction).
+    MethodNotAllowed(String),
     /// 502: the upstream could not be reached or broke the exchange.
     BadGateway,
     /// 503: the provider is unreachable and nothing valid is cached.
@@ -41,6 +43,7 @@ impl Refusal {
             Refusal::NoCredential | Refusal::BadCredential(_) => StatusCode::UNAUTHORIZED,
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -55,6 +58,7 @@ impl Refusal {
             Refusal::BadCredential(_) => "invalid_token",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
+            Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::BadGateway => "bad_gateway",
             Refusal::Unavailable(_) => "temporarily_unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -67,6 +71,7 @@ impl Refusal {
             Refusal::BadRequest(d)
             | Refusal::BadCredential(d)
             | Refusal::Forbidden(d)
+            | Refusal::MethodNotAllowed(d)
             | Refusal::Unavailable(d) => d,
             Refusal::NoCredential => "a bearer token is required",
             Refusal::NotFound => "no such keygate endpoint",

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 /// A bound listener, ready to serve.
 pub struct Server {
     gateway: Arc<Gateway>,
+    admin: bool,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -27,6 +28,22 @@ impl Server {
     /// Binds `listen` (and loads the TLS certificate when configured).
     pub async fn bind(gateway: Arc<Gateway>) -> Result<Self, GatewayError> {
         let addr = gateway.config.listen.0;
+        Self::bind_to(gateway, addr, false).await
+    }
+
+    /// Binds `listen-admin` for the admin API, when configured.
+    pub async fn bind_admin(gateway: Arc<Gateway>) -> Result<Option<Self>, GatewayError> {
+        match gateway.config.listen_admin.clone() {
+            Some(addr) => Self::bind_to(gateway, addr.0, true).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn bind_to(
+        gateway: Arc<Gateway>,
+        addr: SocketAddr,
+        admin: bool,
+    ) -> Result<Self, GatewayError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
@@ -48,6 +65,7 @@ impl Server {
             .max_concurrent_streams(256);
         Ok(Server {
             gateway,
+            admin,
             listener,
             tls,
             builder: Arc::new(builder),
@@ -95,9 +113,17 @@ impl Server {
     fn serve_connection(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
         let _ = stream.set_nodelay(true);
         let gateway = Arc::clone(&self.gateway);
+        let admin = self.admin;
         let service = service_fn(move |req| {
             let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(pipeline::handle(gateway, req, peer).await) }
+            async move {
+                let resp = if admin {
+                    crate::admin::handle(gateway, req, peer).await
+                } else {
+                    pipeline::handle(gateway, req, peer).await
+                };
+                Ok::<_, Infallible>(resp)
+            }
         });
         let builder = Arc::clone(&self.builder);
         match &self.tls {

@@ -62,6 +62,7 @@ fn command() -> Command {
         .subcommand(config_args(Command::new("check-config").about(
             "Print the effective config with secrets redacted; exit 1 on any error",
         )))
+        .subcommand(crate::keys::command())
         .subcommand(Command::new("version").about("Print the version"))
 }
 
@@ -69,6 +70,7 @@ fn command() -> Command {
 pub fn main() -> ExitCode {
     let matches = command().get_matches();
     match matches.subcommand() {
+        Some(("keys", m)) => crate::keys::run(m),
         Some(("version", _)) => {
             println!("keygate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -156,7 +158,7 @@ fn serve(loaded: Loaded) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let gateway = match keygate_proxy::Gateway::new(config) {
+        let gateway = match keygate_proxy::Gateway::build(config).await {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!("{e}");
@@ -170,9 +172,37 @@ fn serve(loaded: Loaded) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let admin = match keygate_proxy::Server::bind_admin(gateway.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let _refresh = gateway.start_background();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let admin_task = admin.map(|admin| {
+            tracing::info!(listen_admin = %admin.local_addr(), "admin API is serving");
+            tokio::spawn(admin.run(stopped(stop_rx.clone())))
+        });
+        if gateway.api_keys.is_some() {
+            tracing::info!(header = %gateway.config.api_keys.header, "API keys are on");
+        }
         tracing::info!(listen = %server.local_addr(), version = env!("CARGO_PKG_VERSION"), "keygate is serving");
-        server.run(shutdown_signal()).await;
+        server.run(stopped(stop_rx)).await;
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        if let Some(keys) = &gateway.api_keys {
+            keys.flush_last_used().await;
+        }
         tracing::info!("keygate stopped");
         ExitCode::SUCCESS
     })

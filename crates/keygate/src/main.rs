@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod keys;
 mod settings;
 
 use std::process::ExitCode;

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod browser;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -383,6 +385,7 @@ impl Echo {
 /// keygate in this process, on 127.0.0.1:0.
 pub struct Keygate {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub gateway: std::sync::Arc<keygate_proxy::Gateway>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     refresh: tokio::task::JoinHandle<()>,
@@ -410,9 +413,22 @@ impl Keygate {
         let mut config: keygate_core::config::Config =
             serde_yaml::from_str(yaml).expect("test config parses");
         config.validate().expect("test config is valid");
-        let gateway = keygate_proxy::Gateway::new(config).expect("gateway builds");
+        let gateway = keygate_proxy::Gateway::build(config)
+            .await
+            .expect("gateway builds");
         let server = keygate_proxy::Server::bind(gateway.clone()).await.unwrap();
         let addr = server.local_addr();
+        let admin_addr = match keygate_proxy::Server::bind_admin(gateway.clone())
+            .await
+            .unwrap()
+        {
+            Some(admin) => {
+                let addr = admin.local_addr();
+                tokio::spawn(admin.run(std::future::pending::<()>()));
+                Some(addr)
+            }
+            None => None,
+        };
         let refresh = gateway.start_background();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server.run(async move {
@@ -420,6 +436,7 @@ impl Keygate {
         }));
         Keygate {
             addr,
+            admin_addr,
             gateway,
             stop: Some(tx),
             refresh,
@@ -461,7 +478,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(extra: &str) -> Stack {
-        let idp = Idp::start().await;
+        Stack::start_with(&[], extra).await
+    }
+
+    /// A stack whose provider gets `idp_args` (e.g. a short token lifetime).
+    pub async fn start_with(idp_args: &[&str], extra: &str) -> Stack {
+        let idp = Idp::start_with(idp_args).await;
         let upstream = Upstream::start().await;
         let keygate = Keygate::start(&idp, &upstream, extra).await;
         keygate.wait_ready().await;

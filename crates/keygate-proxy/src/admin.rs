@@ -1,0 +1,229 @@
+//! The admin API on `listen-admin`: `/admin/v1/keys…` for operators, each
+//! call authenticated by a bearer JWT that carries `api-keys.admin-role`,
+//! described by the OpenAPI document at `/admin/v1/openapi.json`.
+
+use crate::apikeys::NewServiceKey;
+use crate::gateway::Gateway;
+use crate::pipeline::{self, Credential, Refused, RequestCtx};
+use crate::respond::{self, Body, Refusal};
+use crate::selfservice::{manage_error, read_json};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use keygate_core::keys::KeyKind;
+use keygate_store::KeyFilter;
+use serde_json::json;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Serves one admin request.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let mut ctx = RequestCtx::new(req.headers(), req.method().clone(), peer);
+    ctx.path = req.uri().path().to_owned();
+    ctx.route = "/admin".into();
+    let credential = pipeline::take_credential(&gw, req.headers_mut());
+    let mut resp = match route(&gw, &mut ctx, req, credential).await {
+        Ok(resp) => resp,
+        Err(Refused { refusal, reason }) => {
+            ctx.decision = pipeline::Decision::Deny;
+            ctx.reason = reason;
+            refusal.into_response()
+        }
+    };
+    resp.headers_mut()
+        .insert("x-request-id", ctx.request_id.clone());
+    pipeline::log(&ctx, resp.status());
+    resp
+}
+
+async fn route(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+    credential: Credential,
+) -> Result<Response<Body>, Refused> {
+    if ctx.path == "/admin/v1/openapi.json" && req.method() == Method::GET {
+        ctx.decision = pipeline::Decision::Internal;
+        return Ok(respond::text(
+            StatusCode::OK,
+            "application/json",
+            OPENAPI.to_owned(),
+        ));
+    }
+    let Some(keys) = gw.api_keys.as_deref() else {
+        return Err(Refusal::NotFound.into());
+    };
+    // Only bearer JWTs administer: an API key cannot manage API keys.
+    let Credential::Bearer(_) = &credential else {
+        return Err(Refused {
+            refusal: Refusal::NoCredential,
+            reason: Cow::Borrowed("no_credential"),
+        });
+    };
+    let identity =
+        pipeline::verify_credential(gw, &credential, "GET", &ctx.path, ctx.peer.ip()).await?;
+    if !identity.has_role(keys.admin_role()) {
+        return Err(Refused {
+            refusal: Refusal::Forbidden(format!("missing role: {}", keys.admin_role())),
+            reason: Cow::Borrowed("not_admin"),
+        });
+    }
+    ctx.decision = pipeline::Decision::Allow;
+    let actor = identity
+        .username
+        .clone()
+        .unwrap_or_else(|| identity.subject.clone());
+    ctx.identity = Some(Arc::clone(&identity));
+    let path = ctx.path.clone();
+    let rest = path
+        .strip_prefix("/admin/v1/keys")
+        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    match (method, segments.as_slice()) {
+        (Method::GET, []) => {
+            let filter = filter_from_query(req.uri().query())?;
+            let list = keys.list(&filter).await.map_err(manage_error)?;
+            Ok(respond::json(StatusCode::OK, &json!({ "keys": list })))
+        }
+        (Method::POST, []) => {
+            let new: NewServiceKey = read_json(req).await?;
+            let created = keys
+                .create_service(new, &actor)
+                .await
+                .map_err(manage_error)?;
+            Ok(respond::json(StatusCode::CREATED, &created_json(&created)))
+        }
+        (Method::GET, [id]) => {
+            let view = keys.show(id, None).await.map_err(manage_error)?;
+            let audit = keys
+                .store()
+                .audit(id)
+                .await
+                .map_err(|e| manage_error(crate::apikeys::ManageError::Store(e.to_string())))?;
+            let audit: Vec<_> = audit
+                .iter()
+                .map(|a| json!({ "action": a.action, "actor": a.actor, "at": a.at, "detail": a.detail }))
+                .collect();
+            Ok(respond::json(
+                StatusCode::OK,
+                &json!({ "key": view, "audit": audit }),
+            ))
+        }
+        (Method::POST, [id, "revoke"]) => {
+            keys.revoke(id, None, &actor).await.map_err(manage_error)?;
+            let view = keys.show(id, None).await.map_err(manage_error)?;
+            Ok(respond::json(StatusCode::OK, &json!({ "key": view })))
+        }
+        (Method::POST, [id, "renew"]) => {
+            #[derive(serde::Deserialize, Default)]
+            #[serde(deny_unknown_fields)]
+            struct Renew {
+                #[serde(default)]
+                expires_in: Option<String>,
+            }
+            let renew: Renew = read_json(req).await?;
+            let view = keys
+                .renew(id, None, renew.expires_in.as_deref(), &actor)
+                .await
+                .map_err(manage_error)?;
+            Ok(respond::json(StatusCode::OK, &json!({ "key": view })))
+        }
+        (Method::POST, [id, "rotate"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Rotate {
+                key: keygate_core::Secret,
+                #[serde(default)]
+                grace: Option<String>,
+            }
+            let rotate: Rotate = read_json(req).await?;
+            let grace = parse_grace(rotate.grace.as_deref())?;
+            let created = keys
+                .rotate(id, grace, Some(rotate.key.expose()), &actor)
+                .await
+                .map_err(manage_error)?;
+            Ok(respond::json(StatusCode::OK, &created_json(&created)))
+        }
+        _ => Err(Refusal::NotFound.into()),
+    }
+}
+
+fn created_json(created: &crate::apikeys::CreatedKey) -> serde_json::Value {
+    json!({
+        "id": created.id, "key": created.key.expose(), "prefix": created.prefix,
+        "kind": created.kind, "expires_at": created.expires_at,
+    })
+}
+
+/// `grace` as a duration (`10m`), or none.
+pub fn parse_grace(grace: Option<&str>) -> Result<Option<Duration>, Refused> {
+    match grace.map(str::trim) {
+        None | Some("") | Some("0") | Some("0s") => Ok(None),
+        Some(g) => humantime::parse_duration(g).map(Some).map_err(|_| Refused {
+            refusal: Refusal::BadRequest(format!("`{g}` is not a duration like 10m")),
+            reason: Cow::Borrowed("invalid_request"),
+        }),
+    }
+}
+
+fn filter_from_query(query: Option<&str>) -> Result<KeyFilter, Refused> {
+    let mut filter = KeyFilter::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |what: &str| Refused {
+            refusal: Refusal::BadRequest(format!("bad query parameter `{what}`")),
+            reason: Cow::Borrowed("invalid_request"),
+        };
+        match k {
+            "owner" => filter.owner = Some(percent_decode(v)),
+            "kind" => filter.kind = Some(KeyKind::parse(v).ok_or_else(|| bad("kind"))?),
+            "include_revoked" => filter.include_revoked = v == "true" || v == "1",
+            "limit" => filter.limit = Some(v.parse().map_err(|_| bad("limit"))?),
+            _ => return Err(bad(k)),
+        }
+    }
+    Ok(filter)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

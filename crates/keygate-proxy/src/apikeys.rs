@@ -1,0 +1,1176 @@
+//! API keys: authentication of `kgs_…`/`kgp_…` credentials (phase 3) by
+//! exchanging them for real provider access tokens, and the key
+//! management operations shared by the CLI, the admin API and the
+//! self-service endpoints.
+//!
+//! On each use, in this order:
+//! 1. the key's shape and checksum are checked — no lookup for a typo or a
+//!    scanner's false positive;
+//! 2. its keyed hash is looked up: first in the negative cache (unknown,
+//!    revoked, expired keys, remembered for `negative-cache-ttl`), then in the
+//!    record cache (`record-cache-ttl`), then in the store;
+//! 3. expiry, revocation and the key's restrictions (methods, route
+//!    prefixes, client networks) are enforced;
+//! 4. the cached provider token for the key is used, or one exchange is made
+//!    (client-credentials for service keys, refresh for personal keys);
+//!    concurrent first uses of a key share that one exchange;
+//! 5. the provider's token is verified like any bearer token and its
+//!    identity forwarded, marked `api-key` with the key's id.
+
+use crate::respond::Refusal;
+use keygate_auth::apikey::{self, KeyCrypto};
+use keygate_auth::grants::{DevicePoll, GrantError, Grants, TokenResponse};
+use keygate_auth::{AuthError, JwtVerifier, Provider};
+use keygate_core::config::{ApiKeysConfig, Cidr, Config};
+use keygate_core::keys::KeyKind;
+use keygate_core::{AuthMethod, Identity, Secret};
+use keygate_store::{KeyFilter, KeyRecord, KeyStore};
+use moka::future::Cache;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why a key was refused; cached for unknown/revoked/expired keys.
+#[derive(Clone, Debug)]
+enum KeyRefusal {
+    Unknown,
+    Revoked,
+    Expired,
+    /// The provider no longer honours the key's credential (offline session
+    /// ended, client secret changed).
+    Rejected(String),
+}
+
+impl KeyRefusal {
+    fn refusal(&self) -> (Refusal, &'static str) {
+        match self {
+            KeyRefusal::Unknown => (
+                Refusal::BadCredential("unknown API key".into()),
+                "api_key_unknown",
+            ),
+            KeyRefusal::Revoked => (
+                Refusal::BadCredential("API key has been revoked".into()),
+                "api_key_revoked",
+            ),
+            KeyRefusal::Expired => (
+                Refusal::BadCredential("API key has expired".into()),
+                "api_key_expired",
+            ),
+            KeyRefusal::Rejected(why) => (
+                Refusal::BadCredential(format!(
+                    "the provider no longer accepts this API key ({why})"
+                )),
+                "api_key_rejected",
+            ),
+        }
+    }
+}
+
+/// A refusal with its log/metrics reason.
+pub type KeyError = (Refusal, &'static str);
+
+/// The provider token an API key was exchanged for, as a verified identity.
+struct Exchanged {
+    identity: Arc<Identity>,
+    /// When to exchange again (seconds since the epoch): `exp - refresh-margin`.
+    renew_at: u64,
+}
+
+struct RenewBeforeExpiry;
+
+impl moka::Expiry<String, Arc<Exchanged>> for RenewBeforeExpiry {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &Arc<Exchanged>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(value.renew_at.saturating_sub(now())))
+    }
+}
+
+/// A device authorization in progress (personal key creation).
+struct PendingDevice {
+    device_code: Secret,
+    description: String,
+    lifetime: Option<Duration>,
+    interval: u64,
+}
+
+/// What a new key's creator gets, once.
+#[derive(Debug, serde::Serialize)]
+pub struct CreatedKey {
+    /// The key's id.
+    pub id: String,
+    /// The full key: shown this once, never stored.
+    pub key: Secret,
+    /// The display prefix.
+    pub prefix: String,
+    /// `service` or `personal`.
+    pub kind: &'static str,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: Option<i64>,
+}
+
+/// Parameters of a new service key.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewServiceKey {
+    /// The service-account client the key stands for.
+    pub client_id: String,
+    /// Its secret (stored encrypted under the new key).
+    pub client_secret: Secret,
+    /// Who the key belongs to (free text for service keys).
+    #[serde(default)]
+    pub owner: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Lifetime such as `90d`; the configured default when absent; `never` if allowed.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    /// Scopes requested in the client-credentials grant.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Allowed methods (empty: all).
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+    /// Allowed route prefixes (empty: all).
+    #[serde(default)]
+    pub allowed_prefixes: Vec<String>,
+    /// Allowed client networks (empty: all).
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    /// Try the client credentials at the provider before storing the key.
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A key as shown to operators and owners: never the key, hash or secret.
+#[derive(Debug, serde::Serialize)]
+pub struct KeyView {
+    /// Id.
+    pub id: String,
+    /// Display prefix.
+    pub prefix: String,
+    /// `service` or `personal`.
+    pub kind: &'static str,
+    /// Owner (subject or name).
+    pub owner: String,
+    /// Free text.
+    pub description: String,
+    /// Service-account client, for service keys.
+    pub client_id: Option<String>,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Allowed methods.
+    pub allowed_methods: Vec<String>,
+    /// Allowed route prefixes.
+    pub allowed_prefixes: Vec<String>,
+    /// Allowed client networks.
+    pub allowed_cidrs: Vec<String>,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    /// Seconds since the epoch.
+    pub expires_at: Option<i64>,
+    /// Seconds since the epoch (written in batches).
+    pub last_used_at: Option<i64>,
+    /// Seconds since the epoch.
+    pub revoked_at: Option<i64>,
+    /// `active`, `expired` or `revoked`.
+    pub status: &'static str,
+}
+
+impl From<&KeyRecord> for KeyView {
+    fn from(r: &KeyRecord) -> Self {
+        let status = if r.revoked_at.is_some() {
+            "revoked"
+        } else if r.expires_at.is_some_and(|e| e <= now() as i64) {
+            "expired"
+        } else {
+            "active"
+        };
+        KeyView {
+            id: r.id.clone(),
+            prefix: r.prefix.clone(),
+            kind: r.kind.as_str(),
+            owner: r.owner.clone(),
+            description: r.description.clone(),
+            client_id: r.client_id.clone(),
+            scopes: r.scopes.clone(),
+            allowed_methods: r.allowed_methods.clone(),
+            allowed_prefixes: r.allowed_prefixes.clone(),
+            allowed_cidrs: r.allowed_cidrs.clone(),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            last_used_at: r.last_used_at,
+            revoked_at: r.revoked_at,
+            status,
+        }
+    }
+}
+
+/// Errors of the management operations (CLI, admin API, self-service).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManageError {
+    /// The request is invalid; the text says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such key (or not the caller's).
+    #[error("no such key")]
+    NotFound,
+    /// The store failed.
+    #[error("key store: {0}")]
+    Store(String),
+    /// The provider refused or could not be reached.
+    #[error("provider: {0}")]
+    Provider(String),
+}
+
+/// The API-key service.
+pub struct ApiKeys {
+    store: KeyStore,
+    crypto: KeyCrypto,
+    grants: Grants,
+    client_id: String,
+    client_secret: Secret,
+    config: ApiKeysConfig,
+    records: Cache<[u8; 32], Arc<KeyRecord>>,
+    negative: Cache<[u8; 32], KeyRefusal>,
+    tokens: Cache<String, Arc<Exchanged>>,
+    pending: Cache<String, Arc<PendingDevice>>,
+    used: Mutex<HashMap<String, i64>>,
+}
+
+/// The pseudo-key under which a personal key's refresh token is also
+/// sealed, with the server secret alone, so a revoke can revoke the offline
+/// session at the provider without the user's key.
+const REVOCATION_ENVELOPE: &str = "keygate-revocation-envelope-v1";
+
+impl ApiKeys {
+    /// Opens the store and builds the service. `Ok(None)` when API keys are
+    /// off (no server secret configured).
+    pub async fn from_config(
+        config: &Config,
+        provider: Arc<Provider>,
+    ) -> Result<Option<Self>, ManageError> {
+        let Some(secret) = config
+            .api_keys
+            .load_server_secret()
+            .map_err(|e| ManageError::Invalid(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let crypto = KeyCrypto::new(secret.expose().as_bytes())
+            .map_err(|e| ManageError::Invalid(e.to_string()))?;
+        let store = KeyStore::connect(&config.store_url.0)
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?;
+        let c = &config.api_keys;
+        Ok(Some(ApiKeys {
+            store,
+            crypto,
+            grants: Grants::new(provider),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            config: c.clone(),
+            records: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(c.record_cache_ttl)
+                .build(),
+            negative: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(c.negative_cache_ttl)
+                .build(),
+            tokens: Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(RenewBeforeExpiry)
+                .build(),
+            pending: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(1800))
+                .build(),
+            used: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The header that carries keys.
+    pub fn header(&self) -> &str {
+        &self.config.header
+    }
+
+    /// The store.
+    pub fn store(&self) -> &KeyStore {
+        &self.store
+    }
+
+    /// The role the admin API requires.
+    pub fn admin_role(&self) -> &str {
+        &self.config.admin_role
+    }
+
+    /// Phase 3 for an API key: returns the identity of the provider token the
+    /// key stands for.
+    pub async fn authenticate(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        client_ip: IpAddr,
+        verifier: &JwtVerifier,
+    ) -> Result<Arc<Identity>, KeyError> {
+        if apikey::parse(key).is_err() {
+            return Err((
+                Refusal::BadCredential("malformed API key (wrong shape or checksum)".into()),
+                "api_key_malformed",
+            ));
+        }
+        let hash = self.crypto.hash(key);
+        if let Some(refused) = self.negative.get(&hash).await {
+            return Err(refused.refusal());
+        }
+        let record = self.record(&hash).await?;
+        if let Err(refused) = check_validity(&record) {
+            self.negative.insert(hash, refused.clone()).await;
+            return Err(refused.refusal());
+        }
+        check_restrictions(&record, method, path, client_ip)?;
+        let exchanged = self
+            .tokens
+            .try_get_with(record.id.clone(), self.exchange(key, &record, verifier))
+            .await
+            .map_err(|e: Arc<ExchangeError>| match &*e {
+                ExchangeError::Refused(r) => r.refusal(),
+                ExchangeError::Unavailable => (
+                    Refusal::Unavailable(
+                        "the OpenID provider is unavailable; try again shortly".into(),
+                    ),
+                    "provider_unavailable",
+                ),
+                ExchangeError::Verify(e) => (
+                    Refusal::BadCredential(format!(
+                        "the provider's token for this API key is not accepted: {e}"
+                    )),
+                    "api_key_token_rejected",
+                ),
+            })?;
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(record.id.clone(), now() as i64);
+        }
+        Ok(Arc::clone(&exchanged.identity))
+    }
+
+    async fn record(&self, hash: &[u8; 32]) -> Result<Arc<KeyRecord>, KeyError> {
+        let store = &self.store;
+        let found = self
+            .records
+            .try_get_with(*hash, async move {
+                match store.find_by_hash(hash, now() as i64).await {
+                    Ok(Some((record, _))) => Ok(Arc::new(record)),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e.to_string())),
+                }
+            })
+            .await;
+        match found {
+            Ok(record) => Ok(record),
+            Err(e) => match &*e {
+                None => {
+                    self.negative.insert(*hash, KeyRefusal::Unknown).await;
+                    Err(KeyRefusal::Unknown.refusal())
+                }
+                Some(e) => {
+                    tracing::warn!(error = %e, "API-key store lookup failed");
+                    Err((
+                        Refusal::Unavailable(
+                            "the API-key store is unavailable; try again shortly".into(),
+                        ),
+                        "store_unavailable",
+                    ))
+                }
+            },
+        }
+    }
+
+    async fn exchange(
+        &self,
+        key: &str,
+        record: &KeyRecord,
+        verifier: &JwtVerifier,
+    ) -> Result<Arc<Exchanged>, ExchangeError> {
+        let sealed = record
+            .sealed_secret
+            .as_deref()
+            .ok_or(ExchangeError::Refused(KeyRefusal::Revoked))?;
+        let envelope =
+            Envelope::decode(sealed).ok_or(ExchangeError::Refused(KeyRefusal::Unknown))?;
+        let secret = self
+            .crypto
+            .open(key, &record.id, &envelope.by_key)
+            .map_err(|_| ExchangeError::Refused(KeyRefusal::Unknown))?;
+        let token = match record.kind {
+            KeyKind::Service => {
+                let client = record.client_id.as_deref().unwrap_or_default();
+                self.grants
+                    .client_credentials(client, &secret, &record.scopes)
+                    .await
+                    .map_err(grant_error)?
+            }
+            KeyKind::Personal => {
+                let token = self
+                    .grants
+                    .refresh(&self.client_id, &self.client_secret, &secret)
+                    .await
+                    .map_err(grant_error)?;
+                self.store_rotated_refresh_token(key, record, &secret, &token)
+                    .await;
+                token
+            }
+        };
+        let verified = verifier
+            .verify(token.access_token.expose())
+            .await
+            .map_err(ExchangeError::Verify)?;
+        let mut identity = (*verified).clone();
+        identity.method = AuthMethod::ApiKey;
+        identity.key_id = Some(record.id.clone());
+        identity.derived = OnceLock::new();
+        let margin = self.config.refresh_margin.as_secs();
+        let lifetime = identity.expires_at.saturating_sub(now());
+        // Renew `refresh-margin` before expiry, but keep very short-lived
+        // tokens at least half their lifetime.
+        let renew_at = now() + lifetime.saturating_sub(margin).max(lifetime / 2);
+        Ok(Arc::new(Exchanged {
+            identity: Arc::new(identity),
+            renew_at,
+        }))
+    }
+
+    /// Providers that rotate refresh tokens hand out a new one with every
+    /// refresh: store it back (compare-and-swap on the record's secret version).
+    async fn store_rotated_refresh_token(
+        &self,
+        key: &str,
+        record: &KeyRecord,
+        old: &Secret,
+        token: &TokenResponse,
+    ) {
+        let Some(new) = &token.refresh_token else {
+            return;
+        };
+        if new.expose() == old.expose() {
+            return;
+        }
+        let sealed = match self.seal_envelope(key, &record.id, new.expose().as_bytes(), true) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                tracing::warn!(key_id = %record.id, error = %e, "cannot seal a rotated refresh token");
+                return;
+            }
+        };
+        match self
+            .store
+            .update_secret(&record.id, record.secret_version, &sealed)
+            .await
+        {
+            Ok(true) => {
+                self.records.invalidate(&self.crypto.hash(key)).await;
+            }
+            Ok(false) => {
+                tracing::warn!(key_id = %record.id, "refresh token rotated concurrently elsewhere")
+            }
+            Err(e) => {
+                tracing::warn!(key_id = %record.id, error = %e, "cannot store a rotated refresh token")
+            }
+        }
+    }
+
+    fn seal_envelope(
+        &self,
+        key: &str,
+        key_id: &str,
+        secret: &[u8],
+        with_revocation: bool,
+    ) -> Result<Vec<u8>, String> {
+        let by_key = self
+            .crypto
+            .seal(key, key_id, secret)
+            .map_err(|e| e.to_string())?;
+        let by_server = match with_revocation {
+            true => Some(
+                self.crypto
+                    .seal(REVOCATION_ENVELOPE, key_id, secret)
+                    .map_err(|e| e.to_string())?,
+            ),
+            false => None,
+        };
+        Ok(Envelope { by_key, by_server }.encode())
+    }
+
+    /// Writes the batched last-used times; called periodically.
+    pub async fn flush_last_used(&self) {
+        let batch: Vec<(String, i64)> = match self.used.lock() {
+            Ok(mut used) => used.drain().collect(),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.touch(&batch).await {
+            tracing::warn!(error = %e, "cannot record API keys' last use");
+        }
+    }
+
+    // ------------------------------------------------------------ management
+
+    fn lifetime(&self, kind: KeyKind, asked: Option<&str>) -> Result<Option<i64>, ManageError> {
+        let (default, max) = match kind {
+            KeyKind::Service => (
+                self.config.default_lifetime_service,
+                self.config.max_lifetime_service,
+            ),
+            KeyKind::Personal => (
+                self.config.default_lifetime_personal,
+                self.config.max_lifetime_personal,
+            ),
+        };
+        let lifetime = match asked.map(str::trim) {
+            None | Some("") => default,
+            Some("never") if self.config.allow_no_expiry => return Ok(None),
+            Some("never") => {
+                return Err(ManageError::Invalid(
+                    "keys without an expiry are not allowed (api-keys.allow-no-expiry)".into(),
+                ));
+            }
+            Some(text) => humantime::parse_duration(text).map_err(|_| {
+                ManageError::Invalid(format!("`{text}` is not a duration like 14d or 90d"))
+            })?,
+        };
+        if lifetime > max {
+            return Err(ManageError::Invalid(format!(
+                "the longest lifetime of a {} key is {}",
+                kind.as_str(),
+                humantime::format_duration(max)
+            )));
+        }
+        if lifetime.is_zero() {
+            return Err(ManageError::Invalid("the lifetime must be positive".into()));
+        }
+        Ok(Some(now() as i64 + lifetime.as_secs() as i64))
+    }
+
+    /// Creates a service key. With `verify`, the client credentials are tried
+    /// at the provider first, so a wrong secret is caught now, not on first use.
+    pub async fn create_service(
+        &self,
+        new: NewServiceKey,
+        actor: &str,
+    ) -> Result<CreatedKey, ManageError> {
+        if new.client_id.is_empty() || new.client_secret.is_empty() {
+            return Err(ManageError::Invalid(
+                "a service key needs a client id and its secret".into(),
+            ));
+        }
+        for cidr in &new.allowed_cidrs {
+            parse_cidr(cidr).ok_or_else(|| {
+                ManageError::Invalid(format!("`{cidr}` is not an address or CIDR"))
+            })?;
+        }
+        for prefix in &new.allowed_prefixes {
+            if !prefix.starts_with('/') {
+                return Err(ManageError::Invalid(format!(
+                    "route prefix `{prefix}` must start with /"
+                )));
+            }
+        }
+        let expires_at = self.lifetime(KeyKind::Service, new.expires_in.as_deref())?;
+        if new.verify {
+            self.grants
+                .client_credentials(&new.client_id, &new.client_secret, &new.scopes)
+                .await
+                .map_err(|e| ManageError::Provider(e.to_string()))?;
+        }
+        let owner = if new.owner.is_empty() {
+            new.client_id.clone()
+        } else {
+            new.owner.clone()
+        };
+        let key =
+            apikey::generate(KeyKind::Service).map_err(|e| ManageError::Invalid(e.to_string()))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let sealed = self
+            .seal_envelope(
+                key.expose(),
+                &id,
+                new.client_secret.expose().as_bytes(),
+                false,
+            )
+            .map_err(ManageError::Invalid)?;
+        let record = KeyRecord {
+            id: id.clone(),
+            prefix: apikey::display_prefix(key.expose()),
+            kind: KeyKind::Service,
+            owner,
+            description: new.description,
+            client_id: Some(new.client_id),
+            scopes: new.scopes,
+            allowed_methods: new
+                .allowed_methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+            allowed_prefixes: new.allowed_prefixes,
+            allowed_cidrs: new.allowed_cidrs,
+            key_hash: self.crypto.hash(key.expose()).to_vec(),
+            sealed_secret: Some(sealed),
+            secret_version: 0,
+            previous_hash: None,
+            previous_sealed_secret: None,
+            previous_valid_until: None,
+            created_at: now() as i64,
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        self.store
+            .insert(&record, actor)
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?;
+        Ok(CreatedKey {
+            id,
+            prefix: record.prefix,
+            key,
+            kind: "service",
+            expires_at,
+        })
+    }
+
+    /// Starts a device authorization for a personal key (RFC 8628 through
+    /// keygate, which is the confidential client).
+    pub async fn start_device(
+        &self,
+        description: String,
+        expires_in: Option<&str>,
+    ) -> Result<serde_json::Value, ManageError> {
+        let lifetime = self.lifetime(KeyKind::Personal, expires_in)?;
+        let auth = self
+            .grants
+            .device_authorization(
+                &self.client_id,
+                &self.client_secret,
+                "openid offline_access",
+            )
+            .await
+            .map_err(|e| ManageError::Provider(e.to_string()))?;
+        let flow_id = apikey::generate(KeyKind::Personal)
+            .map_err(|e| ManageError::Invalid(e.to_string()))?
+            .expose()[4..36]
+            .to_owned();
+        self.pending
+            .insert(
+                flow_id.clone(),
+                Arc::new(PendingDevice {
+                    device_code: auth.device_code,
+                    description,
+                    lifetime: lifetime
+                        .map(|at| Duration::from_secs((at - now() as i64).max(1) as u64)),
+                    interval: auth.interval,
+                }),
+            )
+            .await;
+        Ok(serde_json::json!({
+            "flow_id": flow_id,
+            "user_code": auth.user_code,
+            "verification_uri": auth.verification_uri,
+            "verification_uri_complete": auth.verification_uri_complete,
+            "expires_in": auth.expires_in,
+            "interval": auth.interval,
+        }))
+    }
+
+    /// Polls a device authorization. `Ok(None)` while the user has not
+    /// finished; the new key once they have.
+    pub async fn poll_device(
+        &self,
+        flow_id: &str,
+        verifier: &JwtVerifier,
+    ) -> Result<Option<CreatedKey>, DeviceError> {
+        let flow = self
+            .pending
+            .get(flow_id)
+            .await
+            .ok_or(DeviceError::Unknown)?;
+        let poll = self
+            .grants
+            .device_poll(&self.client_id, &self.client_secret, &flow.device_code)
+            .await
+            .map_err(|e| DeviceError::Provider(e.to_string()))?;
+        let token = match poll {
+            DevicePoll::Pending => return Ok(None),
+            DevicePoll::SlowDown => return Err(DeviceError::SlowDown(flow.interval + 5)),
+            DevicePoll::Denied => {
+                self.pending.invalidate(flow_id).await;
+                return Err(DeviceError::Denied);
+            }
+            DevicePoll::Expired => {
+                self.pending.invalidate(flow_id).await;
+                return Err(DeviceError::Expired);
+            }
+            DevicePoll::Done(token) => token,
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(DeviceError::Provider(
+                    "unexpected device poll answer".into(),
+                ));
+            }
+        };
+        self.pending.invalidate(flow_id).await;
+        let refresh = token
+            .refresh_token
+            .ok_or_else(|| DeviceError::Provider("the provider issued no offline token".into()))?;
+        let identity = verifier
+            .verify(token.access_token.expose())
+            .await
+            .map_err(|e| {
+                DeviceError::Provider(format!("the provider's token is not accepted: {e}"))
+            })?;
+        let key = apikey::generate(KeyKind::Personal)
+            .map_err(|e| DeviceError::Provider(e.to_string()))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let expires_at = flow.lifetime.map(|l| now() as i64 + l.as_secs() as i64);
+        let sealed = self
+            .seal_envelope(key.expose(), &id, refresh.expose().as_bytes(), true)
+            .map_err(DeviceError::Provider)?;
+        let record = KeyRecord {
+            id: id.clone(),
+            prefix: apikey::display_prefix(key.expose()),
+            kind: KeyKind::Personal,
+            owner: identity.subject.clone(),
+            description: flow.description.clone(),
+            client_id: None,
+            scopes: Vec::new(),
+            allowed_methods: Vec::new(),
+            allowed_prefixes: Vec::new(),
+            allowed_cidrs: Vec::new(),
+            key_hash: self.crypto.hash(key.expose()).to_vec(),
+            sealed_secret: Some(sealed),
+            secret_version: 0,
+            previous_hash: None,
+            previous_sealed_secret: None,
+            previous_valid_until: None,
+            created_at: now() as i64,
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let actor = identity
+            .username
+            .clone()
+            .unwrap_or_else(|| identity.subject.clone());
+        self.store
+            .insert(&record, &actor)
+            .await
+            .map_err(|e| DeviceError::Provider(e.to_string()))?;
+        Ok(Some(CreatedKey {
+            id,
+            prefix: record.prefix,
+            key,
+            kind: "personal",
+            expires_at,
+        }))
+    }
+
+    /// Lists keys.
+    pub async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyView>, ManageError> {
+        let records = self
+            .store
+            .list(filter)
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?;
+        Ok(records.iter().map(KeyView::from).collect())
+    }
+
+    /// One key; with `owner`, only if it belongs to them.
+    pub async fn show(&self, id: &str, owner: Option<&str>) -> Result<KeyView, ManageError> {
+        let record = self.get_owned(id, owner).await?;
+        Ok(KeyView::from(&record))
+    }
+
+    async fn get_owned(&self, id: &str, owner: Option<&str>) -> Result<KeyRecord, ManageError> {
+        let record = self
+            .store
+            .get(id)
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?
+            .ok_or(ManageError::NotFound)?;
+        if owner.is_some_and(|o| o != record.owner) {
+            return Err(ManageError::NotFound);
+        }
+        Ok(record)
+    }
+
+    /// Revokes a key: on this process at once; a personal key's offline
+    /// session is revoked at the provider (RFC 7009) and its secret deleted.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        actor: &str,
+    ) -> Result<(), ManageError> {
+        let record = self.get_owned(id, owner).await?;
+        if record.revoked_at.is_some() {
+            return Ok(());
+        }
+        if record.kind == KeyKind::Personal
+            && let Some(refresh) = record
+                .sealed_secret
+                .as_deref()
+                .and_then(Envelope::decode)
+                .and_then(|e| e.by_server)
+                .and_then(|blob| {
+                    self.crypto
+                        .open(REVOCATION_ENVELOPE, &record.id, &blob)
+                        .ok()
+                })
+            && let Err(e) = self
+                .grants
+                .revoke(
+                    &self.client_id,
+                    &self.client_secret,
+                    &refresh,
+                    "refresh_token",
+                )
+                .await
+        {
+            tracing::warn!(key_id = %id, error = %e, "could not revoke the offline session at the provider");
+        }
+        self.store
+            .revoke(id, actor, now() as i64)
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?;
+        self.forget(&record).await;
+        Ok(())
+    }
+
+    async fn forget(&self, record: &KeyRecord) {
+        for hash in [Some(&record.key_hash), record.previous_hash.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                self.records.invalidate(&hash).await;
+                self.negative.insert(hash, KeyRefusal::Revoked).await;
+            }
+        }
+        self.tokens.invalidate(&record.id).await;
+    }
+
+    /// Extends a key's expiry, within the maximum lifetime of its kind.
+    pub async fn renew(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        expires_in: Option<&str>,
+        actor: &str,
+    ) -> Result<KeyView, ManageError> {
+        let record = self.get_owned(id, owner).await?;
+        if record.revoked_at.is_some() {
+            return Err(ManageError::Invalid(
+                "a revoked key cannot be renewed".into(),
+            ));
+        }
+        let expires_at = self.lifetime(record.kind, expires_in)?;
+        self.store
+            .renew(id, expires_at, actor)
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?;
+        self.forget_record_cache(&record).await;
+        self.show(id, owner).await
+    }
+
+    /// Issues a new secret for the same key record; the old key keeps
+    /// working for `grace` (none: it stops at once). Service keys only: a
+    /// personal key's secret is the user's offline session, so a personal
+    /// key is replaced by creating a new one.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+        old_key: Option<&str>,
+        actor: &str,
+    ) -> Result<CreatedKey, ManageError> {
+        let record = self.get_owned(id, None).await?;
+        if record.revoked_at.is_some() {
+            return Err(ManageError::Invalid(
+                "a revoked key cannot be rotated".into(),
+            ));
+        }
+        if record.kind != KeyKind::Service {
+            return Err(ManageError::Invalid(
+                "personal keys cannot be rotated; create a new one and revoke this".into(),
+            ));
+        }
+        // The client secret is sealed under the old key: it is needed to
+        // re-seal it under the new one.
+        let old_key = old_key.ok_or_else(|| {
+            ManageError::Invalid(
+                "rotating a service key needs the current key (to re-encrypt its client secret)"
+                    .into(),
+            )
+        })?;
+        if !self.crypto.hash_matches(old_key, &record.key_hash) {
+            return Err(ManageError::Invalid(
+                "that is not this record's current key".into(),
+            ));
+        }
+        let secret = record
+            .sealed_secret
+            .as_deref()
+            .and_then(Envelope::decode)
+            .and_then(|e| self.crypto.open(old_key, &record.id, &e.by_key).ok())
+            .ok_or_else(|| {
+                ManageError::Invalid("the stored secret cannot be opened with that key".into())
+            })?;
+        let key =
+            apikey::generate(KeyKind::Service).map_err(|e| ManageError::Invalid(e.to_string()))?;
+        let sealed = self
+            .seal_envelope(key.expose(), id, secret.expose().as_bytes(), false)
+            .map_err(ManageError::Invalid)?;
+        let grace_until = grace.map(|g| now() as i64 + g.as_secs() as i64);
+        let prefix = apikey::display_prefix(key.expose());
+        self.store
+            .rotate(
+                id,
+                &self.crypto.hash(key.expose()),
+                &prefix,
+                Some(&sealed),
+                grace_until,
+                actor,
+            )
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?;
+        self.forget_record_cache(&record).await;
+        if grace.is_none()
+            && let Ok(hash) = <[u8; 32]>::try_from(record.key_hash.as_slice())
+        {
+            self.negative.insert(hash, KeyRefusal::Revoked).await;
+        }
+        Ok(CreatedKey {
+            id: id.to_owned(),
+            key,
+            prefix,
+            kind: "service",
+            expires_at: record.expires_at,
+        })
+    }
+
+    async fn forget_record_cache(&self, record: &KeyRecord) {
+        for hash in [Some(&record.key_hash), record.previous_hash.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                self.records.invalidate(&hash).await;
+            }
+        }
+    }
+
+    /// The provider token an API key stands for (for `keygate token`).
+    pub async fn token_for(
+        &self,
+        key: &str,
+        client_ip: IpAddr,
+        verifier: &JwtVerifier,
+    ) -> Result<(Secret, u64), KeyError> {
+        let identity = self
+            .authenticate(key, "GET", "/oauth/token", client_ip, verifier)
+            .await?;
+        Ok((
+            identity.access_token.clone(),
+            identity.expires_at.saturating_sub(now()),
+        ))
+    }
+}
+
+/// Why polling a device authorization did not give a key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// No such flow (finished, expired or never started).
+    #[error("unknown or finished device flow")]
+    Unknown,
+    /// Poll less often: wait this many seconds.
+    #[error("slow down")]
+    SlowDown(u64),
+    /// The user refused.
+    #[error("the user denied the request")]
+    Denied,
+    /// The user did not finish in time.
+    #[error("the device code expired")]
+    Expired,
+    /// The provider failed.
+    #[error("provider: {0}")]
+    Provider(String),
+}
+
+enum ExchangeError {
+    Refused(KeyRefusal),
+    Unavailable,
+    Verify(AuthError),
+}
+
+fn grant_error(e: GrantError) -> ExchangeError {
+    match e {
+        GrantError::Rejected { error, .. } => ExchangeError::Refused(KeyRefusal::Rejected(error)),
+        _ => ExchangeError::Unavailable,
+    }
+}
+
+fn check_validity(record: &KeyRecord) -> Result<(), KeyRefusal> {
+    if record.revoked_at.is_some() {
+        return Err(KeyRefusal::Revoked);
+    }
+    if record.expires_at.is_some_and(|e| e <= now() as i64) {
+        return Err(KeyRefusal::Expired);
+    }
+    Ok(())
+}
+
+fn check_restrictions(
+    record: &KeyRecord,
+    method: &str,
+    path: &str,
+    ip: IpAddr,
+) -> Result<(), KeyError> {
+    if !record.allowed_methods.is_empty()
+        && !record
+            .allowed_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+    {
+        return Err((
+            Refusal::MethodNotAllowed(format!("this API key may not use {method}")),
+            "api_key_method_not_allowed",
+        ));
+    }
+    if !record.allowed_prefixes.is_empty()
+        && !record
+            .allowed_prefixes
+            .iter()
+            .any(|p| path_has_prefix(path, p))
+    {
+        return Err((
+            Refusal::Forbidden("this API key may not use this route".into()),
+            "api_key_route_not_allowed",
+        ));
+    }
+    if !record.allowed_cidrs.is_empty()
+        && !record
+            .allowed_cidrs
+            .iter()
+            .filter_map(|c| parse_cidr(c))
+            .any(|c| c.contains(ip))
+    {
+        return Err((
+            Refusal::Forbidden("this API key may not be used from this address".into()),
+            "api_key_network_not_allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// `/reports` allows `/reports`, `/reports/…`, not `/reportsX`.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+fn parse_cidr(s: &str) -> Option<Cidr> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The stored secret: sealed under the API key, and for personal keys also
+/// under the server secret alone (for revocation at the provider).
+struct Envelope {
+    by_key: Vec<u8>,
+    by_server: Option<Vec<u8>>,
+}
+
+impl Envelope {
+    fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(5 + self.by_key.len() + self.by_server.as_ref().map_or(0, Vec::len));
+        out.push(1);
+        out.extend_from_slice(&(self.by_key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.by_key);
+        if let Some(s) = &self.by_server {
+            out.extend_from_slice(s);
+        }
+        out
+    }
+
+    fn decode(blob: &[u8]) -> Option<Envelope> {
+        let (&version, rest) = blob.split_first()?;
+        if version != 1 || rest.len() < 4 {
+            return None;
+        }
+        let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+        let rest = &rest[4..];
+        if rest.len() < len {
+            return None;
+        }
+        let (by_key, by_server) = rest.split_at(len);
+        Some(Envelope {
+            by_key: by_key.to_vec(),
+            by_server: (!by_server.is_empty()).then(|| by_server.to_vec()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_and_truncation() {
+        let e = Envelope {
+            by_key: vec![1, 2, 3],
+            by_server: Some(vec![9, 9]),
+        };
+        let blob = e.encode();
+        let d = Envelope::decode(&blob).unwrap();
+        assert_eq!(d.by_key, [1, 2, 3]);
+        assert_eq!(d.by_server.unwrap(), [9, 9]);
+        assert!(Envelope::decode(&blob[..4]).is_none());
+        assert!(Envelope::decode(&[2, 0, 0, 0, 0]).is_none());
+        let plain = Envelope {
+            by_key: vec![7],
+            by_server: None,
+        }
+        .encode();
+        assert!(Envelope::decode(&plain).unwrap().by_server.is_none());
+    }
+
+    #[test]
+    fn route_prefixes_respect_segments() {
+        assert!(path_has_prefix("/reports", "/reports"));
+        assert!(path_has_prefix("/reports/1", "/reports/"));
+        assert!(!path_has_prefix("/reportsX", "/reports"));
+        assert!(path_has_prefix("/anything", "/"));
+    }
+}

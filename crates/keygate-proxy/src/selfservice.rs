@@ -1,0 +1,219 @@
+//! Self-service API-key endpoints under `/oauth/` (JSON):
+//!
+//! | endpoint | who | what |
+//! |---|---|---|
+//! | `GET /oauth/keys` | any authenticated caller | the caller's own keys |
+//! | `DELETE /oauth/keys/{id}` | the key's owner | revoke it |
+//! | `POST /oauth/keys/device` | anyone | start creating a personal key: the provider's device authorization (RFC 8628) |
+//! | `POST /oauth/keys/device/token` | whoever started the flow | poll; the new key once the user has approved |
+//! | `GET /oauth/token` | an API-key holder | the provider access token the key stands for (`keygate token`) |
+//!
+//! A personal key is created through keygate, which is the confidential
+//! client: the user approves at the provider's verification page, keygate
+//! receives the offline refresh token, stores it encrypted under the new key
+//! and answers the key exactly once.
+
+use crate::apikeys::{ApiKeys, DeviceError, ManageError};
+use crate::gateway::Gateway;
+use crate::pipeline::{Credential, Refused, RequestCtx};
+use crate::respond::{self, Body, Refusal};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use keygate_core::Identity;
+use keygate_store::KeyFilter;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Largest JSON body these endpoints read.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Dispatches `/oauth/keys…` and `/oauth/token`.
+pub async fn serve(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+    credential: Credential,
+) -> Result<Response<Body>, Refused> {
+    let Some(keys) = gw.api_keys.as_deref() else {
+        return Err(Refusal::NotFound.into());
+    };
+    let method = req.method().clone();
+    let path = ctx.path.clone();
+    match (method, path.as_str()) {
+        (Method::GET, "/oauth/token") | (Method::POST, "/oauth/token") => {
+            let Credential::ApiKey(key) = &credential else {
+                return Err(Refused {
+                    refusal: Refusal::NoCredential,
+                    reason: Cow::Borrowed("no_credential"),
+                });
+            };
+            let (token, expires_in) = keys
+                .token_for(key, ctx.peer.ip(), &gw.verifier)
+                .await
+                .map_err(|(refusal, reason)| Refused {
+                    refusal,
+                    reason: Cow::Borrowed(reason),
+                })?;
+            Ok(respond::json(
+                StatusCode::OK,
+                &json!({ "access_token": token.expose(), "token_type": "Bearer", "expires_in": expires_in }),
+            ))
+        }
+        (Method::GET, "/oauth/keys") => {
+            let identity = identify(gw, ctx, &credential).await?;
+            let filter = KeyFilter {
+                owner: Some(identity.subject.clone()),
+                kind: None,
+                include_revoked: false,
+                limit: Some(500),
+            };
+            let list = keys.list(&filter).await.map_err(manage_error)?;
+            Ok(respond::json(StatusCode::OK, &json!({ "keys": list })))
+        }
+        (Method::DELETE, p)
+            if p.starts_with("/oauth/keys/") && !p["/oauth/keys/".len()..].contains('/') =>
+        {
+            let identity = identify(gw, ctx, &credential).await?;
+            let id = &p["/oauth/keys/".len()..];
+            let actor = identity
+                .username
+                .clone()
+                .unwrap_or_else(|| identity.subject.clone());
+            keys.revoke(id, Some(&identity.subject), &actor)
+                .await
+                .map_err(manage_error)?;
+            Ok(respond::empty(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, "/oauth/keys/device") => {
+            #[derive(serde::Deserialize, Default)]
+            #[serde(deny_unknown_fields)]
+            struct Start {
+                #[serde(default)]
+                description: String,
+                #[serde(default)]
+                expires_in: Option<String>,
+            }
+            let start: Start = read_json(req).await?;
+            let started = keys
+                .start_device(start.description, start.expires_in.as_deref())
+                .await
+                .map_err(manage_error)?;
+            Ok(respond::json(StatusCode::OK, &started))
+        }
+        (Method::POST, "/oauth/keys/device/token") => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Poll {
+                flow_id: String,
+            }
+            let poll: Poll = read_json(req).await?;
+            poll_device(gw, keys, &poll.flow_id).await
+        }
+        _ => Err(Refusal::NotFound.into()),
+    }
+}
+
+async fn poll_device(
+    gw: &Gateway,
+    keys: &ApiKeys,
+    flow_id: &str,
+) -> Result<Response<Body>, Refused> {
+    match keys.poll_device(flow_id, &gw.verifier).await {
+        Ok(None) => Ok(respond::json(
+            StatusCode::ACCEPTED,
+            &json!({ "status": "authorization_pending" }),
+        )),
+        Ok(Some(created)) => Ok(respond::json(
+            StatusCode::CREATED,
+            &json!({
+                "id": created.id, "key": created.key.expose(), "prefix": created.prefix,
+                "kind": created.kind, "expires_at": created.expires_at,
+            }),
+        )),
+        Err(DeviceError::SlowDown(interval)) => Ok(respond::json(
+            StatusCode::ACCEPTED,
+            &json!({ "status": "slow_down", "interval": interval }),
+        )),
+        Err(e @ (DeviceError::Denied | DeviceError::Expired | DeviceError::Unknown)) => {
+            let code = match e {
+                DeviceError::Denied => "access_denied",
+                DeviceError::Expired => "expired_token",
+                _ => "unknown_flow",
+            };
+            Ok(respond::json(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": code, "error_description": e.to_string() }),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "device flow failed");
+            Err(Refusal::Unavailable(
+                "the OpenID provider could not complete the device flow".into(),
+            )
+            .into())
+        }
+    }
+}
+
+/// The caller of a management endpoint, by bearer JWT or API key.
+async fn identify(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    credential: &Credential,
+) -> Result<Arc<Identity>, Refused> {
+    // Management endpoints always need a credential, whatever default-deny says.
+    crate::pipeline::verify_credential(
+        gw,
+        credential,
+        ctx.method.as_str(),
+        &ctx.path,
+        ctx.peer.ip(),
+    )
+    .await
+}
+
+/// Reads a small JSON body; an empty body is `{}`.
+pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Refused> {
+    let bad = |why: String| Refused {
+        refusal: Refusal::BadRequest(why),
+        reason: Cow::Borrowed("bad_body"),
+    };
+    let body: Bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| bad(format!("the body must be JSON of at most {MAX_BODY} bytes")))?
+        .to_bytes();
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+/// Maps a management error to a response.
+pub fn manage_error(e: ManageError) -> Refused {
+    let (refusal, reason) = match e {
+        ManageError::Invalid(why) => (Refusal::BadRequest(why), "invalid_request"),
+        ManageError::NotFound => (Refusal::NotFound, "not_found"),
+        ManageError::Store(why) => {
+            tracing::warn!(error = %why, "key store failed");
+            (
+                Refusal::Unavailable("the API-key store is unavailable; try again shortly".into()),
+                "store_unavailable",
+            )
+        }
+        ManageError::Provider(why) => (
+            Refusal::Unavailable(format!("the OpenID provider refused or failed: {why}")),
+            "provider_error",
+        ),
+    };
+    Refused {
+        refusal,
+        reason: Cow::Borrowed(reason),
+    }
+}

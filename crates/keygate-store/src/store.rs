@@ -1,0 +1,655 @@
+//! [`KeyStore`]: the API-key records and their audit trail, in SQLite or
+//! PostgreSQL.
+//!
+//! The SQL is written once with numbered parameters (`$1`), which both
+//! backends accept, and run against whichever pool `store-url` chose. Every
+//! change to a key and its audit line are written in one transaction.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keygate_core::keys::KeyKind;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ColumnIndex, Decode, PgPool, Row, SqlitePool, Type};
+
+use crate::record::{AuditEntry, HashMatch, KeyFilter, KeyRecord};
+use crate::{StoreError, migrate};
+
+/// How long a writer waits for SQLite's write lock before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in a SQLite file pool (readers run in parallel under WAL).
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// Connections in a PostgreSQL pool, per keygate process.
+const POSTGRES_MAX_CONNECTIONS: u32 = 10;
+/// How long to wait for a pooled connection (and at start, for the server).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The columns of `api_keys`, in the order [`record_from_row`] reads them.
+macro_rules! columns {
+    () => {
+        "id, prefix, kind, owner, description, client_id, scopes, allowed_methods, \
+         allowed_prefixes, allowed_cidrs, key_hash, sealed_secret, secret_version, \
+         previous_hash, previous_sealed_secret, previous_valid_until, created_at, expires_at, \
+         last_used_at, revoked_at"
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool and `$db` naming its
+/// `sqlx::Database`.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident, $db:ident| $body:block) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => {
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            Pool::Postgres($pool) => {
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction `$tx` and commits it if `$body`
+/// did not return early. SQLite takes the write lock up front
+/// (`BEGIN IMMEDIATE`), so concurrent writers wait on `busy_timeout` instead
+/// of failing on a lock upgrade.
+macro_rules! with_tx {
+    ($store:expr, |$tx:ident, $db:ident| $body:block) => {
+        match &$store.pool {
+            Pool::Sqlite(pool) => {
+                type $db = sqlx::Sqlite;
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            Pool::Postgres(pool) => {
+                type $db = sqlx::Postgres;
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+/// Appends one line to the audit trail inside transaction `$tx`.
+macro_rules! audit {
+    ($db:ty, $tx:ident, $key_id:expr, $action:expr, $actor:expr, $at:expr, $detail:expr) => {
+        sqlx::query::<$db>(
+            "INSERT INTO api_key_audit (key_id, action, actor, at, detail) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($key_id)
+        .bind($action)
+        .bind($actor)
+        .bind($at)
+        .bind($detail)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+
+/// The API-key store. Cheap to clone (the clones share one connection pool).
+#[derive(Clone)]
+pub struct KeyStore {
+    pool: Pool,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    /// Opens the store named by `store-url` and brings its schema up to date.
+    ///
+    /// - `sqlite://PATH` (also `sqlite:PATH`): the file and its directory are
+    ///   created if missing; WAL journal, foreign keys on, a busy timeout.
+    /// - `sqlite::memory:`: a private in-memory database on one connection
+    ///   (tests).
+    /// - `postgres://…` / `postgresql://…`: a connection pool; the server must
+    ///   be reachable now.
+    ///
+    /// A malformed URL gives [`StoreError::InvalidUrl`], whose message never
+    /// repeats the URL's password.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let url = url.trim();
+        let store = if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url).await?
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url).await?
+        } else {
+            let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            });
+            return Err(StoreError::InvalidUrl(match scheme {
+                Some(s) => format!(
+                    "unsupported scheme `{s}:`; expected sqlite://PATH, sqlite::memory: or postgres://…"
+                ),
+                None => "expected sqlite://PATH, sqlite::memory: or postgres://…".to_owned(),
+            }));
+        };
+        match &store.pool {
+            Pool::Sqlite(pool) => migrate::sqlite(pool).await?,
+            Pool::Postgres(pool) => migrate::postgres(pool).await?,
+        }
+        Ok(store)
+    }
+
+    async fn connect_sqlite(url: &str) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("cannot parse the SQLite URL: {e}")))?
+            .foreign_keys(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        let memory = url.starts_with("sqlite::memory:");
+        let pool = if memory {
+            // One connection that never closes: the database lives as long as it.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await?
+        } else {
+            let file = opts.get_filename();
+            if let Some(dir) = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            let opts = opts
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal);
+            SqlitePoolOptions::new()
+                .max_connections(SQLITE_MAX_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(opts)
+                .await?
+        };
+        Ok(KeyStore {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::InvalidUrl(format!(
+                "cannot parse the PostgreSQL URL: {}",
+                redact_password(&e.to_string(), url)
+            ))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POSTGRES_MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await?;
+        Ok(KeyStore {
+            pool: Pool::Postgres(pool),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Stores a new key and audits it as `create` by `actor` at `rec.created_at`.
+    ///
+    /// An id or key hash that already exists gives [`StoreError::Duplicate`].
+    pub async fn insert(&self, rec: &KeyRecord, actor: &str) -> Result<(), StoreError> {
+        let scopes = to_json(&rec.id, &rec.scopes)?;
+        let methods = to_json(&rec.id, &rec.allowed_methods)?;
+        let prefixes = to_json(&rec.id, &rec.allowed_prefixes)?;
+        let cidrs = to_json(&rec.id, &rec.allowed_cidrs)?;
+        let detail = format!("kind={} prefix={}", rec.kind.as_str(), rec.prefix);
+        with_tx!(self, |tx, Db| {
+            sqlx::query::<Db>(concat!(
+                "INSERT INTO api_keys (",
+                columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16, $17, $18, $19, $20)"
+            ))
+            .bind(&rec.id)
+            .bind(&rec.prefix)
+            .bind(rec.kind.as_str())
+            .bind(&rec.owner)
+            .bind(&rec.description)
+            .bind(&rec.client_id)
+            .bind(&scopes)
+            .bind(&methods)
+            .bind(&prefixes)
+            .bind(&cidrs)
+            .bind(&rec.key_hash)
+            .bind(&rec.sealed_secret)
+            .bind(rec.secret_version)
+            .bind(&rec.previous_hash)
+            .bind(&rec.previous_sealed_secret)
+            .bind(rec.previous_valid_until)
+            .bind(rec.created_at)
+            .bind(rec.expires_at)
+            .bind(rec.last_used_at)
+            .bind(rec.revoked_at)
+            .execute(&mut *tx)
+            .await?;
+            audit!(Db, tx, &rec.id, "create", actor, rec.created_at, &detail);
+        });
+        Ok(())
+    }
+
+    /// The record with this id, if any.
+    pub async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        with_pool!(self, |pool, Db| {
+            sqlx::query::<Db>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM api_keys WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(record_from_row)
+            .transpose()
+        })
+    }
+
+    /// The record whose current key hashes to `hash`, or whose previous key
+    /// (replaced by a rotation) does and is still in its grace period
+    /// (`now < previous_valid_until`).
+    ///
+    /// Revoked and expired records are returned too: the caller decides, and
+    /// can say why it refuses.
+    pub async fn find_by_hash(
+        &self,
+        hash: &[u8],
+        now: i64,
+    ) -> Result<Option<(KeyRecord, HashMatch)>, StoreError> {
+        with_pool!(self, |pool, Db| {
+            let current = sqlx::query::<Db>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM api_keys WHERE key_hash = $1"
+            ))
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?;
+            if let Some(row) = current {
+                return Ok(Some((record_from_row(&row)?, HashMatch::Current)));
+            }
+            let previous = sqlx::query::<Db>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM api_keys WHERE previous_hash = $1 AND previous_valid_until > $2 LIMIT 1"
+            ))
+            .bind(hash)
+            .bind(now)
+            .fetch_optional(pool)
+            .await?;
+            match previous {
+                Some(row) => Ok(Some((record_from_row(&row)?, HashMatch::Previous))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// The records matching `filter`, newest first.
+    pub async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut sql = String::from(concat!("SELECT ", columns!(), " FROM api_keys WHERE TRUE"));
+        let mut n = 0;
+        if filter.owner.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND owner = ${n}"));
+        }
+        if filter.kind.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND kind = ${n}"));
+        }
+        if !filter.include_revoked {
+            sql.push_str(" AND revoked_at IS NULL");
+        }
+        n += 1;
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${n}"));
+        let limit = filter.limit.unwrap_or(i64::MAX).max(0);
+        with_pool!(self, |pool, Db| {
+            let mut q = sqlx::query::<Db>(&sql);
+            if let Some(owner) = &filter.owner {
+                q = q.bind(owner);
+            }
+            if let Some(kind) = filter.kind {
+                q = q.bind(kind.as_str());
+            }
+            q.bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(record_from_row)
+                .collect()
+        })
+    }
+
+    /// Revokes a key at `at`: sets `revoked_at` and deletes its sealed secret
+    /// and everything left of a previous key. Audited as `revoke`.
+    ///
+    /// `false` if there is no such key or it was already revoked.
+    pub async fn revoke(&self, id: &str, actor: &str, at: i64) -> Result<bool, StoreError> {
+        let done = with_tx!(self, |tx, Db| {
+            let done = sqlx::query::<Db>(
+                "UPDATE api_keys SET revoked_at = $2, sealed_secret = NULL, previous_hash = NULL, \
+                 previous_sealed_secret = NULL, previous_valid_until = NULL \
+                 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if done {
+                audit!(Db, tx, id, "revoke", actor, at, "");
+            }
+            done
+        });
+        Ok(done)
+    }
+
+    /// Replaces a key by a new one on the same record: the current hash and
+    /// sealed secret become the previous ones, accepted until `grace_until`
+    /// (`None`: the old key stops working now and its secret is deleted); the
+    /// new hash, display prefix and sealed secret (sealed under the new key;
+    /// `None` = no secret) are installed and `secret_version` is bumped.
+    /// Audited as `rotate`.
+    ///
+    /// `false` if there is no such key or it is revoked.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        new_hash: &[u8],
+        new_prefix: &str,
+        new_sealed: Option<&[u8]>,
+        grace_until: Option<i64>,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        // In an UPDATE, the right-hand sides read the row as it was before.
+        let sql = if grace_until.is_some() {
+            "UPDATE api_keys SET previous_hash = key_hash, \
+             previous_sealed_secret = sealed_secret, previous_valid_until = $5, \
+             key_hash = $2, prefix = $3, sealed_secret = $4, secret_version = secret_version + 1 \
+             WHERE id = $1 AND revoked_at IS NULL"
+        } else {
+            "UPDATE api_keys SET previous_hash = NULL, \
+             previous_sealed_secret = NULL, previous_valid_until = $5, \
+             key_hash = $2, prefix = $3, sealed_secret = $4, secret_version = secret_version + 1 \
+             WHERE id = $1 AND revoked_at IS NULL"
+        };
+        let detail = match grace_until {
+            Some(t) => format!("prefix={new_prefix} grace_until={t}"),
+            None => format!("prefix={new_prefix} grace_until=none"),
+        };
+        let at = unix_now();
+        let done = with_tx!(self, |tx, Db| {
+            let done = sqlx::query::<Db>(sql)
+                .bind(id)
+                .bind(new_hash)
+                .bind(new_prefix)
+                .bind(new_sealed)
+                .bind(grace_until)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if done {
+                audit!(Db, tx, id, "rotate", actor, at, &detail);
+            }
+            done
+        });
+        Ok(done)
+    }
+
+    /// Sets a new expiry (`None` = never). Audited as `renew`.
+    ///
+    /// `false` if there is no such key or it is revoked.
+    pub async fn renew(
+        &self,
+        id: &str,
+        new_expires_at: Option<i64>,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let detail = match new_expires_at {
+            Some(t) => format!("expires_at={t}"),
+            None => "expires_at=never".to_owned(),
+        };
+        let at = unix_now();
+        let done = with_tx!(self, |tx, Db| {
+            let done = sqlx::query::<Db>(
+                "UPDATE api_keys SET expires_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(new_expires_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if done {
+                audit!(Db, tx, id, "renew", actor, at, &detail);
+            }
+            done
+        });
+        Ok(done)
+    }
+
+    /// Compare-and-swap of the sealed secret: stores `sealed` and bumps
+    /// `secret_version` only if it still equals `expected_version` (and the key
+    /// is not revoked). Of several concurrent callers with the same expected
+    /// version exactly one gets `true`.
+    pub async fn update_secret(
+        &self,
+        id: &str,
+        expected_version: i64,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, |pool, Db| {
+            let rows = sqlx::query::<Db>(
+                "UPDATE api_keys SET sealed_secret = $3, secret_version = secret_version + 1 \
+                 WHERE id = $1 AND secret_version = $2 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(expected_version)
+            .bind(sealed)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(rows == 1)
+        })
+    }
+
+    /// Records uses in one transaction: `last_used_at` becomes the later of
+    /// its stored value and the given time. Several entries for one id are
+    /// fine; unknown ids are ignored.
+    pub async fn touch(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        // Latest time per id; a sorted order also makes concurrent batches from
+        // several replicas lock rows in the same order (no deadlocks).
+        let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
+        for (id, at) in used {
+            let slot = latest.entry(id.as_str()).or_insert(*at);
+            *slot = (*slot).max(*at);
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        with_tx!(self, |tx, Db| {
+            for (id, at) in &latest {
+                sqlx::query::<Db>(
+                    "UPDATE api_keys SET last_used_at = $2 \
+                     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+                )
+                .bind(*id)
+                .bind(*at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// The audit trail of a key, oldest first. Kept after revocation.
+    pub async fn audit(&self, key_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        with_pool!(self, |pool, Db| {
+            sqlx::query::<Db>(
+                "SELECT key_id, action, actor, at, detail FROM api_key_audit \
+                 WHERE key_id = $1 ORDER BY id",
+            )
+            .bind(key_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    key_id: row.try_get("key_id")?,
+                    action: row.try_get("action")?,
+                    actor: row.try_get("actor")?,
+                    at: row.try_get("at")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+        })
+    }
+}
+
+/// Rebuilds a [`KeyRecord`] from a row of [`columns!`], on either backend.
+fn record_from_row<R>(row: &R) -> Result<KeyRecord, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: String = row.try_get("id")?;
+    let kind: String = row.try_get("kind")?;
+    let Some(kind) = KeyKind::parse(&kind) else {
+        return Err(StoreError::Corrupt {
+            id,
+            reason: format!("unknown kind `{kind}`"),
+        });
+    };
+    let list = |column: &'static str| -> Result<Vec<String>, StoreError> {
+        let text: String = row.try_get(column)?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("column {column} is not a JSON list of strings: {e}"),
+        })
+    };
+    Ok(KeyRecord {
+        prefix: row.try_get("prefix")?,
+        kind,
+        owner: row.try_get("owner")?,
+        description: row.try_get("description")?,
+        client_id: row.try_get("client_id")?,
+        scopes: list("scopes")?,
+        allowed_methods: list("allowed_methods")?,
+        allowed_prefixes: list("allowed_prefixes")?,
+        allowed_cidrs: list("allowed_cidrs")?,
+        key_hash: row.try_get("key_hash")?,
+        sealed_secret: row.try_get("sealed_secret")?,
+        secret_version: row.try_get("secret_version")?,
+        previous_hash: row.try_get("previous_hash")?,
+        previous_sealed_secret: row.try_get("previous_sealed_secret")?,
+        previous_valid_until: row.try_get("previous_valid_until")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        id,
+    })
+}
+
+/// A list column's stored form: JSON text.
+fn to_json(id: &str, list: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(list).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: format!("cannot encode a list as JSON: {e}"),
+    })
+}
+
+/// The current time in unix seconds (0 if the clock is before 1970).
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `message` with the password of `url` (if any, and if it appears) replaced.
+fn redact_password(message: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(p) => message.replace(p, "[redacted]"),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_urls_name_store_url_and_hide_the_password() {
+        for url in [
+            "mysql://root:hunter2@db/keys",
+            "hunter2",
+            "postgres://u:hunter2@host:notaport/db",
+            "postgres://u:hunter2@host/db?sslmode=hunter2",
+        ] {
+            let err = KeyStore::connect(url)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("store-url"), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{url}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_store_works() {
+        let store = KeyStore::connect("sqlite::memory:").await.unwrap();
+        assert_eq!(store.backend(), "sqlite");
+        assert!(store.get("nope").await.unwrap().is_none());
+        assert!(format!("{store:?}").contains("sqlite"));
+    }
+}

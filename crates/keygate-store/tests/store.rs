@@ -1,0 +1,1086 @@
+//! One behavioural suite for [`KeyStore`], run against both backends: SQLite in
+//! a temporary directory and a real PostgreSQL server started on loopback for
+//! each test (Debian's `postgresql` package; `./dev/test.sh` installs it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keygate_store::{AuditEntry, HashMatch, KeyFilter, KeyKind, KeyRecord, KeyStore, StoreError};
+use sqlx::Connection;
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// A store under test, its URL (to connect again) and what keeps it alive.
+struct Fixture {
+    store: KeyStore,
+    url: String,
+    _guard: Guard,
+}
+
+enum Guard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] PgServer),
+}
+
+async fn sqlite_fixture() -> Fixture {
+    let dir = tempfile::Builder::new()
+        .prefix("keygate-store-")
+        .tempdir()
+        .unwrap();
+    let url = format!("sqlite://{}/keys.db", dir.path().display());
+    let store = KeyStore::connect(&url).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    Fixture {
+        store,
+        url,
+        _guard: Guard::Sqlite(dir),
+    }
+}
+
+async fn postgres_fixture() -> Fixture {
+    let server = PgServer::start().await;
+    let url = server.create_database("keygate").await;
+    let store = KeyStore::connect(&url).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    Fixture {
+        store,
+        url,
+        _guard: Guard::Postgres(server),
+    }
+}
+
+/// Generates `sqlite::NAME` and `postgres::NAME` for every case of the suite.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::sqlite_fixture().await;
+                    super::$name(&f).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::postgres_fixture().await;
+                    super::$name(&f).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    insert_get_round_trips_every_field,
+    find_by_hash_current_previous_and_unknown,
+    duplicate_hash_or_id_is_an_error,
+    list_filters_and_orders_newest_first,
+    revoke_clears_secrets_keeps_audit_and_is_once_only,
+    rotate_keeps_old_key_for_grace_period,
+    renew_sets_expiry,
+    update_secret_is_compare_and_swap,
+    update_secret_concurrent_exactly_one_wins,
+    touch_batches_keep_the_latest_use,
+    audit_trail_in_order_with_actors,
+    migrations_are_idempotent,
+);
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// A minimal record: no secret, no restrictions, no expiry.
+fn record(owner: &str, kind: KeyKind, created_at: i64) -> KeyRecord {
+    KeyRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        prefix: format!("{}AbC1", kind.prefix()),
+        kind,
+        owner: owner.to_owned(),
+        description: String::new(),
+        client_id: None,
+        scopes: vec![],
+        allowed_methods: vec![],
+        allowed_prefixes: vec![],
+        allowed_cidrs: vec![],
+        key_hash: random_bytes(32),
+        sealed_secret: None,
+        secret_version: 0,
+        previous_hash: None,
+        previous_sealed_secret: None,
+        previous_valid_until: None,
+        created_at,
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+/// A record with every field set.
+fn full_record() -> KeyRecord {
+    KeyRecord {
+        description: "nightly export — ünïcode".into(),
+        client_id: Some("reporting-svc".into()),
+        scopes: vec!["openid".into(), "reports:read".into()],
+        allowed_methods: vec!["GET".into(), "HEAD".into()],
+        allowed_prefixes: vec!["/api/reports/".into()],
+        allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+        sealed_secret: Some(random_bytes(60)),
+        secret_version: 7,
+        previous_hash: Some(random_bytes(32)),
+        previous_sealed_secret: Some(random_bytes(60)),
+        previous_valid_until: Some(1_700_000_500),
+        expires_at: Some(1_800_000_000),
+        last_used_at: Some(1_700_000_100),
+        revoked_at: None,
+        ..record("reporting", KeyKind::Service, 1_700_000_000)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The suite
+// ---------------------------------------------------------------------------
+
+async fn insert_get_round_trips_every_field(f: &Fixture) {
+    let full = full_record();
+    f.store.insert(&full, "cli").await.unwrap();
+    assert_eq!(f.store.get(&full.id).await.unwrap(), Some(full.clone()));
+
+    let mut revoked = record("f:1234:alice", KeyKind::Personal, 1_700_000_001);
+    revoked.revoked_at = Some(1_700_000_002);
+    f.store.insert(&revoked, "alice").await.unwrap();
+    assert_eq!(f.store.get(&revoked.id).await.unwrap(), Some(revoked));
+
+    let minimal = record("f:1234:bob", KeyKind::Personal, 1_700_000_003);
+    f.store.insert(&minimal, "bob").await.unwrap();
+    assert_eq!(f.store.get(&minimal.id).await.unwrap(), Some(minimal));
+
+    assert_eq!(f.store.get("no-such-id").await.unwrap(), None);
+}
+
+async fn find_by_hash_current_previous_and_unknown(f: &Fixture) {
+    let now = 1_700_000_000;
+    let full = full_record();
+    f.store.insert(&full, "cli").await.unwrap();
+    let previous = full.previous_hash.clone().unwrap();
+    let grace_end = full.previous_valid_until.unwrap();
+
+    let (rec, how) = f
+        .store
+        .find_by_hash(&full.key_hash, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rec, how), (full.clone(), HashMatch::Current));
+    // The current key does not depend on the grace period.
+    let (_, how) = f
+        .store
+        .find_by_hash(&full.key_hash, grace_end + 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(how, HashMatch::Current);
+
+    let (rec, how) = f
+        .store
+        .find_by_hash(&previous, grace_end - 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.id.as_str(), how),
+        (full.id.as_str(), HashMatch::Previous)
+    );
+    // Grace is over at previous_valid_until.
+    assert!(
+        f.store
+            .find_by_hash(&previous, grace_end)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        f.store
+            .find_by_hash(&previous, grace_end + 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert!(
+        f.store
+            .find_by_hash(&random_bytes(32), now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(f.store.find_by_hash(b"", now).await.unwrap().is_none());
+
+    // Revoked and expired records are returned; the caller refuses them.
+    let mut expired = record("svc", KeyKind::Service, now - 100);
+    expired.expires_at = Some(now - 1);
+    f.store.insert(&expired, "cli").await.unwrap();
+    let (rec, how) = f
+        .store
+        .find_by_hash(&expired.key_hash, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rec, how), (expired, HashMatch::Current));
+
+    let revoked = record("svc", KeyKind::Service, now - 50);
+    f.store.insert(&revoked, "cli").await.unwrap();
+    assert!(f.store.revoke(&revoked.id, "admin", now).await.unwrap());
+    let (rec, how) = f
+        .store
+        .find_by_hash(&revoked.key_hash, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rec.revoked_at, how), (Some(now), HashMatch::Current));
+}
+
+async fn duplicate_hash_or_id_is_an_error(f: &Fixture) {
+    let first = record("svc", KeyKind::Service, 100);
+    f.store.insert(&first, "cli").await.unwrap();
+
+    let mut same_hash = record("other", KeyKind::Personal, 101);
+    same_hash.key_hash = first.key_hash.clone();
+    let err = f.store.insert(&same_hash, "cli").await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate), "{err:?}");
+    // Nothing of the failed insert remains, not even its audit line.
+    assert_eq!(f.store.get(&same_hash.id).await.unwrap(), None);
+    assert!(f.store.audit(&same_hash.id).await.unwrap().is_empty());
+
+    let mut same_id = record("other", KeyKind::Service, 102);
+    same_id.id = first.id.clone();
+    let err = f.store.insert(&same_id, "cli").await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate), "{err:?}");
+    assert_eq!(f.store.get(&first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(f.store.audit(&first.id).await.unwrap().len(), 1);
+}
+
+async fn list_filters_and_orders_newest_first(f: &Fixture) {
+    let a1 = record("alice", KeyKind::Personal, 100);
+    let s1 = record("billing", KeyKind::Service, 200);
+    let a2 = record("alice", KeyKind::Personal, 300);
+    let a3 = record("alice", KeyKind::Service, 400);
+    let b1 = record("bob", KeyKind::Personal, 500);
+    for r in [&a1, &s1, &a2, &a3, &b1] {
+        f.store.insert(r, "cli").await.unwrap();
+    }
+    assert!(f.store.revoke(&a2.id, "alice", 600).await.unwrap());
+    let ids = |v: Vec<KeyRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+
+    let all = f.store.list(&KeyFilter::default()).await.unwrap();
+    assert_eq!(
+        ids(all),
+        [
+            b1.id.as_str(),
+            a3.id.as_str(),
+            s1.id.as_str(),
+            a1.id.as_str()
+        ]
+    );
+
+    let with_revoked = f
+        .store
+        .list(&KeyFilter {
+            include_revoked: true,
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(with_revoked),
+        [
+            b1.id.as_str(),
+            a3.id.as_str(),
+            a2.id.as_str(),
+            s1.id.as_str(),
+            a1.id.as_str()
+        ]
+    );
+
+    let alice = KeyFilter {
+        owner: Some("alice".into()),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        ids(f.store.list(&alice).await.unwrap()),
+        [a3.id.as_str(), a1.id.as_str()]
+    );
+
+    let alice_personal = KeyFilter {
+        kind: Some(KeyKind::Personal),
+        include_revoked: true,
+        ..alice.clone()
+    };
+    assert_eq!(
+        ids(f.store.list(&alice_personal).await.unwrap()),
+        [a2.id.as_str(), a1.id.as_str()]
+    );
+
+    let services = KeyFilter {
+        kind: Some(KeyKind::Service),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        ids(f.store.list(&services).await.unwrap()),
+        [a3.id.as_str(), s1.id.as_str()]
+    );
+
+    let newest = KeyFilter {
+        limit: Some(2),
+        include_revoked: true,
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        ids(f.store.list(&newest).await.unwrap()),
+        [b1.id.as_str(), a3.id.as_str()]
+    );
+
+    let nobody = KeyFilter {
+        owner: Some("nobody".into()),
+        ..KeyFilter::default()
+    };
+    assert!(f.store.list(&nobody).await.unwrap().is_empty());
+
+    // Listed records are whole records.
+    let one = f
+        .store
+        .list(&KeyFilter {
+            owner: Some("bob".into()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one, [b1]);
+}
+
+async fn revoke_clears_secrets_keeps_audit_and_is_once_only(f: &Fixture) {
+    let full = full_record();
+    f.store.insert(&full, "cli").await.unwrap();
+
+    assert!(
+        f.store
+            .revoke(&full.id, "admin@example.org", 1_700_000_200)
+            .await
+            .unwrap()
+    );
+    let got = f.store.get(&full.id).await.unwrap().unwrap();
+    assert_eq!(got.revoked_at, Some(1_700_000_200));
+    assert_eq!(got.sealed_secret, None);
+    assert_eq!(got.previous_hash, None);
+    assert_eq!(got.previous_sealed_secret, None);
+    assert_eq!(got.previous_valid_until, None);
+    // Everything else is kept for the record.
+    assert_eq!(
+        KeyRecord {
+            revoked_at: None,
+            sealed_secret: full.sealed_secret.clone(),
+            previous_hash: full.previous_hash.clone(),
+            previous_sealed_secret: full.previous_sealed_secret.clone(),
+            previous_valid_until: full.previous_valid_until,
+            ..got
+        },
+        full
+    );
+
+    // The old (rotated-out) key no longer finds the record.
+    let prev = full.previous_hash.clone().unwrap();
+    assert!(
+        f.store
+            .find_by_hash(&prev, 1_700_000_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert!(
+        !f.store
+            .revoke(&full.id, "admin@example.org", 1_700_000_300)
+            .await
+            .unwrap()
+    );
+    assert!(!f.store.revoke("no-such-id", "admin", 1).await.unwrap());
+    assert_eq!(
+        f.store.get(&full.id).await.unwrap().unwrap().revoked_at,
+        Some(1_700_000_200)
+    );
+
+    // A revoked key can be neither rotated, renewed nor given a secret.
+    assert!(
+        !f.store
+            .rotate(&full.id, &random_bytes(32), "kgs_Zzzz", None, None, "x")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !f.store
+            .renew(&full.id, Some(1_900_000_000), "x")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !f.store
+            .update_secret(&full.id, full.secret_version, b"sealed")
+            .await
+            .unwrap()
+    );
+
+    let audit = f.store.audit(&full.id).await.unwrap();
+    let actions: Vec<_> = audit
+        .iter()
+        .map(|a| (a.action.as_str(), a.actor.as_str(), a.at))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("create", "cli", full.created_at),
+            ("revoke", "admin@example.org", 1_700_000_200)
+        ]
+    );
+}
+
+async fn rotate_keeps_old_key_for_grace_period(f: &Fixture) {
+    let now = 1_700_000_000;
+    let mut rec = record("reporting", KeyKind::Service, now - 10);
+    rec.sealed_secret = Some(b"sealed-under-key-1".to_vec());
+    f.store.insert(&rec, "cli").await.unwrap();
+    let h1 = rec.key_hash.clone();
+    let h2 = random_bytes(32);
+    let h3 = random_bytes(32);
+
+    let grace = now + 3600;
+    assert!(
+        f.store
+            .rotate(
+                &rec.id,
+                &h2,
+                "kgs_NeW2",
+                Some(b"sealed-under-key-2"),
+                Some(grace),
+                "ops"
+            )
+            .await
+            .unwrap()
+    );
+    let got = f.store.get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(got.key_hash, h2);
+    assert_eq!(got.prefix, "kgs_NeW2");
+    assert_eq!(
+        got.sealed_secret.as_deref(),
+        Some(&b"sealed-under-key-2"[..])
+    );
+    assert_eq!(got.secret_version, 1);
+    assert_eq!(got.previous_hash.as_deref(), Some(&h1[..]));
+    assert_eq!(
+        got.previous_sealed_secret.as_deref(),
+        Some(&b"sealed-under-key-1"[..])
+    );
+    assert_eq!(got.previous_valid_until, Some(grace));
+    // Untouched by a rotation.
+    assert_eq!(
+        (got.owner.as_str(), got.created_at, got.expires_at),
+        ("reporting", rec.created_at, None)
+    );
+
+    let (_, how) = f.store.find_by_hash(&h2, now).await.unwrap().unwrap();
+    assert_eq!(how, HashMatch::Current);
+    let (old, how) = f.store.find_by_hash(&h1, now).await.unwrap().unwrap();
+    assert_eq!(
+        (how, old.previous_sealed_secret.as_deref()),
+        (HashMatch::Previous, Some(&b"sealed-under-key-1"[..]))
+    );
+    assert!(f.store.find_by_hash(&h1, grace).await.unwrap().is_none());
+
+    // Without a grace period the old key dies at once and its secret is deleted.
+    assert!(
+        f.store
+            .rotate(&rec.id, &h3, "kgs_NeW3", None, None, "ops")
+            .await
+            .unwrap()
+    );
+    let got = f.store.get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(got.key_hash, h3);
+    assert_eq!(got.sealed_secret, None);
+    assert_eq!(got.secret_version, 2);
+    assert_eq!(
+        (
+            got.previous_hash,
+            got.previous_sealed_secret,
+            got.previous_valid_until
+        ),
+        (None, None, None)
+    );
+    assert!(f.store.find_by_hash(&h2, now).await.unwrap().is_none());
+    assert!(f.store.find_by_hash(&h1, now).await.unwrap().is_none());
+    assert_eq!(
+        f.store
+            .find_by_hash(&h3, now)
+            .await
+            .unwrap()
+            .map(|(_, m)| m),
+        Some(HashMatch::Current)
+    );
+
+    assert!(
+        !f.store
+            .rotate(
+                "no-such-id",
+                &random_bytes(32),
+                "kgs_Xxxx",
+                None,
+                None,
+                "ops"
+            )
+            .await
+            .unwrap()
+    );
+
+    // A new hash that is already some key's hash is refused.
+    let other = record("other", KeyKind::Service, now);
+    f.store.insert(&other, "cli").await.unwrap();
+    let err = f
+        .store
+        .rotate(&rec.id, &other.key_hash, "kgs_Dupe", None, None, "ops")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate), "{err:?}");
+    assert_eq!(f.store.get(&rec.id).await.unwrap().unwrap().key_hash, h3);
+}
+
+async fn renew_sets_expiry(f: &Fixture) {
+    let mut rec = record("alice", KeyKind::Personal, 100);
+    rec.expires_at = Some(1000);
+    f.store.insert(&rec, "alice").await.unwrap();
+
+    assert!(f.store.renew(&rec.id, Some(5000), "alice").await.unwrap());
+    assert_eq!(
+        f.store.get(&rec.id).await.unwrap().unwrap().expires_at,
+        Some(5000)
+    );
+    assert!(f.store.renew(&rec.id, None, "admin").await.unwrap());
+    assert_eq!(
+        f.store.get(&rec.id).await.unwrap().unwrap().expires_at,
+        None
+    );
+    assert!(!f.store.renew("no-such-id", Some(1), "admin").await.unwrap());
+
+    let details: Vec<_> = f
+        .store
+        .audit(&rec.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.action, a.actor, a.detail))
+        .collect();
+    assert_eq!(
+        details[1],
+        ("renew".into(), "alice".into(), "expires_at=5000".into())
+    );
+    assert_eq!(
+        details[2],
+        ("renew".into(), "admin".into(), "expires_at=never".into())
+    );
+}
+
+async fn update_secret_is_compare_and_swap(f: &Fixture) {
+    let mut rec = record("alice", KeyKind::Personal, 100);
+    rec.sealed_secret = Some(b"refresh-0".to_vec());
+    f.store.insert(&rec, "alice").await.unwrap();
+
+    assert!(
+        !f.store
+            .update_secret(&rec.id, 1, b"refresh-x")
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.store
+            .update_secret(&rec.id, 0, b"refresh-1")
+            .await
+            .unwrap()
+    );
+    let got = f.store.get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.secret_version, got.sealed_secret.as_deref()),
+        (1, Some(&b"refresh-1"[..]))
+    );
+
+    // A writer that read version 0 lost the race: refused, nothing changes.
+    assert!(
+        !f.store
+            .update_secret(&rec.id, 0, b"refresh-stale")
+            .await
+            .unwrap()
+    );
+    let got = f.store.get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.secret_version, got.sealed_secret.as_deref()),
+        (1, Some(&b"refresh-1"[..]))
+    );
+
+    assert!(
+        f.store
+            .update_secret(&rec.id, 1, b"refresh-2")
+            .await
+            .unwrap()
+    );
+    let got = f.store.get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.secret_version, got.sealed_secret.as_deref()),
+        (2, Some(&b"refresh-2"[..]))
+    );
+
+    assert!(!f.store.update_secret("no-such-id", 0, b"x").await.unwrap());
+    // Not audited: it happens on use, not by an operator.
+    assert_eq!(f.store.audit(&rec.id).await.unwrap().len(), 1);
+}
+
+async fn update_secret_concurrent_exactly_one_wins(f: &Fixture) {
+    let mut rec = record("alice", KeyKind::Personal, 100);
+    rec.sealed_secret = Some(b"refresh-0".to_vec());
+    rec.secret_version = 41;
+    f.store.insert(&rec, "alice").await.unwrap();
+
+    let tasks: Vec<_> = (0..20u8)
+        .map(|i| {
+            let store = f.store.clone();
+            let id = rec.id.clone();
+            tokio::spawn(async move {
+                let sealed = vec![i; 16];
+                (store.update_secret(&id, 41, &sealed).await.unwrap(), sealed)
+            })
+        })
+        .collect();
+    let mut winners = vec![];
+    for t in tasks {
+        let (won, sealed) = t.await.unwrap();
+        if won {
+            winners.push(sealed);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one concurrent update must win");
+    let got = f.store.get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(got.secret_version, 42);
+    assert_eq!(got.sealed_secret, Some(winners.remove(0)));
+}
+
+async fn touch_batches_keep_the_latest_use(f: &Fixture) {
+    let a = record("alice", KeyKind::Personal, 100);
+    let mut b = record("bob", KeyKind::Personal, 100);
+    b.last_used_at = Some(500);
+    let c = record("carol", KeyKind::Personal, 100);
+    for r in [&a, &b, &c] {
+        f.store.insert(r, "cli").await.unwrap();
+    }
+    let last_used = async |id: &str| f.store.get(id).await.unwrap().unwrap().last_used_at;
+
+    f.store.touch(&[]).await.unwrap();
+    f.store
+        .touch(&[
+            (a.id.clone(), 300),
+            (b.id.clone(), 400), // older than what is stored
+            (a.id.clone(), 200), // older entry for the same key in one batch
+            ("no-such-id".into(), 999),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(last_used(&a.id).await, Some(300));
+    assert_eq!(last_used(&b.id).await, Some(500));
+    assert_eq!(last_used(&c.id).await, None);
+
+    f.store
+        .touch(&[(a.id.clone(), 250), (b.id.clone(), 600), (c.id.clone(), 50)])
+        .await
+        .unwrap();
+    assert_eq!(last_used(&a.id).await, Some(300));
+    assert_eq!(last_used(&b.id).await, Some(600));
+    assert_eq!(last_used(&c.id).await, Some(50));
+
+    // A large batch goes through in one transaction.
+    let batch: Vec<_> = (0..500).map(|i| (a.id.clone(), 1000 + i)).collect();
+    f.store.touch(&batch).await.unwrap();
+    assert_eq!(last_used(&a.id).await, Some(1499));
+}
+
+async fn audit_trail_in_order_with_actors(f: &Fixture) {
+    let rec = record("reporting", KeyKind::Service, 1_700_000_000);
+    let other = record("other", KeyKind::Service, 1_700_000_000);
+    f.store.insert(&rec, "cli:root").await.unwrap();
+    f.store.insert(&other, "cli:root").await.unwrap();
+    let before = unix_now();
+    assert!(
+        f.store
+            .rotate(
+                &rec.id,
+                &random_bytes(32),
+                "kgs_Rot8",
+                None,
+                Some(1_700_009_999),
+                "ops"
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.store
+            .renew(&rec.id, Some(1_800_000_000), "admin")
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.store
+            .revoke(&rec.id, "sec-team", 1_700_000_500)
+            .await
+            .unwrap()
+    );
+    let after = unix_now();
+
+    let audit = f.store.audit(&rec.id).await.unwrap();
+    let summary: Vec<_> = audit
+        .iter()
+        .map(|a| (a.action.as_str(), a.actor.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("create", "cli:root"),
+            ("rotate", "ops"),
+            ("renew", "admin"),
+            ("revoke", "sec-team")
+        ]
+    );
+    assert!(audit.iter().all(|a| a.key_id == rec.id));
+    assert_eq!(audit[0].at, 1_700_000_000);
+    assert!((before..=after).contains(&audit[1].at), "{:?}", audit[1]);
+    assert!((before..=after).contains(&audit[2].at), "{:?}", audit[2]);
+    assert_eq!(audit[3].at, 1_700_000_500);
+    assert_eq!(audit[1].detail, "prefix=kgs_Rot8 grace_until=1700009999");
+    assert_eq!(audit[2].detail, "expires_at=1800000000");
+
+    // Other keys' trails are separate; unknown keys have none.
+    let theirs: Vec<AuditEntry> = f.store.audit(&other.id).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert!(f.store.audit("no-such-id").await.unwrap().is_empty());
+}
+
+async fn migrations_are_idempotent(f: &Fixture) {
+    let rec = full_record();
+    f.store.insert(&rec, "cli").await.unwrap();
+    // Starting again (and a second replica starting at the same time) finds
+    // the schema in place and the data intact.
+    let (again, twice) = tokio::join!(KeyStore::connect(&f.url), KeyStore::connect(&f.url));
+    for store in [again.unwrap(), twice.unwrap()] {
+        assert_eq!(store.backend(), f.store.backend());
+        assert_eq!(store.get(&rec.id).await.unwrap(), Some(rec.clone()));
+        let other = record("x", KeyKind::Service, 1);
+        store.insert(&other, "cli").await.unwrap();
+    }
+    assert_eq!(f.store.list(&KeyFilter::default()).await.unwrap().len(), 3);
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// SQLite only
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sqlite_file_created_on_first_start_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state").join("keys.db");
+    assert!(!path.exists());
+    let url = format!("sqlite://{}", path.display());
+    let store = KeyStore::connect(&url).await.unwrap();
+    assert!(path.exists(), "the database file is created");
+    store
+        .insert(&record("a", KeyKind::Service, 1), "cli")
+        .await
+        .unwrap();
+
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let (versions,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM keygate_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(versions, 1);
+}
+
+#[tokio::test]
+async fn store_url_errors_do_not_echo_passwords() {
+    let err = KeyStore::connect("redis://:s3cret-pw@localhost/0")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("store-url") && !err.contains("s3cret-pw"),
+        "{err}"
+    );
+    let err = KeyStore::connect("postgres://kg:s3cret-pw@localhost:99999/keys")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("store-url") && !err.contains("s3cret-pw"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL harness: a private server on loopback per test
+// ---------------------------------------------------------------------------
+
+/// A PostgreSQL server of its own, in a temporary directory, listening on
+/// 127.0.0.1 with trust authentication (loopback, test only). Stopped and
+/// removed on drop; if the test process dies instead, the server notices its
+/// stdin closing and shuts down too.
+struct PgServer {
+    port: u16,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    data: PathBuf,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Runs `"$@"` (postgres) in the background; when this shell's stdin reaches
+/// EOF (on drop, or when the test process dies for any reason) it stops
+/// postgres (fast shutdown, SIGINT) and removes `$KEYGATE_PG_TMP`. The shell
+/// itself exits when postgres does.
+const WATCHDOG: &str = r#"exec 3<&0
+"$@" </dev/null &
+pid=$!
+(
+  read _ <&3
+  kill -INT "$pid" 2>/dev/null
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -rf "$KEYGATE_PG_TMP"
+) &
+wait "$pid"
+"#;
+
+const NO_POSTGRES: &str = "PostgreSQL server binaries not found (looked for \
+    /usr/lib/postgresql/*/bin/postgres, or $KEYGATE_PG_BIN/postgres): run ./dev/test.sh, \
+    which installs Debian's `postgresql` package";
+
+/// The newest `/usr/lib/postgresql/<version>/bin`, or `$KEYGATE_PG_BIN`.
+fn pg_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KEYGATE_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        assert!(dir.join("postgres").exists(), "{NO_POSTGRES}");
+        return dir;
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let version = e.file_name().to_str()?.split('.').next()?.parse().ok()?;
+                    let bin = e.path().join("bin");
+                    bin.join("postgres").exists().then_some((version, bin))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    match found.pop() {
+        Some((_, bin)) => bin,
+        None => panic!("{NO_POSTGRES}"),
+    }
+}
+
+/// PostgreSQL refuses to run as root: when we are root, run it as the
+/// `postgres` user (uid, gid from /etc/passwd).
+fn pg_user() -> Option<(u32, u32)> {
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    if euid != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .unwrap_or_else(|| {
+            panic!("running as root but there is no `postgres` user; {NO_POSTGRES}")
+        });
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields[2].parse().unwrap(), fields[3].parse().unwrap()))
+}
+
+fn as_pg_user<'a>(cmd: &'a mut Command, user: Option<(u32, u32)>, dir: &Path) -> &'a mut Command {
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.current_dir(dir)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PgServer {
+    async fn start() -> PgServer {
+        let bin = pg_bin_dir();
+        let user = pg_user();
+        // A port picked free may be taken before postgres binds it: retry,
+        // each attempt in a fresh directory.
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("keygate-pg-")
+                .tempdir()
+                .unwrap();
+            if let Some((uid, gid)) = user {
+                std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+            }
+            let data = dir.path().join("data");
+            let out = as_pg_user(&mut Command::new(bin.join("initdb")), user, dir.path())
+                .arg("-D")
+                .arg(&data)
+                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
+                .args(["--locale=C", "--no-sync"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+
+            let port = free_port();
+            let log_path = dir.path().join("postgres.log");
+            let log = File::create(&log_path).unwrap();
+            let child = as_pg_user(&mut Command::new("/bin/sh"), user, dir.path())
+                .arg("-c")
+                .arg(WATCHDOG)
+                .arg("sh")
+                .arg(bin.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
+                .arg("-k")
+                .arg(dir.path())
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"])
+                .env("KEYGATE_PG_TMP", dir.path())
+                .stdin(Stdio::piped())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut server = PgServer {
+                port,
+                child,
+                stdin: None,
+                data,
+                dir: Some(dir),
+            };
+            server.stdin = server.child.stdin.take();
+            if server.wait_ready().await {
+                return server;
+            }
+            last_log.clear();
+            File::open(&log_path)
+                .and_then(|mut f| f.read_to_string(&mut last_log))
+                .ok();
+            drop(server);
+        }
+        panic!("PostgreSQL did not start:\n{last_log}");
+    }
+
+    /// Waits until the server accepts connections (or has exited).
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && let Ok(conn) = sqlx::PgConnection::connect(&url).await
+            {
+                conn.close().await.ok();
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Creates a database and returns its URL.
+    async fn create_database(&self, name: &str) -> String {
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.ok();
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Fast shutdown; SIGKILL to the postmaster if that takes too long.
+    fn stop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(pidfile) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            && let Some(pid) = pidfile.lines().next()
+        {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+        // The TempDir (if still here) removes the data directory.
+        drop(self.dir.take());
+    }
+}

@@ -1,0 +1,653 @@
+//! API keys end to end: created through the admin API, the CLI and the
+//! device flow; used; restricted; revoked; expired; exchanged for real
+//! provider tokens (dev/idp) that the upstream receives instead of the key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::browser::act_as_user;
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const SERVER_SECRET: &str = "test-server-secret-0123456789abcdef-0123456789";
+
+/// keygate with API keys on, a SQLite store in `dir`, and the admin API.
+fn keys_config(dir: &tempfile::TempDir, extra: &str) -> String {
+    format!(
+        "store-url: sqlite://{}/keys.db\n\
+         listen-admin: 127.0.0.1:0\n\
+         api-keys:\n  server-secret: {SERVER_SECRET}\n  admin-role: admin\n  negative-cache-ttl: 2s\n  record-cache-ttl: 1s\n  refresh-margin: 1s\n\
+         {extra}",
+        dir.path().display()
+    )
+}
+
+fn admin_url(stack: &Stack, path: &str) -> String {
+    format!(
+        "http://{}{path}",
+        stack.keygate.admin_addr.expect("admin API on")
+    )
+}
+
+async fn create_service_key(stack: &Stack, body: Value) -> Value {
+    let alice = stack.idp.token("alice").await;
+    let resp = stack
+        .http
+        .post(admin_url(stack, "/admin/v1/keys"))
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    resp.json().await.unwrap()
+}
+
+fn svc() -> Value {
+    json!({"client_id": "svc-reporting", "client_secret": "svc-reporting-secret", "description": "reporting job"})
+}
+
+async fn with_key(stack: &Stack, method: &str, path: &str, key: &str) -> reqwest::Response {
+    stack
+        .http
+        .request(method.parse().unwrap(), stack.keygate.url(path))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn grant_count(idp: &Idp, grant: &str) -> u64 {
+    let stats: Value = reqwest::get(format!("{}/admin/stats", idp.base()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["by_grant"][grant].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_key_is_exchanged_for_a_provider_token_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let created = create_service_key(&stack, svc()).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("kgs_") && key.len() == 42, "{key}");
+    assert_eq!(created["prefix"], &key[..8]);
+
+    // The three ways of presenting a key.
+    let by_header = with_key(&stack, "GET", "/reports/1", &key).await;
+    let by_bearer = stack
+        .http
+        .get(stack.keygate.url("/reports/1"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let by_basic = stack
+        .http
+        .get(stack.keygate.url("/reports/1"))
+        .basic_auth("anyone", Some(&key))
+        .send()
+        .await
+        .unwrap();
+    for resp in [by_header, by_bearer, by_basic] {
+        assert_eq!(resp.status(), 200);
+        let echo = Echo(resp.json().await.unwrap());
+        let authorization = echo.header("authorization").unwrap();
+        let token = authorization.strip_prefix("Bearer ").unwrap();
+        assert!(
+            !token.starts_with("kg"),
+            "the upstream gets a provider token"
+        );
+        let claims = claims_of(token);
+        assert_eq!(claims["iss"], stack.idp.issuer.as_str());
+        assert_eq!(claims["azp"], "svc-reporting");
+        // Signed by the provider: keygate's verifier (JWKS from the provider) accepts it.
+        stack.keygate.gateway.verifier.verify(token).await.unwrap();
+        assert_eq!(echo.header("x-auth-method").unwrap(), "api-key");
+        assert_eq!(
+            echo.header("x-auth-key-id").unwrap(),
+            created["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            echo.header("x-auth-username").unwrap(),
+            "service-account-svc-reporting"
+        );
+        assert!(echo.header("x-api-key").is_none());
+        let all = echo.0.to_string();
+        assert!(!all.contains(&key), "the key reached the upstream: {all}");
+    }
+
+    // Revoked through the admin API: refused on this process at once.
+    let alice = stack.idp.token("alice").await;
+    let id = created["id"].as_str().unwrap();
+    let resp = stack
+        .http
+        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/revoke")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = with_key(&stack, "GET", "/reports/1", &key).await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{body}"
+    );
+    let shown: Value = stack
+        .http
+        .get(admin_url(&stack, &format!("/admin/v1/keys/{id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["key"]["status"], "revoked");
+    let actions: Vec<&str> = shown["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["create", "revoke"]);
+    assert_eq!(shown["audit"][0]["actor"], "alice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_concurrent_first_uses_make_one_provider_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let created = create_service_key(&stack, svc()).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let before = grant_count(&stack.idp, "client_credentials").await;
+    // One HTTP/2 connection carries all 1,000 requests at once.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = stack.keygate.url("/api/x");
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (h2, url, key) = (h2.clone(), url.clone(), key.clone());
+            tokio::spawn(async move {
+                h2.get(&url)
+                    .header("X-API-Key", key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let after = grant_count(&stack.idp, "client_credentials").await;
+    assert_eq!(
+        after - before,
+        1,
+        "1,000 concurrent first uses must cause exactly one provider call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_checksum_and_unknown_keys_are_refused_without_provider_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let created = create_service_key(&stack, svc()).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let before = grant_count(&stack.idp, "client_credentials").await;
+    let mut typo: Vec<char> = key.chars().collect();
+    typo[10] = if typo[10] == 'a' { 'b' } else { 'a' };
+    let typo: String = typo.into_iter().collect();
+    let resp = with_key(&stack, "GET", "/api", &typo).await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("malformed"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&typo));
+    // A well-formed key that was never issued.
+    let unknown = keygate_auth::apikey::generate(keygate_core::keys::KeyKind::Service).unwrap();
+    let resp = with_key(&stack, "GET", "/api", unknown.expose()).await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("unknown"),
+        "{body}"
+    );
+    assert_eq!(grant_count(&stack.idp, "client_credentials").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restrictions_are_enforced_and_expired_keys_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let mut body = svc();
+    body["allowed_methods"] = json!(["GET"]);
+    body["allowed_prefixes"] = json!(["/reports"]);
+    let key = create_service_key(&stack, body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        with_key(&stack, "GET", "/reports/7", &key).await.status(),
+        200
+    );
+    let resp = with_key(&stack, "POST", "/reports/7", &key).await;
+    assert_eq!(resp.status(), 405);
+    assert!(resp.text().await.unwrap().contains("may not use POST"));
+    assert_eq!(
+        with_key(&stack, "GET", "/reportsX", &key).await.status(),
+        403
+    );
+    assert_eq!(with_key(&stack, "GET", "/admin", &key).await.status(), 403);
+
+    let mut body = svc();
+    body["allowed_cidrs"] = json!(["10.0.0.0/8"]);
+    let key = create_service_key(&stack, body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = with_key(&stack, "GET", "/reports", &key).await;
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("address"));
+
+    let mut body = svc();
+    body["expires_in"] = json!("2s");
+    let key = create_service_key(&stack, body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        with_key(&stack, "GET", "/reports", &key).await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let resp = with_key(&stack, "GET", "/reports", &key).await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("expired"));
+
+    // Longer than the maximum lifetime: refused at creation.
+    let alice = stack.idp.token("alice").await;
+    let mut body = svc();
+    body["expires_in"] = json!("400d");
+    let resp = stack
+        .http
+        .post(admin_url(&stack, "/admin/v1/keys"))
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_needs_the_admin_role_and_publishes_openapi() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let bob = stack.idp.token("bob").await;
+    let url = admin_url(&stack, "/admin/v1/keys");
+    assert_eq!(stack.http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        stack
+            .http
+            .get(&url)
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        stack
+            .http
+            .post(&url)
+            .bearer_auth(&bob)
+            .json(&svc())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let key = create_service_key(&stack, svc()).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        stack
+            .http
+            .get(&url)
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "keys cannot administer keys"
+    );
+    let alice = stack.idp.token("alice").await;
+    let list: Value = stack
+        .http
+        .get(format!("{url}?kind=service"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains(&key));
+
+    let doc: Value = stack
+        .http
+        .get(admin_url(&stack, "/admin/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    validate_openapi(&doc);
+}
+
+/// Structural validation of an OpenAPI 3.1 document: required top-level
+/// fields, every operation with responses, every `$ref` resolving.
+fn validate_openapi(doc: &Value) {
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/admin/v1/keys",
+        "/admin/v1/keys/{id}",
+        "/admin/v1/keys/{id}/revoke",
+        "/admin/v1/keys/{id}/rotate",
+        "/admin/v1/keys/{id}/renew",
+    ] {
+        assert!(paths.contains_key(p), "{p}");
+    }
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            assert!(
+                ["get", "post", "put", "delete", "patch"].contains(&method.as_str()),
+                "{path} {method}"
+            );
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{path} {method}"
+            );
+            assert!(op["operationId"].is_string(), "{path} {method}");
+        }
+    }
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let pointer = r.strip_prefix('#').unwrap();
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn personal_key_via_device_flow_carries_the_users_current_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_with(&["--access-token-ttl", "4"], &keys_config(&dir, "")).await;
+    // The user (or `keygate keys create --kind personal`) starts the flow at keygate.
+    let start: Value = stack
+        .http
+        .post(stack.keygate.url("/oauth/keys/device"))
+        .json(&json!({"description": "notebook", "expires_in": "14d"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let flow = start["flow_id"].as_str().unwrap().to_owned();
+    let poll = || async {
+        stack
+            .http
+            .post(stack.keygate.url("/oauth/keys/device/token"))
+            .json(&json!({"flow_id": flow}))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        poll().await.status(),
+        202,
+        "pending until the user approves"
+    );
+    act_as_user(
+        start["verification_uri_complete"].as_str().unwrap(),
+        "bob",
+        true,
+    )
+    .await;
+    let resp = poll().await;
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("kgp_"));
+
+    let echo = Echo(
+        with_key(&stack, "GET", "/api", &key)
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(echo.header("x-auth-username").unwrap(), "bob");
+    assert!(!echo.header("x-auth-roles").unwrap().contains("auditor"));
+
+    // A role given at the provider shows up at the next exchange (tokens live 4 s here).
+    let resp = reqwest::Client::new()
+        .put(format!("{}/admin/users/bob", stack.idp.base()))
+        .json(&json!({"realm_roles": ["offline_access", "default-roles-acme", "user", "auditor"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let echo = Echo(
+        with_key(&stack, "GET", "/api", &key)
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        echo.header("x-auth-roles")
+            .unwrap()
+            .split(',')
+            .any(|r| r == "auditor"),
+        "{:?}",
+        echo.header("x-auth-roles")
+    );
+
+    // The user lists and revokes their own key with their own credential.
+    let bob = stack.idp.token("bob").await;
+    let mine: Value = stack
+        .http
+        .get(stack.keygate.url("/oauth/keys"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["keys"][0]["description"], "notebook");
+    let id = created["id"].as_str().unwrap();
+    let alice = stack.idp.token("alice").await;
+    let resp = stack
+        .http
+        .delete(stack.keygate.url(&format!("/oauth/keys/{id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "not alice's key");
+    let resp = stack
+        .http
+        .delete(stack.keygate.url(&format!("/oauth/keys/{id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_outage_without_a_cached_token_is_503_never_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stack = Stack::start(&keys_config(&dir, "")).await;
+    let key = create_service_key(&stack, svc()).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.idp.kill();
+    let resp = with_key(&stack, "GET", "/api", &key).await;
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_creates_lists_and_revokes_service_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let config = dir.path().join("keygate.yaml");
+    std::fs::write(
+        &config,
+        base_config(
+            &stack.idp.issuer,
+            &stack.upstream.url(),
+            &keys_config(&dir, ""),
+        )
+        .replace("listen-admin: 127.0.0.1:0\n", ""),
+    )
+    .unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "svc-reporting-secret\n").unwrap();
+    let keygate = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let cfg = config.to_str().unwrap();
+    let (ok, out, err) = keygate(&[
+        "keys",
+        "create",
+        "--config",
+        cfg,
+        "--kind",
+        "service",
+        "--client-id",
+        "svc-reporting",
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--description",
+        "nightly export",
+        "--expires-in",
+        "30d",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(created["expires_at"].as_i64().is_some());
+    // Without --json the key alone is the first line of stdout.
+    let (ok, out, _) = keygate(&[
+        "keys",
+        "create",
+        "--config",
+        cfg,
+        "--kind",
+        "service",
+        "--client-id",
+        "svc-reporting",
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(ok);
+    assert!(out.lines().next().unwrap().starts_with("kgs_"));
+    // A wrong client secret is caught at creation.
+    std::fs::write(&secret, "wrong").unwrap();
+    let (ok, _, err) = keygate(&[
+        "keys",
+        "create",
+        "--config",
+        cfg,
+        "--kind",
+        "service",
+        "--client-id",
+        "svc-reporting",
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("invalid_client"), "{err}");
+
+    // The running gateway shares the store: the CLI's key works there.
+    assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 200);
+    let (ok, out, _) = keygate(&["keys", "list", "--config", cfg, "--json"]);
+    assert!(ok);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(!out.contains(&key));
+    let (ok, _, err) = keygate(&["keys", "revoke", &id, "--config", cfg]);
+    assert!(ok, "{err}");
+    // Another process revoked it: refused here once the record cache (1 s) lapses.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 401);
+    let (ok, out, _) = keygate(&["keys", "show", &id, "--config", cfg, "--json"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["key"]["status"], "revoked");
+}
