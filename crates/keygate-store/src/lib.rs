@@ -28,6 +28,9 @@ mod migrate;
 mod record;
 mod store;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use error::StoreError;
 pub use keygate_core::keys::KeyKind;
 pub use record::{AuditEntry, HashMatch, KeyFilter, KeyRecord};

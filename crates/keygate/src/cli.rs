@@ -63,6 +63,7 @@ fn command() -> Command {
             "Print the effective config with secrets redacted; exit 1 on any error",
         )))
         .subcommand(crate::keys::command())
+        .subcommand(crate::token::command())
         .subcommand(Command::new("version").about("Print the version"))
 }
 
@@ -71,6 +72,7 @@ pub fn main() -> ExitCode {
     let matches = command().get_matches();
     match matches.subcommand() {
         Some(("keys", m)) => crate::keys::run(m),
+        Some(("token", m)) => crate::token::run(m),
         Some(("version", _)) => {
             println!("keygate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -5,6 +5,7 @@
 mod cli;
 mod keys;
 mod settings;
+mod token;
 
 use std::process::ExitCode;
 

@@ -15,12 +15,15 @@ const SERVER_SECRET: &str = "test-server-secret-0123456789abcdef-0123456789";
 
 /// keygate with API keys on, a SQLite store in `dir`, and the admin API.
 fn keys_config(dir: &tempfile::TempDir, extra: &str) -> String {
+    keys_config_with(&format!("sqlite://{}/keys.db", dir.path().display()), extra)
+}
+
+fn keys_config_with(store_url: &str, extra: &str) -> String {
     format!(
-        "store-url: sqlite://{}/keys.db\n\
+        "store-url: {store_url}\n\
          listen-admin: 127.0.0.1:0\n\
          api-keys:\n  server-secret: {SERVER_SECRET}\n  admin-role: admin\n  negative-cache-ttl: 2s\n  record-cache-ttl: 1s\n  refresh-margin: 1s\n\
-         {extra}",
-        dir.path().display()
+         {extra}"
     )
 }
 
@@ -429,7 +432,13 @@ fn validate_openapi(doc: &Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn personal_key_via_device_flow_carries_the_users_current_roles() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = Stack::start_with(&["--access-token-ttl", "4"], &keys_config(&dir, "")).await;
+    // Short-lived tokens, and refresh tokens that work once (Keycloak's
+    // "Revoke Refresh Token"): every exchange must store the new one back.
+    let stack = Stack::start_with(
+        &["--access-token-ttl", "4", "--rotate-refresh-tokens"],
+        &keys_config(&dir, ""),
+    )
+    .await;
     // The user (or `keygate keys create --kind personal`) starts the flow at keygate.
     let start: Value = stack
         .http
@@ -650,4 +659,111 @@ async fn cli_creates_lists_and_revokes_service_keys() {
     assert!(ok);
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["key"]["status"], "revoked");
+}
+
+/// The same flow on a real PostgreSQL server: create, use, revoke, refuse.
+#[tokio::test(flavor = "multi_thread")]
+async fn service_keys_on_postgresql() {
+    let pg = keygate_store::testing::PgServer::start().await;
+    let url = pg.create_database("keygate_e2e").await;
+    let stack = Stack::start(&keys_config_with(&url, "")).await;
+    assert_eq!(
+        stack
+            .keygate
+            .gateway
+            .api_keys
+            .as_ref()
+            .unwrap()
+            .store()
+            .backend(),
+        "postgres"
+    );
+    let created = create_service_key(&stack, svc()).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let echo = Echo(
+        with_key(&stack, "GET", "/api", &key)
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(echo.header("x-auth-method").unwrap(), "api-key");
+    let alice = stack.idp.token("alice").await;
+    let id = created["id"].as_str().unwrap();
+    let resp = stack
+        .http
+        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/revoke")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 401);
+}
+
+/// Rotation keeps the old key for the grace period; renew extends expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_with_grace_and_renew_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let mut body = svc();
+    body["expires_in"] = json!("1d");
+    let created = create_service_key(&stack, body).await;
+    let (id, old) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    let alice = stack.idp.token("alice").await;
+    let resp = stack
+        .http
+        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/rotate")))
+        .bearer_auth(&alice)
+        .json(&json!({"key": old, "grace": "3s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let rotated: Value = resp.json().await.unwrap();
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated["id"], id.as_str());
+    assert_eq!(with_key(&stack, "GET", "/api", &new).await.status(), 200);
+    assert_eq!(
+        with_key(&stack, "GET", "/api", &old).await.status(),
+        200,
+        "old key works during the grace period"
+    );
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(
+        with_key(&stack, "GET", "/api", &old).await.status(),
+        401,
+        "old key stops after the grace period"
+    );
+    assert_eq!(with_key(&stack, "GET", "/api", &new).await.status(), 200);
+
+    let resp = stack
+        .http
+        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/renew")))
+        .bearer_auth(&alice)
+        .json(&json!({"expires_in": "30d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let renewed: Value = resp.json().await.unwrap();
+    let expires = renewed["key"]["expires_at"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(expires > now + 29 * 86_400, "{renewed}");
+    let resp = stack
+        .http
+        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/renew")))
+        .bearer_auth(&alice)
+        .json(&json!({"expires_in": "5000d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "beyond the maximum lifetime");
 }
