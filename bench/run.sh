@@ -323,6 +323,9 @@ client-id: keygate
 client-secret: keygate-secret
 upstream-url: http://127.0.0.1:$UP_PORT
 log-level: $level
+store-url: sqlite://$dir/keys.db
+api-keys:
+  server-secret: bench-server-secret-0123456789abcdef-0123456789
 EOF
   log "starting keygate ($name, log-level $level, stdout to $out) on :$KG_PORT"
   spawn "$out" "$dir/stderr" "$KEYGATE" serve --config "$dir/keygate.yaml"
@@ -332,16 +335,24 @@ EOF
 # (only warnings and errors) so that problems under load can be reported.
 start_keygate keygate-info info /dev/null;                  KGI_PORT=$KG_PORT
 start_keygate keygate-warn warn "$WORK/keygate-warn/stdout"; KGW_PORT=$KG_PORT
+# A service key on the warn instance: API-key requests are measured on the
+# same process, in the same run, as bearer-JWT requests.
+printf 'svc-reporting-secret' >"$WORK/svc-secret"
+API_KEY=$("$KEYGATE" keys create --config "$WORK/keygate-warn/keygate.yaml" --kind service \
+  --client-id svc-reporting --client-secret-file "$WORK/svc-secret" 2>/dev/null | head -n1)
+case "$API_KEY" in kgs_*) ;; *) die "could not create a service key for the benchmark";; esac
 
 # ---------------------------------------------------------------- targets
-NAMES=(nginx apache keygate-info keygate-warn)
+NAMES=(nginx apache keygate-info keygate-warn keygate-apikey)
 declare -A LABEL=(
+  [keygate-apikey]="keygate API key, cache warm (log-level warn)"
   [nginx]="nginx proxy, no auth"
   [apache]="Apache + mod_auth_openidc"
   [keygate-info]="keygate (log-level info, stdout→/dev/null)"
   [keygate-warn]="keygate (log-level warn)"
 )
 declare -A URL=(
+  [keygate-apikey]="http://127.0.0.1:$KGW_PORT/"
   [nginx]="http://127.0.0.1:$NGX_PORT/"
   [apache]="http://127.0.0.1:$AP_PORT/"
   [keygate-info]="http://127.0.0.1:$KGI_PORT/"
@@ -352,12 +363,16 @@ declare -A URL=(
 SIG=${TOKEN##*.}; c=${SIG:10:1}; [ "$c" = A ] && c=B || c=A
 BAD_TOKEN="${TOKEN%.*}.${SIG:0:10}$c${SIG:11}"
 log "checking every target answers 200 with the token (401 without for apache/keygate)"
+declare -A CRED
+for n in "${NAMES[@]}"; do CRED[$n]="Authorization: Bearer $TOKEN"; done
+CRED[keygate-apikey]="X-API-Key: $API_KEY"
 for n in "${NAMES[@]}"; do
-  body=$(curl -sS -H "Authorization: Bearer $TOKEN" -w ' %{http_code}' "${URL[$n]}")
+  body=$(curl -sS -H "${CRED[$n]}" -w ' %{http_code}' "${URL[$n]}")
   [ "$body" = "ok 200" ] || die "$n with token: got '$body', want 'ok 200'"
   if [ "$n" != nginx ]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}")
     [ "$code" = 401 ] || die "$n without token: got $code, want 401"
+    [ "$n" = keygate-apikey ] && continue
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $BAD_TOKEN" "${URL[$n]}")
     [ "$code" = 401 ] || die "$n with a bad signature: got $code, want 401"
   fi
@@ -398,7 +413,7 @@ run_wrk() {  # run_wrk NAME RUN
   local o0 o1 w0 w1 other
   o0=$(busy_other); w0=$(date +%s.%N)
   wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" --latency \
-      -H "Authorization: Bearer $TOKEN" "${URL[$n]}" >"$out" 2>&1 || die "wrk failed for $n: $(cat "$out")"
+      -H "${CRED[$n]}" "${URL[$n]}" >"$out" 2>&1 || die "wrk failed for $n: $(cat "$out")"
   o1=$(busy_other); w1=$(date +%s.%N)
   # cores' worth of CPU used by other processes during the run
   other=$(awk -v o="$((o1 - o0))" -v w0="$w0" -v w1="$w1" -v hz="$CLK_TCK" \
@@ -424,7 +439,7 @@ done
 
 log "warm-up ($WARMUP per target)"
 for n in "${NAMES[@]}"; do
-  wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WARMUP" -H "Authorization: Bearer $TOKEN" "${URL[$n]}" >/dev/null 2>&1 || true
+  wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WARMUP" -H "${CRED[$n]}" "${URL[$n]}" >/dev/null 2>&1 || true
 done
 
 log "wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION --latency, $RUNS runs per target (interleaved)"
@@ -477,6 +492,9 @@ report() {
     vs_apache=$(awk -v a="${MRPS[$k]}" -v b="${MRPS[apache]}" 'BEGIN{print (a>=3*b)?"met":"NOT met"}')
     echo "Targets for ${LABEL[$k]}: ≥ 1.0× nginx req/s: $vs_nginx; p99 within 1 ms of nginx: $dp99; ≥ 3× Apache req/s: $vs_apache."
   done
+  echo "API-key requests (cache warm) vs bearer-JWT requests on the same keygate process:" \
+       "$(ratio "${MRPS[keygate-apikey]}" "${MRPS[keygate-warn]}") (target: within 10%," \
+       "$(awk -v a="${MRPS[keygate-apikey]}" -v b="${MRPS[keygate-warn]}" 'BEGIN{print (a>=0.9*b)?"met":"NOT met"}'))."
 }
 REPORT=$(report)
 echo

@@ -24,7 +24,7 @@ use keygate_auth::{AuthError, JwtVerifier, Provider};
 use keygate_core::config::{ApiKeysConfig, Cidr, Config};
 use keygate_core::keys::KeyKind;
 use keygate_core::{AuthMethod, Identity, Secret};
-use keygate_store::{KeyFilter, KeyRecord, KeyStore};
+use keygate_store::{HashMatch, KeyFilter, KeyRecord, KeyStore};
 use moka::future::Cache;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -88,6 +88,13 @@ impl moka::Expiry<String, Arc<Exchanged>> for RenewBeforeExpiry {
     ) -> Option<Duration> {
         Some(Duration::from_secs(value.renew_at.saturating_sub(now())))
     }
+}
+
+/// A stored record found by a key's hash, and whether the key is the
+/// record's previous one (still valid during a rotation's grace period).
+struct Found {
+    record: KeyRecord,
+    previous: bool,
 }
 
 /// A device authorization in progress (personal key creation).
@@ -241,7 +248,7 @@ pub struct ApiKeys {
     client_id: String,
     client_secret: Secret,
     config: ApiKeysConfig,
-    records: Cache<[u8; 32], Arc<KeyRecord>>,
+    records: Cache<[u8; 32], Arc<Found>>,
     negative: Cache<[u8; 32], KeyRefusal>,
     tokens: Cache<String, Arc<Exchanged>>,
     pending: Cache<String, Arc<PendingDevice>>,
@@ -335,15 +342,16 @@ impl ApiKeys {
         if let Some(refused) = self.negative.get(&hash).await {
             return Err(refused.refusal());
         }
-        let record = self.record(&hash).await?;
-        if let Err(refused) = check_validity(&record) {
+        let found = self.record(&hash).await?;
+        let record = &found.record;
+        if let Err(refused) = check_validity(record) {
             self.negative.insert(hash, refused.clone()).await;
             return Err(refused.refusal());
         }
-        check_restrictions(&record, method, path, client_ip)?;
+        check_restrictions(record, method, path, client_ip)?;
         let exchanged = self
             .tokens
-            .try_get_with(record.id.clone(), self.exchange(key, &record, verifier))
+            .try_get_with(record.id.clone(), self.exchange(key, &found, verifier))
             .await
             .map_err(|e: Arc<ExchangeError>| match &*e {
                 ExchangeError::Refused(r) => r.refusal(),
@@ -366,13 +374,16 @@ impl ApiKeys {
         Ok(Arc::clone(&exchanged.identity))
     }
 
-    async fn record(&self, hash: &[u8; 32]) -> Result<Arc<KeyRecord>, KeyError> {
+    async fn record(&self, hash: &[u8; 32]) -> Result<Arc<Found>, KeyError> {
         let store = &self.store;
         let found = self
             .records
             .try_get_with(*hash, async move {
                 match store.find_by_hash(hash, now() as i64).await {
-                    Ok(Some((record, _))) => Ok(Arc::new(record)),
+                    Ok(Some((record, matched))) => Ok(Arc::new(Found {
+                        record,
+                        previous: matches!(matched, HashMatch::Previous),
+                    })),
                     Ok(None) => Err(None),
                     Err(e) => Err(Some(e.to_string())),
                 }
@@ -401,13 +412,16 @@ impl ApiKeys {
     async fn exchange(
         &self,
         key: &str,
-        record: &KeyRecord,
+        found: &Found,
         verifier: &JwtVerifier,
     ) -> Result<Arc<Exchanged>, ExchangeError> {
-        let sealed = record
-            .sealed_secret
-            .as_deref()
-            .ok_or(ExchangeError::Refused(KeyRefusal::Revoked))?;
+        let record = &found.record;
+        // During a rotation's grace period the old key opens the old secret.
+        let sealed = match found.previous {
+            true => record.previous_sealed_secret.as_deref(),
+            false => record.sealed_secret.as_deref(),
+        }
+        .ok_or(ExchangeError::Refused(KeyRefusal::Revoked))?;
         let envelope =
             Envelope::decode(sealed).ok_or(ExchangeError::Refused(KeyRefusal::Unknown))?;
         let secret = self
@@ -612,32 +626,24 @@ impl ApiKeys {
                 false,
             )
             .map_err(ManageError::Invalid)?;
-        let record = KeyRecord {
-            id: id.clone(),
-            prefix: apikey::display_prefix(key.expose()),
-            kind: KeyKind::Service,
+        let mut record = self.fresh_record(
+            &id,
+            key.expose(),
+            KeyKind::Service,
             owner,
-            description: new.description,
-            client_id: Some(new.client_id),
-            scopes: new.scopes,
-            allowed_methods: new
-                .allowed_methods
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect(),
-            allowed_prefixes: new.allowed_prefixes,
-            allowed_cidrs: new.allowed_cidrs,
-            key_hash: self.crypto.hash(key.expose()).to_vec(),
-            sealed_secret: Some(sealed),
-            secret_version: 0,
-            previous_hash: None,
-            previous_sealed_secret: None,
-            previous_valid_until: None,
-            created_at: now() as i64,
+            sealed,
             expires_at,
-            last_used_at: None,
-            revoked_at: None,
-        };
+        );
+        record.description = new.description;
+        record.client_id = Some(new.client_id);
+        record.scopes = new.scopes;
+        record.allowed_methods = new
+            .allowed_methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        record.allowed_prefixes = new.allowed_prefixes;
+        record.allowed_cidrs = new.allowed_cidrs;
         self.store
             .insert(&record, actor)
             .await
@@ -747,28 +753,15 @@ impl ApiKeys {
         let sealed = self
             .seal_envelope(key.expose(), &id, refresh.expose().as_bytes(), true)
             .map_err(DeviceError::Provider)?;
-        let record = KeyRecord {
-            id: id.clone(),
-            prefix: apikey::display_prefix(key.expose()),
-            kind: KeyKind::Personal,
-            owner: identity.subject.clone(),
-            description: flow.description.clone(),
-            client_id: None,
-            scopes: Vec::new(),
-            allowed_methods: Vec::new(),
-            allowed_prefixes: Vec::new(),
-            allowed_cidrs: Vec::new(),
-            key_hash: self.crypto.hash(key.expose()).to_vec(),
-            sealed_secret: Some(sealed),
-            secret_version: 0,
-            previous_hash: None,
-            previous_sealed_secret: None,
-            previous_valid_until: None,
-            created_at: now() as i64,
+        let mut record = self.fresh_record(
+            &id,
+            key.expose(),
+            KeyKind::Personal,
+            identity.subject.clone(),
+            sealed,
             expires_at,
-            last_used_at: None,
-            revoked_at: None,
-        };
+        );
+        record.description = flow.description.clone();
         let actor = identity
             .username
             .clone()
@@ -784,6 +777,40 @@ impl ApiKeys {
             kind: "personal",
             expires_at,
         }))
+    }
+
+    /// A new record with no restrictions, before the caller fills in the rest.
+    fn fresh_record(
+        &self,
+        id: &str,
+        key: &str,
+        kind: KeyKind,
+        owner: String,
+        sealed: Vec<u8>,
+        expires_at: Option<i64>,
+    ) -> KeyRecord {
+        KeyRecord {
+            id: id.to_owned(),
+            prefix: apikey::display_prefix(key),
+            kind,
+            owner,
+            description: String::new(),
+            client_id: None,
+            scopes: Vec::new(),
+            allowed_methods: Vec::new(),
+            allowed_prefixes: Vec::new(),
+            allowed_cidrs: Vec::new(),
+            key_hash: self.crypto.hash(key).to_vec(),
+            sealed_secret: Some(sealed),
+            secret_version: 0,
+            previous_hash: None,
+            previous_sealed_secret: None,
+            previous_valid_until: None,
+            created_at: now() as i64,
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        }
     }
 
     /// Lists keys.

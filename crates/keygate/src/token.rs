@@ -154,9 +154,8 @@ impl Source {
         let gateway = partial(&GATEWAY_VARS, &get);
         let oidc = partial(&OIDC_VARS, &get);
         Err(match (gateway, oidc) {
-            (None, None) => "no credentials in the environment; either\n  \
-                 set KEYGATE_URL and KEYGATE_API_KEY (a keygate gateway and an API key for it), or\n  \
-                 set OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET (a client with the client-credentials grant)"
+            (None, None) => "set KEYGATE_URL and KEYGATE_API_KEY (a keygate gateway and an API key for it),\n   \
+                 or OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET (a provider client with the client-credentials grant)"
                 .to_owned(),
             (Some(g), None) => {
                 format!("{g}; or set OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET")
@@ -286,7 +285,12 @@ async fn fetch(source: &Source) -> Result<Token, String> {
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()
                 .await
-                .map_err(|e| format!("cannot reach the gateway at {endpoint}: {}", chain(&e)))?;
+                .map_err(|e| {
+                    format!(
+                        "cannot reach the gateway at {endpoint}: {}",
+                        chain(&e.without_url())
+                    )
+                })?;
             token_response(resp, "the gateway").await
         }
         Source::Oidc {
@@ -297,10 +301,12 @@ async fn fetch(source: &Source) -> Result<Token, String> {
         } => {
             warn_plain_http("OIDC_ISSUER", issuer, "the client secret");
             let discovery = format!("{issuer}/.well-known/openid-configuration");
-            let resp =
-                http.get(&discovery).send().await.map_err(|e| {
-                    format!("cannot reach the provider at {discovery}: {}", chain(&e))
-                })?;
+            let resp = http.get(&discovery).send().await.map_err(|e| {
+                format!(
+                    "cannot reach the provider at {discovery}: {}",
+                    chain(&e.without_url())
+                )
+            })?;
             let status = resp.status();
             if !status.is_success() {
                 return Err(format!(
@@ -330,7 +336,7 @@ async fn fetch(source: &Source) -> Result<Token, String> {
                 .map_err(|e| {
                     format!(
                         "cannot reach the provider's token endpoint {token_endpoint}: {}",
-                        chain(&e)
+                        chain(&e.without_url())
                     )
                 })?;
             token_response(resp, "the provider").await
@@ -342,10 +348,12 @@ async fn fetch(source: &Source) -> Result<Token, String> {
 /// into a message.
 async fn token_response(resp: reqwest::Response, who: &str) -> Result<Token, String> {
     let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| format!("{who} answered {status} and then failed: {}", chain(&e)))?;
+    let body = resp.bytes().await.map_err(|e| {
+        format!(
+            "{who} answered {status} and then failed: {}",
+            chain(&e.without_url())
+        )
+    })?;
     let json: Option<Value> = serde_json::from_slice(&body).ok();
     if !status.is_success() {
         let field = |k: &str| {
@@ -717,7 +725,7 @@ mod tests {
             err(&[("KEYGATE_API_KEY", "k"), ("OIDC_CLIENT_ID", "c")]),
             "KEYGATE_URL is not set (KEYGATE_API_KEY is); OIDC_ISSUER and OIDC_CLIENT_SECRET are not set (OIDC_CLIENT_ID is)"
         );
-        assert!(err(&[("KEYGATE_URL", "")]).starts_with("no credentials"));
+        assert!(err(&[("KEYGATE_URL", "")]).starts_with("set KEYGATE_URL and KEYGATE_API_KEY"));
     }
 
     #[test]

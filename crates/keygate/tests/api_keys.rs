@@ -727,12 +727,13 @@ async fn rotate_with_grace_and_renew_through_the_admin_api() {
     let new = rotated["key"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
     assert_eq!(rotated["id"], id.as_str());
-    assert_eq!(with_key(&stack, "GET", "/api", &new).await.status(), 200);
+    // The old key first, with nothing cached yet: it opens the previous secret.
     assert_eq!(
         with_key(&stack, "GET", "/api", &old).await.status(),
         200,
         "old key works during the grace period"
     );
+    assert_eq!(with_key(&stack, "GET", "/api", &new).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(
         with_key(&stack, "GET", "/api", &old).await.status(),
@@ -766,4 +767,65 @@ async fn rotate_with_grace_and_renew_through_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400, "beyond the maximum lifetime");
+}
+
+/// `keygate keys create --kind personal --gateway URL`: the CLI shows the
+/// verification address, the user approves at the provider, the CLI prints the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_creates_a_personal_key_through_the_gateway() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(&keys_config(&dir, "")).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "keys",
+            "create",
+            "--kind",
+            "personal",
+            "--gateway",
+            &stack.keygate.url(""),
+            "--description",
+            "laptop",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (url_tx, url_rx) = std::sync::mpsc::channel::<String>();
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(url) = line.trim().strip_prefix("http") {
+                let _ = url_tx.send(format!("http{url}"));
+            }
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    let url = tokio::task::spawn_blocking(move || url_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the CLI printed no verification address");
+    act_as_user(&url, "alice", true).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = rest.join().unwrap();
+    assert!(out.status.success(), "{stderr}");
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("kgp_"));
+    let echo = Echo(
+        with_key(&stack, "GET", "/api", &key)
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(echo.header("x-auth-username").unwrap(), "alice");
 }

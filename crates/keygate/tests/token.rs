@@ -194,18 +194,15 @@ async fn missing_variables_are_named() {
     let out = token(cache.path(), &[], &[]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.starts_with("error: "), "{err}");
-    let option_lines: Vec<_> = err.lines().filter(|l| l.contains(" set ")).collect();
+    let lines: Vec<_> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
     assert!(
-        option_lines
-            .iter()
-            .any(|l| l.contains("KEYGATE_URL and KEYGATE_API_KEY")),
+        lines[0].contains("KEYGATE_URL and KEYGATE_API_KEY"),
         "{err}"
     );
     assert!(
-        option_lines
-            .iter()
-            .any(|l| l.contains("OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET")),
+        lines[1].contains("OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET"),
         "{err}"
     );
 }
