@@ -349,25 +349,21 @@ impl ApiKeys {
             return Err(refused.refusal());
         }
         check_restrictions(record, method, path, client_ip)?;
-        let exchanged = self
+        let exchanged = match self
             .tokens
             .try_get_with(record.id.clone(), self.exchange(key, &found, verifier))
             .await
-            .map_err(|e: Arc<ExchangeError>| match &*e {
-                ExchangeError::Refused(r) => r.refusal(),
-                ExchangeError::Unavailable => (
-                    Refusal::Unavailable(
-                        "the OpenID provider is unavailable; try again shortly".into(),
-                    ),
-                    "provider_unavailable",
-                ),
-                ExchangeError::Verify(e) => (
-                    Refusal::BadCredential(format!(
-                        "the provider's token for this API key is not accepted: {e}"
-                    )),
-                    "api_key_token_rejected",
-                ),
-            })?;
+        {
+            Ok(exchanged) => exchanged,
+            Err(e) => {
+                // A key the provider no longer honours is remembered as such,
+                // so its holder cannot drive provider traffic at request rate.
+                if let ExchangeError::Refused(refused) = &*e {
+                    self.negative.insert(hash, refused.clone()).await;
+                }
+                return Err(exchange_refusal(&e));
+            }
+        };
         if let Ok(mut used) = self.used.lock() {
             used.insert(record.id.clone(), now() as i64);
         }
@@ -1004,6 +1000,8 @@ impl ApiKeys {
         {
             if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
                 self.records.invalidate(&hash).await;
+                // A renewed key may have been remembered as expired.
+                self.negative.invalidate(&hash).await;
             }
         }
     }
@@ -1018,6 +1016,21 @@ impl ApiKeys {
         let identity = self
             .authenticate(key, "GET", "/oauth/token", client_ip, verifier)
             .await?;
+        // The raw provider token would escape the key's restrictions: only
+        // unrestricted keys may hand it out.
+        let found = self.record(&self.crypto.hash(key)).await?;
+        let r = &found.record;
+        if !(r.allowed_methods.is_empty()
+            && r.allowed_prefixes.is_empty()
+            && r.allowed_cidrs.is_empty())
+        {
+            return Err((
+                Refusal::Forbidden(
+                    "a restricted API key cannot hand out its provider token".into(),
+                ),
+                "api_key_restricted",
+            ));
+        }
         Ok((
             identity.access_token.clone(),
             identity.expires_at.saturating_sub(now()),
@@ -1050,6 +1063,22 @@ enum ExchangeError {
     Refused(KeyRefusal),
     Unavailable,
     Verify(AuthError),
+}
+
+fn exchange_refusal(e: &ExchangeError) -> KeyError {
+    match e {
+        ExchangeError::Refused(r) => r.refusal(),
+        ExchangeError::Unavailable => (
+            Refusal::Unavailable("the OpenID provider is unavailable; try again shortly".into()),
+            "provider_unavailable",
+        ),
+        ExchangeError::Verify(e) => (
+            Refusal::BadCredential(format!(
+                "the provider's token for this API key is not accepted: {e}"
+            )),
+            "api_key_token_rejected",
+        ),
+    }
 }
 
 fn grant_error(e: GrantError) -> ExchangeError {

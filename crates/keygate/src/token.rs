@@ -276,12 +276,16 @@ async fn fetch(source: &Source) -> Result<Token, String> {
         Source::Gateway { url, key } => {
             warn_plain_http("KEYGATE_URL", url, "the API key");
             let endpoint = format!("{url}/oauth/token");
-            let mut value = reqwest::header::HeaderValue::from_str(key.expose())
-                .map_err(|_| "KEYGATE_API_KEY holds characters a header cannot carry".to_owned())?;
+            // `Authorization: Bearer <key>` works whatever `api-keys.header` the gateway uses.
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    .map_err(|_| {
+                        "KEYGATE_API_KEY holds characters a header cannot carry".to_owned()
+                    })?;
             value.set_sensitive(true);
             let resp = http
                 .get(&endpoint)
-                .header("x-api-key", value)
+                .header(reqwest::header::AUTHORIZATION, value)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()
                 .await

@@ -264,6 +264,21 @@ async fn restrictions_are_enforced_and_expired_keys_refused() {
         403
     );
     assert_eq!(with_key(&stack, "GET", "/admin", &key).await.status(), 403);
+    assert_eq!(
+        with_key(&stack, "GET", "/oauth/token", &key).await.status(),
+        403
+    );
+    // A key limited to GET may use GET /oauth/token, but the raw provider
+    // token would escape its limits: not handed out.
+    let mut body = svc();
+    body["allowed_methods"] = json!(["GET"]);
+    let get_only = create_service_key(&stack, body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = with_key(&stack, "GET", "/oauth/token", &get_only).await;
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("restricted"));
 
     let mut body = svc();
     body["allowed_cidrs"] = json!(["10.0.0.0/8"]);
