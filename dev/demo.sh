@@ -81,6 +81,12 @@ node dev/echo-upstream.mjs --host "$HOST" --port "$UPSTREAM_PORT" >"$LOGS/upstre
 PIDS+=($!)
 wait_for upstream "$!" 15 curl -fsS "http://$HOST:$UPSTREAM_PORT/"
 
+# API keys for the demo: a store under the demo's logs and a throw-away server
+# secret (set through the environment, as a Kubernetes Secret would).
+export KEYGATE_STORE_URL="sqlite://$LOGS/keys.db"
+export KEYGATE_API_KEYS='{"server-secret": "demo-only-server-secret-0123456789abcdef-0123456789"}'
+export KEYGATE_DISCOVERY_URL="$ISSUER"
+
 echo "==> starting keygate on $KEYGATE (config dev/demo.yaml)"
 "$BIN" serve --config dev/demo.yaml \
   --listen "$HOST:$PORT" \
@@ -90,6 +96,12 @@ echo "==> starting keygate on $KEYGATE (config dev/demo.yaml)"
 KEYGATE_PID=$!
 PIDS+=("$KEYGATE_PID")
 wait_for keygate "$KEYGATE_PID" 30 curl -fsS "$KEYGATE/oauth/ready"
+
+echo "==> creating a demo service key for svc-reporting (keygate keys create)"
+printf 'svc-reporting-secret' >"$LOGS/svc-reporting.secret"
+DEMO_KEY=$("$BIN" keys create --config dev/demo.yaml --kind service --client-id svc-reporting \
+  --client-secret-file "$LOGS/svc-reporting.secret" --description "demo key" --expires-in 1d 2>>"$LOGS/keys.log" | head -n1)
+case "$DEMO_KEY" in kgs_*) ;; *) die "could not create the demo API key (see $LOGS/keys.log)";; esac
 
 if command -v jq >/dev/null 2>&1; then
   PICK_TOKEN="jq -r .access_token"
@@ -132,7 +144,17 @@ curl -sS -H 'X-Auth-Roles: admin' $KEYGATE/public/hello$PRETTY
 # 7. Forward-auth, as nginx would ask it (see docs/forward-auth.md): 200 with the headers to inject
 curl -sS -o /dev/null -D - -H 'X-Original-Method: GET' -H 'X-Original-URI: /admin/users' -H "Authorization: Bearer \$ALICE" $KEYGATE/oauth/auth
 
-# 8. Operations
+# 8. API keys: keygate swaps the key for the service account's access token; the
+#    upstream sees that token (Authorization) and X-Auth-Method: api-key, never the key
+curl -sS -H "X-API-Key: $DEMO_KEY" $KEYGATE/data/export$PRETTY
+#    rules apply to keys as to tokens: the service account lacks the roles of /reports (403)
+curl -sS -u "any:$DEMO_KEY" -o /dev/null -w '%{http_code}\n' $KEYGATE/reports/q3
+KEYGATE_STORE_URL=$KEYGATE_STORE_URL KEYGATE_API_KEYS='$KEYGATE_API_KEYS' $BIN keys list --config dev/demo.yaml
+KEYGATE_URL=$KEYGATE KEYGATE_API_KEY=$DEMO_KEY $BIN token
+#    a personal key with your own roles (approve as alice/alice in the browser):
+$BIN keys create --kind personal --gateway $KEYGATE --description laptop
+
+# 9. Operations
 curl -sS $KEYGATE/oauth/health$PRETTY
 curl -sS $KEYGATE/oauth/metrics | grep '^keygate_'
 

@@ -131,21 +131,30 @@ fn load(m: &ArgMatches) -> Result<Loaded, settings::LoadError> {
     settings::load(file.map(PathBuf::as_path), &env)
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs go to stdout through a background writer thread, so a slow stdout
+/// never stalls requests; it blocks instead of dropping lines when behind.
+/// The returned guard flushes on drop: keep it until the process ends.
+fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn serve(loaded: Loaded) -> ExitCode {
     let Loaded { config, warnings } = loaded;
-    init_logging(config.log_format, &config.log_level);
+    let _log_guard = init_logging(config.log_format, &config.log_level);
     for w in &warnings {
         tracing::warn!("{w}");
     }

@@ -125,6 +125,7 @@ async fn service_key_is_exchanged_for_a_provider_token_and_never_forwarded() {
         assert!(!all.contains(&key), "the key reached the upstream: {all}");
     }
 
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     // Revoked through the admin API: refused on this process at once.
     let alice = stack.idp.token("alice").await;
     let id = created["id"].as_str().unwrap();
@@ -157,6 +158,8 @@ async fn service_key_is_exchanged_for_a_provider_token_and_never_forwarded() {
         .await
         .unwrap();
     assert_eq!(shown["key"]["status"], "revoked");
+    // Last use is written in batches (every 5 s), not once per request.
+    assert!(shown["key"]["last_used_at"].as_i64().is_some(), "{shown}");
     let actions: Vec<&str> = shown["audit"]
         .as_array()
         .unwrap()
@@ -560,6 +563,21 @@ async fn personal_key_via_device_flow_carries_the_users_current_roles() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 401);
+    // The offline session was revoked at the provider (RFC 7009).
+    let metrics = stack
+        .get("/oauth/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("keygate_provider_grants_total")
+                && l.contains("grant=\"revocation\"")
+                && l.contains("result=\"ok\"")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
