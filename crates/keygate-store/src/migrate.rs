@@ -27,30 +27,39 @@ const PG_LOCK_ID: i64 = 0x006b_6579_6761_7465;
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_migrations (\
      version BIGINT PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)";
 
+/// Runs the migrations not yet recorded, inside the open transaction `$tx`.
+/// The same code for both backends (sqlx's executor traits make a generic
+/// function unwieldy).
+macro_rules! apply_pending {
+    ($tx:ident, $migrations:expr) => {
+        sqlx::query(CREATE_TABLE).execute(&mut *$tx).await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM keygate_migrations")
+            .fetch_all(&mut *$tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        for &(version, sql) in $migrations {
+            if applied.contains(&version) {
+                continue;
+            }
+            sqlx::raw_sql(sql)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|source| StoreError::Migration { version, source })?;
+            sqlx::query("INSERT INTO keygate_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(unix_now())
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
 /// Brings a SQLite database up to the current schema.
 pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(CREATE_TABLE).execute(&mut *tx).await?;
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM keygate_migrations")
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<i64, _>(0))
-        .collect::<Result<_, _>>()?;
-    for &(version, sql) in SQLITE {
-        if applied.contains(&version) {
-            continue;
-        }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|source| StoreError::Migration { version, source })?;
-        sqlx::query("INSERT INTO keygate_migrations (version, applied_at) VALUES ($1, $2)")
-            .bind(version)
-            .bind(unix_now())
-            .execute(&mut *tx)
-            .await?;
-    }
+    apply_pending!(tx, SQLITE);
     tx.commit().await?;
     Ok(())
 }
@@ -62,27 +71,7 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<(), StoreError> {
         .bind(PG_LOCK_ID)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(CREATE_TABLE).execute(&mut *tx).await?;
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM keygate_migrations")
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<i64, _>(0))
-        .collect::<Result<_, _>>()?;
-    for &(version, sql) in POSTGRES {
-        if applied.contains(&version) {
-            continue;
-        }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|source| StoreError::Migration { version, source })?;
-        sqlx::query("INSERT INTO keygate_migrations (version, applied_at) VALUES ($1, $2)")
-            .bind(version)
-            .bind(unix_now())
-            .execute(&mut *tx)
-            .await?;
-    }
+    apply_pending!(tx, POSTGRES);
     tx.commit().await?;
     Ok(())
 }

@@ -36,20 +36,24 @@ fn admin_url(stack: &Stack, path: &str) -> String {
 
 async fn create_service_key(stack: &Stack, body: Value) -> Value {
     let alice = stack.idp.token("alice").await;
-    let resp = stack
-        .http
-        .post(admin_url(stack, "/admin/v1/keys"))
-        .bearer_auth(&alice)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(stack, "/admin/v1/keys", &alice, &body).await;
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     resp.json().await.unwrap()
 }
 
 fn svc() -> Value {
     json!({"client_id": "svc-reporting", "client_secret": "svc-reporting-secret", "description": "reporting job"})
+}
+
+async fn admin_post(stack: &Stack, path: &str, token: &str, body: &Value) -> reqwest::Response {
+    stack
+        .http
+        .post(admin_url(stack, path))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn with_key(stack: &Stack, method: &str, path: &str, key: &str) -> reqwest::Response {
@@ -129,13 +133,13 @@ async fn service_key_is_exchanged_for_a_provider_token_and_never_forwarded() {
     // Revoked through the admin API: refused on this process at once.
     let alice = stack.idp.token("alice").await;
     let id = created["id"].as_str().unwrap();
-    let resp = stack
-        .http
-        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/revoke")))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &stack,
+        &format!("/admin/v1/keys/{id}/revoke"),
+        &alice,
+        &json!({}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let resp = with_key(&stack, "GET", "/reports/1", &key).await;
     assert_eq!(resp.status(), 401);
@@ -312,14 +316,7 @@ async fn restrictions_are_enforced_and_expired_keys_refused() {
     let alice = stack.idp.token("alice").await;
     let mut body = svc();
     body["expires_in"] = json!("400d");
-    let resp = stack
-        .http
-        .post(admin_url(&stack, "/admin/v1/keys"))
-        .bearer_auth(&alice)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(&stack, "/admin/v1/keys", &alice, &body).await;
     assert_eq!(resp.status(), 400);
 }
 
@@ -723,13 +720,13 @@ async fn service_keys_on_postgresql() {
     assert_eq!(echo.header("x-auth-method").unwrap(), "api-key");
     let alice = stack.idp.token("alice").await;
     let id = created["id"].as_str().unwrap();
-    let resp = stack
-        .http
-        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/revoke")))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &stack,
+        &format!("/admin/v1/keys/{id}/revoke"),
+        &alice,
+        &json!({}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 401);
 }
@@ -747,14 +744,13 @@ async fn rotate_with_grace_and_renew_through_the_admin_api() {
         created["key"].as_str().unwrap().to_owned(),
     );
     let alice = stack.idp.token("alice").await;
-    let resp = stack
-        .http
-        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/rotate")))
-        .bearer_auth(&alice)
-        .json(&json!({"key": old, "grace": "3s"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &stack,
+        &format!("/admin/v1/keys/{id}/rotate"),
+        &alice,
+        &json!({"key": old, "grace": "3s"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let rotated: Value = resp.json().await.unwrap();
     let new = rotated["key"].as_str().unwrap().to_owned();
@@ -775,14 +771,13 @@ async fn rotate_with_grace_and_renew_through_the_admin_api() {
     );
     assert_eq!(with_key(&stack, "GET", "/api", &new).await.status(), 200);
 
-    let resp = stack
-        .http
-        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/renew")))
-        .bearer_auth(&alice)
-        .json(&json!({"expires_in": "30d"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &stack,
+        &format!("/admin/v1/keys/{id}/renew"),
+        &alice,
+        &json!({"expires_in": "30d"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let renewed: Value = resp.json().await.unwrap();
     let expires = renewed["key"]["expires_at"].as_i64().unwrap();
@@ -791,14 +786,13 @@ async fn rotate_with_grace_and_renew_through_the_admin_api() {
         .unwrap()
         .as_secs() as i64;
     assert!(expires > now + 29 * 86_400, "{renewed}");
-    let resp = stack
-        .http
-        .post(admin_url(&stack, &format!("/admin/v1/keys/{id}/renew")))
-        .bearer_auth(&alice)
-        .json(&json!({"expires_in": "5000d"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &stack,
+        &format!("/admin/v1/keys/{id}/renew"),
+        &alice,
+        &json!({"expires_in": "5000d"}),
+    )
+    .await;
     assert_eq!(resp.status(), 400, "beyond the maximum lifetime");
 }
 
