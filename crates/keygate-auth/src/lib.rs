@@ -10,7 +10,9 @@ pub mod apikey;
 pub mod error;
 pub mod grants;
 pub mod jwt;
+pub mod login;
 pub mod provider;
+pub mod session;
 
 pub use error::AuthError;
 pub use jwt::{JwtVerifier, VerifierSettings};
