@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (Node packages of the
-# test provider, Debian's nginx), then runs every test. Every test runs:
+# test provider; Debian's nginx, PostgreSQL and openssl), then runs every test. Every test runs:
 # one that needs a server which cannot be found fails, it never skips.
 #
 #   ./dev/test.sh            # everything
@@ -11,6 +11,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+# openssl makes the TLS test's certificate.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # PostgreSQL: the key-store tests start their own server from these binaries.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
