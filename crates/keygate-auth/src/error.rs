@@ -32,6 +32,9 @@ pub enum AuthError {
     /// `aud` holds none of `access-token-audience`.
     #[error("token audience is not accepted")]
     WrongAudience,
+    /// `azp` is not one of `access-token-azp`.
+    #[error("token was issued to a client that is not accepted (azp)")]
+    WrongAuthorizedParty,
     /// A required claim is missing.
     #[error("token has no `{0}` claim")]
     MissingClaim(&'static str),
@@ -57,6 +60,7 @@ impl AuthError {
             AuthError::WrongIssuer => "wrong_issuer",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::WrongAuthorizedParty => "wrong_azp",
             AuthError::WrongTokenType => "wrong_token_type",
             AuthError::ProviderUnavailable => "provider_unavailable",
         }

@@ -31,6 +31,8 @@ pub struct VerifierSettings {
     pub max_token_size: usize,
     /// Entries in the verified-token cache.
     pub cache_size: u64,
+    /// Accepted `azp` values; empty accepts any.
+    pub authorized_parties: Vec<String>,
 }
 
 type TokenHash = [u8; 32];
@@ -172,6 +174,12 @@ impl JwtVerifier {
             && iat > now_secs() + self.settings.leeway.as_secs()
         {
             return Err(AuthError::NotYetValid);
+        }
+        if !self.settings.authorized_parties.is_empty() {
+            let azp = claims.get("azp").and_then(Value::as_str).unwrap_or("");
+            if !self.settings.authorized_parties.iter().any(|a| a == azp) {
+                return Err(AuthError::WrongAuthorizedParty);
+            }
         }
         // Keycloak marks ID, refresh and logout tokens with `typ`; none of
         // them may stand in for an access token.

@@ -39,6 +39,9 @@ pub struct Config {
     /// Audiences accepted in access tokens; one must be in `aud`. Default: `[client-id]`.
     #[serde(default)]
     pub access_token_audience: Vec<String>,
+    /// Clients (`azp`) whose access tokens are accepted; empty: any client.
+    #[serde(default)]
+    pub access_token_azp: Vec<String>,
     /// Paths no resource matches need a valid credential.
     #[serde(default = "yes")]
     pub enable_default_deny: bool,

@@ -126,6 +126,7 @@ impl Gateway {
                 leeway: config.clock_skew,
                 max_token_size: config.max_token_size,
                 cache_size: config.token_cache_size,
+                authorized_parties: config.access_token_azp.clone(),
             },
         )
         .map_err(|e| GatewayError::config("signing-algorithms", e))?;

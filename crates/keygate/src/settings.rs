@@ -83,6 +83,11 @@ pub const KEYS: &[Key] = &[
         "accepted access-token audiences [default: client-id]",
     ),
     key(
+        "access-token-azp",
+        Kind::List,
+        "clients (azp) whose access tokens are accepted [default: any]",
+    ),
+    key(
         "enable-default-deny",
         Kind::Bool,
         "paths no resource matches need a valid credential [default: true]",

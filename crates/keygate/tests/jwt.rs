@@ -180,6 +180,19 @@ async fn accepts_configured_backend_audience() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rejects_token_of_a_client_not_in_access_token_azp() {
+    let stack = Stack::start("access-token-azp: [APP-frontend]\n").await;
+    // dev/idp's password grant for client `keygate` gives azp `keygate`.
+    let token = stack.idp.token("alice").await;
+    assert_refused(&stack, &token, "azp").await;
+    let token = stack
+        .idp
+        .sign(json!({"azp": "APP-frontend"}), json!({}))
+        .await;
+    assert_eq!(stack.get("/x", Some(&token)).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rejects_expired() {
     let stack = Stack::start("").await;
     let now = std::time::SystemTime::now()
