@@ -192,7 +192,8 @@ impl CookieSealer {
     /// random nonce and AAD `cookie_name || version`, then
     /// `version || nonce || ciphertext || tag` as base64url without padding.
     pub fn seal(&self, state: &SessionState, cookie_name: &str) -> Result<String, SessionError> {
-        let json = serde_json::to_vec(&SealedState::from_state(state)).map_err(|_| SessionError::Invalid)?;
+        let json = serde_json::to_vec(&SealedState::from_state(state))
+            .map_err(|_| SessionError::Invalid)?;
         self.seal_bytes(json, cookie_name)
     }
 
@@ -200,28 +201,43 @@ impl CookieSealer {
     /// the same `cookie_name`. Any failure is [`SessionError::Invalid`].
     pub fn open(&self, value: &str, cookie_name: &str) -> Result<SessionState, SessionError> {
         let plaintext = self.open_bytes(value, cookie_name)?;
-        let sealed: SealedState = serde_json::from_slice(&plaintext).map_err(|_| SessionError::Invalid)?;
+        let sealed: SealedState =
+            serde_json::from_slice(&plaintext).map_err(|_| SessionError::Invalid)?;
         Ok(sealed.into_state())
     }
 
     /// Seals any serializable value (e.g. a pending login) for `cookie_name`.
-    pub fn seal_json<T: Serialize>(&self, value: &T, cookie_name: &str) -> Result<String, SessionError> {
+    pub fn seal_json<T: Serialize>(
+        &self,
+        value: &T,
+        cookie_name: &str,
+    ) -> Result<String, SessionError> {
         let json = serde_json::to_vec(value).map_err(|_| SessionError::Invalid)?;
         self.seal_bytes(json, cookie_name)
     }
 
     /// Opens a value sealed by [`CookieSealer::seal_json`].
-    pub fn open_json<T: DeserializeOwned>(&self, value: &str, cookie_name: &str) -> Result<T, SessionError> {
+    pub fn open_json<T: DeserializeOwned>(
+        &self,
+        value: &str,
+        cookie_name: &str,
+    ) -> Result<T, SessionError> {
         let plaintext = self.open_bytes(value, cookie_name)?;
         serde_json::from_slice(&plaintext).map_err(|_| SessionError::Invalid)
     }
 
     fn seal_bytes(&self, mut in_out: Vec<u8>, cookie_name: &str) -> Result<String, SessionError> {
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| SessionError::Random)?;
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| SessionError::Random)?;
         let aad = aad(cookie_name);
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_slice()), &mut in_out)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_slice()),
+                &mut in_out,
+            )
             .map_err(|_| SessionError::Invalid)?;
         let mut blob = Vec::with_capacity(1 + NONCE_LEN + in_out.len());
         blob.push(SEAL_VERSION);
@@ -231,7 +247,9 @@ impl CookieSealer {
     }
 
     fn open_bytes(&self, value: &str, cookie_name: &str) -> Result<Vec<u8>, SessionError> {
-        let blob = URL_SAFE_NO_PAD.decode(value).map_err(|_| SessionError::Invalid)?;
+        let blob = URL_SAFE_NO_PAD
+            .decode(value)
+            .map_err(|_| SessionError::Invalid)?;
         let Some((&version, rest)) = blob.split_first() else {
             return Err(SessionError::Invalid);
         };

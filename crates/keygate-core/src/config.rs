@@ -138,6 +138,24 @@ pub struct Config {
     /// API keys: presentation, lifetimes, caches. Off until a server secret is set.
     #[serde(default)]
     pub api_keys: ApiKeysConfig,
+    /// Browser login's callback URL; default: this gateway's `/oauth/callback`.
+    #[serde(default)]
+    pub redirection_url: Option<String>,
+    /// Extra scopes asked for at browser login (`openid` always is).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The ID token's audience (the relying party); default: `client-id`.
+    #[serde(default)]
+    pub id_token_audience: Option<String>,
+    /// 32-byte key sealing the session cookies; setting it turns browser login on.
+    #[serde(default)]
+    pub encryption_key: Secret,
+    /// Session cookies are `Secure` (HTTPS only).
+    #[serde(default = "yes")]
+    pub secure_cookie: bool,
+    /// Never redirect to login; answer 401 instead (APIs).
+    #[serde(default)]
+    pub no_redirects: bool,
 }
 
 /// The `api-keys:` section.

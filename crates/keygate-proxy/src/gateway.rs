@@ -71,6 +71,8 @@ pub struct Gateway {
     pub tls: bool,
     /// API keys, when a server secret is configured.
     pub api_keys: Option<Arc<ApiKeys>>,
+    /// Browser sessions, when `encryption-key` is set.
+    pub sessions: Option<crate::sessions::Sessions>,
 }
 
 impl Gateway {
@@ -155,6 +157,7 @@ impl Gateway {
             debug_assert!(is_identity_header(name.as_str()));
             claim_headers.push((claim.clone(), name));
         }
+        let sessions = crate::sessions::Sessions::from_config(&config)?;
         let tls = config.tls_cert.is_some();
         Ok(Gateway {
             config,
@@ -165,6 +168,7 @@ impl Gateway {
             claim_headers,
             tls,
             api_keys: None,
+            sessions,
         })
     }
 

@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod respond;
 pub mod selfservice;
 pub mod server;
+pub mod sessions;
 
 pub use gateway::{Gateway, GatewayError};
 pub use server::Server;

@@ -26,6 +26,9 @@ pub async fn serve(
     }
     match ctx.path.as_str() {
         "/oauth/auth" => forward_auth::handle(gw, ctx, req, credential).await,
+        "/oauth/authorize" if read_only => crate::sessions::authorize(gw, ctx, &req).await,
+        "/oauth/callback" if read_only => crate::sessions::callback(gw, ctx, &req).await,
+        "/oauth/logout" => crate::sessions::logout(gw, ctx, &req).await,
         "/oauth/health" if read_only => Ok(health(gw)),
         "/oauth/ready" if read_only => Ok(ready(gw)),
         "/oauth/metrics" if read_only => Ok(respond::text(

@@ -69,11 +69,15 @@ pub struct RequestCtx {
     pub reason: Cow<'static, str>,
     /// When the request arrived.
     pub started: Instant,
+    /// A browser navigation (GET/HEAD accepting HTML, not XHR/fetch): without
+    /// a credential it is sent to login instead of getting a 401.
+    pub browser: bool,
 }
 
 impl RequestCtx {
     /// Starts a context for a request that just arrived.
     pub fn new(headers: &HeaderMap, method: Method, peer: SocketAddr) -> Self {
+        let method_is_read = matches!(method, Method::GET | Method::HEAD);
         RequestCtx {
             request_id: request_id(headers),
             peer,
@@ -85,6 +89,7 @@ impl RequestCtx {
             decision: Decision::Error,
             reason: Cow::Borrowed("ok"),
             started: Instant::now(),
+            browser: method_is_read && is_browser_navigation(headers),
         }
     }
 
@@ -98,6 +103,16 @@ impl RequestCtx {
         };
         self.reason = reason;
     }
+}
+
+/// `Accept` names HTML and no `X-Requested-With`: a page load, not an API call.
+fn is_browser_navigation(headers: &HeaderMap) -> bool {
+    !headers.contains_key("x-requested-with")
+        && headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/html"))
 }
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -137,7 +152,19 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         Ok(resp) => resp,
         Err(Refused { refusal, reason }) => {
             ctx.refused(&refusal, reason);
-            refusal.into_response()
+            let to_login = matches!(refusal, Refusal::NoCredential)
+                && ctx.browser
+                && gw.sessions.as_ref().is_some_and(|s| !s.no_redirects);
+            if to_login {
+                let mut return_to = ctx.path.clone();
+                if let Some(q) = &ctx.query {
+                    return_to.push('?');
+                    return_to.push_str(q);
+                }
+                crate::sessions::login_redirect(&return_to)
+            } else {
+                refusal.into_response()
+            }
         }
     };
     resp.headers_mut()
@@ -161,6 +188,7 @@ async fn run(
     ctx.query = query;
     strip_client_identity_headers(req.headers_mut());
     let credential = take_credential(gw, req.headers_mut());
+    csrf_check(gw, ctx, &credential, req.headers())?;
     if ctx.path.starts_with("/oauth/") {
         ctx.decision = Decision::Internal;
         ctx.route = "/oauth".into();
@@ -234,6 +262,8 @@ pub enum Credential {
     ApiKey(String),
     /// An `Authorization` header keygate cannot use; the text says why.
     Unusable(&'static str, &'static str),
+    /// A browser session from the session cookie.
+    Session(Box<keygate_auth::session::SessionState>),
 }
 
 /// Phase 1 (credential): takes the credential out of the headers. The key
@@ -270,7 +300,7 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
         };
     }
     let Some(value) = authorization else {
-        return Credential::None;
+        return session_credential(gw, headers);
     };
     let Ok(value) = value else {
         headers.remove(header::AUTHORIZATION);
@@ -303,6 +333,56 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
         "the Authorization header must be `Bearer <token>`, or carry an API key",
         "unsupported_scheme",
     )
+}
+
+/// CSRF: a state-changing request authenticated by the session cookie must
+/// come from this gateway's own pages — its `Origin` must name this host
+/// (the `Host` the browser used). Bearer tokens and API keys are not sent
+/// by browsers on their own, so they need no such check.
+fn csrf_check(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    credential: &Credential,
+    headers: &HeaderMap,
+) -> Result<(), Refused> {
+    if !matches!(credential, Credential::Session(_))
+        || matches!(ctx.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return Ok(());
+    }
+    let trusted = gw
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(ctx.peer.ip()));
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = if trusted {
+        get("x-forwarded-host").or(get("host"))
+    } else {
+        get("host")
+    };
+    let origin_host = get("origin")
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, h)| h.trim_end_matches('/'));
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err(Refused {
+            refusal: Refusal::Forbidden(
+                "cross-site request refused: a cookie-authenticated request that changes state must send this site's Origin"
+                    .into(),
+            ),
+            reason: Cow::Borrowed("csrf"),
+        }),
+    }
+}
+
+/// The session cookie, when browser sessions are on. A cookie that cannot
+/// be opened (tampered, truncated, sealed with another key) counts as none.
+fn session_credential(gw: &Gateway, headers: &HeaderMap) -> Credential {
+    match gw.sessions.as_ref().map(|s| s.read(headers)) {
+        Some(Ok(Some((state, _)))) => Credential::Session(Box::new(state)),
+        _ => Credential::None,
+    }
 }
 
 /// Phase 3: verifies the credential when the route needs one.
@@ -345,6 +425,28 @@ pub async fn verify_credential(
             .verify(token)
             .await
             .map_err(|e| auth_refusal(&e)),
+        Credential::Session(state) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if state.access_expires_at <= now {
+                // No refresh yet: an expired session means logging in again.
+                return Err(Refused {
+                    refusal: Refusal::NoCredential,
+                    reason: Cow::Borrowed("session_expired"),
+                });
+            }
+            let verified = gw
+                .verifier
+                .verify(state.access_token.expose())
+                .await
+                .map_err(|e| auth_refusal(&e))?;
+            let mut identity = (*verified).clone();
+            identity.method = keygate_core::AuthMethod::Session;
+            identity.derived = std::sync::OnceLock::new();
+            Ok(Arc::new(identity))
+        }
         Credential::ApiKey(key) => {
             let Some(keys) = &gw.api_keys else {
                 return Err(Refused {

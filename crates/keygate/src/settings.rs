@@ -236,6 +236,37 @@ pub const KEYS: &[Key] = &[
         Kind::Yaml,
         "API-key settings as YAML/JSON (server-secret, header, lifetimes; see docs/api-keys.md)",
     ),
+    key(
+        "redirection-url",
+        Kind::Str,
+        "browser login callback URL [default: this gateway's /oauth/callback]",
+    ),
+    key(
+        "scopes",
+        Kind::List,
+        "extra scopes asked for at browser login (openid always is)",
+    ),
+    key(
+        "id-token-audience",
+        Kind::Str,
+        "the ID token's audience (relying party) [default: client-id]",
+    ),
+    Key {
+        name: "encryption-key",
+        kind: Kind::Str,
+        help: "32-byte key (raw, base64 or hex) sealing session cookies; turns browser login on",
+        secret: true,
+    },
+    key(
+        "secure-cookie",
+        Kind::Bool,
+        "session cookies are Secure (HTTPS only) [default: true]",
+    ),
+    key(
+        "no-redirects",
+        Kind::Bool,
+        "never redirect to login; answer 401 [default: false]",
+    ),
 ];
 
 /// keycloak-gatekeeper options keygate does not support (yet), with what to do instead.
@@ -260,14 +291,6 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
         "enable-login-handler",
         "browser sessions are not implemented yet; ignored",
     ),
-    (
-        "encryption-key",
-        "browser sessions are not implemented yet; ignored",
-    ),
-    (
-        "secure-cookie",
-        "browser sessions are not implemented yet; ignored",
-    ),
     ("http-only-cookie", "keygate's cookies are always HttpOnly"),
     (
         "same-site-cookie",
@@ -285,15 +308,6 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
         "cookie-refresh-name",
         "browser sessions are not implemented yet; ignored",
     ),
-    (
-        "redirection-url",
-        "browser sessions are not implemented yet; ignored",
-    ),
-    (
-        "scopes",
-        "browser sessions are not implemented yet; ignored",
-    ),
-    ("no-redirects", "keygate never redirects API calls; ignored"),
     ("ingress.enabled", "not a keygate setting; ignored"),
     (
         "enable-metrics",
@@ -752,7 +766,7 @@ mod tests {
              no-redirects: true\n\
              ingress.enabled: true\n\
              debug: false\n\
-             encryption-key: abcdefghijklmnop\n\
+             encryption-key: abcdefghijklmnopqrstuvwxyz012345\n\
              upstream-url: http://127.0.0.1:8080/\n",
         );
         let loaded = load(Some(f.path()), &[]).unwrap();
@@ -760,12 +774,9 @@ mod tests {
         assert_eq!(loaded.config.access_token_audience, ["gatekeeper"]);
         for opt in [
             "enable-refresh-tokens",
-            "secure-cookie",
             "enable-logging",
-            "no-redirects",
             "ingress.enabled",
             "debug",
-            "encryption-key",
         ] {
             assert!(
                 loaded
@@ -784,6 +795,7 @@ mod tests {
         let printed = redacted_yaml(&loaded.config);
         assert!(!printed.contains("s3cr3t"));
         assert!(!printed.contains("abcdefghijklmnop"));
+        assert!(loaded.config.no_redirects);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 pub struct Browser {
     http: reqwest::Client,
-    cookies: HashMap<String, String>,
+    pub cookies: HashMap<String, String>,
 }
 
 pub struct Page {
@@ -85,7 +85,7 @@ impl Browser {
 /// A form's action and its fields.
 type Form = (Option<String>, Vec<(String, String)>);
 
-fn first_form(html: &str) -> Option<Form> {
+pub fn first_form(html: &str) -> Option<Form> {
     let start = html.find("<form")?;
     let end = html[start..]
         .find("</form>")

@@ -1,0 +1,450 @@
+//! Browser sessions: login with the authorization code flow (PKCE S256,
+//! `state`, `nonce`) at `/oauth/authorize` → provider → `/oauth/callback`,
+//! tokens sealed into http-only cookies, and `/oauth/logout`.
+//!
+//! The ID token is verified against `id-token-audience` (default
+//! `client-id`) and the access token against `access-token-audience`: the two
+//! are never conflated (seed 001), and each error names the token at fault.
+
+use crate::gateway::{Gateway, GatewayError};
+use crate::pipeline::{Refused, RequestCtx};
+use crate::respond::{self, Body, Refusal};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use keygate_auth::grants::Grants;
+use keygate_auth::login::{self, PendingLogin};
+use keygate_auth::session::{self, CookieSealer, SessionState};
+use keygate_core::Secret;
+use keygate_core::config::Config;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The session cookie's name (chunks are `kg_session-1`, …).
+pub const SESSION_COOKIE: &str = "kg_session";
+/// The short-lived cookie holding a login in progress.
+pub const LOGIN_COOKIE: &str = "kg_login";
+/// How long a login may take at the provider.
+const LOGIN_TTL: u64 = 600;
+
+/// Browser-session settings and the cookie sealer.
+pub struct Sessions {
+    sealer: CookieSealer,
+    secure: bool,
+    /// Answer 401 instead of redirecting to login.
+    pub no_redirects: bool,
+    scopes: Vec<String>,
+    id_audience: String,
+    redirection_url: Option<String>,
+    client_id: String,
+    client_secret: Secret,
+    leeway: u64,
+}
+
+impl Sessions {
+    /// Browser sessions are on when `encryption-key` is set.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, GatewayError> {
+        if config.encryption_key.is_empty() {
+            return Ok(None);
+        }
+        let sealer = CookieSealer::new(config.encryption_key.expose().as_bytes())
+            .map_err(|e| GatewayError::config("encryption-key", e))?;
+        Ok(Some(Sessions {
+            sealer,
+            secure: config.secure_cookie,
+            no_redirects: config.no_redirects,
+            scopes: config.scopes.clone(),
+            id_audience: config
+                .id_token_audience
+                .clone()
+                .unwrap_or_else(|| config.client_id.clone()),
+            redirection_url: config.redirection_url.clone(),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            leeway: config.clock_skew.as_secs(),
+        }))
+    }
+
+    /// The session in a request's cookies: `Ok(None)` without one, `Err(chunks)`
+    /// when one is present but cannot be opened (tampered, truncated, old key).
+    pub fn read(&self, headers: &HeaderMap) -> Result<Option<(SessionState, usize)>, usize> {
+        let cookies: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let Some((value, chunks)) = session::read_cookie(&cookies, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        match self.sealer.open(&value, SESSION_COOKIE) {
+            Ok(state) => Ok(Some((state, chunks))),
+            Err(_) => Err(chunks),
+        }
+    }
+
+    /// `Set-Cookie` values that delete a session of `chunks` cookies.
+    pub fn clear_headers(&self, chunks: usize) -> Vec<String> {
+        session::clear_cookie_headers(SESSION_COOKIE, chunks, self.secure)
+    }
+}
+
+/// The redirect that starts a login and comes back to `return_to`.
+pub fn login_redirect(return_to: &str) -> Response<Body> {
+    let target = format!("/oauth/authorize?return_to={}", encode_component(return_to));
+    redirect(&target, &[])
+}
+
+fn redirect(location: &str, cookies: &[String]) -> Response<Body> {
+    let mut resp = respond::empty(StatusCode::FOUND);
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for c in cookies {
+        if let Ok(v) = HeaderValue::from_str(c) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn refused(refusal: Refusal, reason: &'static str) -> Refused {
+    Refused {
+        refusal,
+        reason: Cow::Borrowed(reason),
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| decode_component(v))
+    })
+}
+
+fn decode_component(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(bytes.get(i + 1..i + 3).unwrap_or_default())
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// This gateway's callback URL: `redirection-url`, or built from the
+/// request's host (forwarded host and proto only from trusted proxies).
+fn redirect_uri(
+    gw: &Gateway,
+    sessions: &Sessions,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Option<String> {
+    if let Some(url) = &sessions.redirection_url {
+        return Some(url.clone());
+    }
+    let trusted = gw
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(ctx.peer.ip()));
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = if trusted {
+        get("x-forwarded-host").or(get("host"))
+    } else {
+        get("host")
+    }?;
+    if host.is_empty() || host.contains(['/', '\\', '@', ' ']) {
+        return None;
+    }
+    let proto = match (trusted, get("x-forwarded-proto")) {
+        (true, Some(p)) if p == "https" || p == "http" => p,
+        _ if gw.tls => "https",
+        _ => "http",
+    };
+    Some(format!("{proto}://{host}/oauth/callback"))
+}
+
+/// `/oauth/authorize`: starts a login and sends the browser to the provider.
+pub async fn authorize(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
+    let sessions = gw
+        .sessions
+        .as_ref()
+        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let keys = gw.verifier.provider().keys().ok_or_else(|| {
+        refused(
+            Refusal::Unavailable("the OpenID provider is unavailable".into()),
+            "provider_unavailable",
+        )
+    })?;
+    let endpoint = keys
+        .metadata
+        .authorization_endpoint
+        .clone()
+        .ok_or_else(|| {
+            refused(
+                Refusal::Unavailable("the provider has no authorization endpoint".into()),
+                "provider_unavailable",
+            )
+        })?;
+    let redirect_uri = redirect_uri(gw, sessions, ctx, req.headers()).ok_or_else(|| {
+        refused(
+            Refusal::BadRequest("cannot tell this gateway's address (Host)".into()),
+            "bad_host",
+        )
+    })?;
+    let return_to = query_param(ctx.query.as_deref(), "return_to").unwrap_or_else(|| "/".into());
+    let start = login::start_login(
+        &endpoint,
+        &sessions.client_id,
+        &redirect_uri,
+        &sessions.scopes,
+        &return_to,
+    )
+    .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "login_failed"))?;
+    let sealed = sessions
+        .sealer
+        .seal_json(&start.pending, LOGIN_COOKIE)
+        .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "login_failed"))?;
+    let cookies = session::set_cookie_headers(LOGIN_COOKIE, &sealed, LOGIN_TTL, sessions.secure, 0);
+    Ok(redirect(&start.authorization_url, &cookies))
+}
+
+/// `/oauth/callback`: checks `state`, exchanges the code, verifies the ID
+/// token and the access token (each against its own audience), and sets the
+/// session cookie.
+pub async fn callback(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
+    let sessions = gw
+        .sessions
+        .as_ref()
+        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let query = ctx.query.as_deref();
+    if let Some(error) = query_param(query, "error") {
+        let safe: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        return Err(refused(
+            Refusal::BadCredential(format!("the provider refused the login: {safe}")),
+            "login_refused",
+        ));
+    }
+    let (Some(code), Some(state)) = (query_param(query, "code"), query_param(query, "state"))
+    else {
+        return Err(refused(
+            Refusal::BadRequest("the callback needs `code` and `state`".into()),
+            "bad_callback",
+        ));
+    };
+    let cookies: Vec<&str> = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let pending: PendingLogin = session::read_cookie(&cookies, LOGIN_COOKIE)
+        .and_then(|(v, _)| sessions.sealer.open_json(&v, LOGIN_COOKIE).ok())
+        .filter(|p: &PendingLogin| p.created_at + LOGIN_TTL > now())
+        .ok_or_else(|| {
+            refused(
+                Refusal::BadRequest("no login in progress (or it expired): start again".into()),
+                "no_pending_login",
+            )
+        })?;
+    if aws_lc_rs::constant_time::verify_slices_are_equal(pending.state.as_bytes(), state.as_bytes())
+        .is_err()
+    {
+        return Err(refused(
+            Refusal::BadRequest("the login's state does not match".into()),
+            "state_mismatch",
+        ));
+    }
+    let keys = gw.verifier.provider().keys().ok_or_else(|| {
+        refused(
+            Refusal::Unavailable("the OpenID provider is unavailable".into()),
+            "provider_unavailable",
+        )
+    })?;
+    let token_endpoint = keys.metadata.token_endpoint.clone().unwrap_or_default();
+    let redirect_uri = redirect_uri(gw, sessions, ctx, req.headers()).ok_or_else(|| {
+        refused(
+            Refusal::BadRequest("cannot tell this gateway's address (Host)".into()),
+            "bad_host",
+        )
+    })?;
+    let tokens = login::exchange_code(
+        gw.verifier.provider().http(),
+        &token_endpoint,
+        &sessions.client_id,
+        &sessions.client_secret,
+        &code,
+        &redirect_uri,
+        &pending.pkce_verifier,
+    )
+    .await
+    .map_err(|e| match e.is_unavailable() {
+        true => refused(Refusal::Unavailable(e.to_string()), "provider_unavailable"),
+        false => refused(Refusal::BadCredential(e.to_string()), "code_rejected"),
+    })?;
+    let id_claims = login::verify_id_token(
+        tokens.id_token.expose(),
+        &keys,
+        &sessions.id_audience,
+        &pending.nonce,
+        sessions.leeway,
+    )
+    .map_err(|e| refused(Refusal::BadCredential(e.to_string()), "id_token_rejected"))?;
+    let identity = gw
+        .verifier
+        .verify(tokens.access_token.expose())
+        .await
+        .map_err(|e| {
+            refused(
+                Refusal::BadCredential(format!("access token rejected: {e}")),
+                "access_token_rejected",
+            )
+        })?;
+    let now = now();
+    let session_lifetime = tokens
+        .refresh_expires_in
+        .or(tokens.expires_in)
+        .unwrap_or(300);
+    let state = SessionState {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        id_token: Some(tokens.id_token),
+        subject: identity.subject.clone(),
+        sid: id_claims
+            .get("sid")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        access_expires_at: identity.expires_at,
+        session_expires_at: now + session_lifetime,
+    };
+    let sealed = sessions
+        .sealer
+        .seal(&state, SESSION_COOKIE)
+        .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "session_failed"))?;
+    let mut set = session::set_cookie_headers(
+        SESSION_COOKIE,
+        &sealed,
+        session_lifetime,
+        sessions.secure,
+        0,
+    );
+    set.extend(session::clear_cookie_headers(
+        LOGIN_COOKIE,
+        0,
+        sessions.secure,
+    ));
+    let return_to = login::safe_return_to(&pending.return_to);
+    Ok(redirect(&return_to, &set))
+}
+
+/// `/oauth/logout`: clears the session cookies, revokes the refresh token at
+/// the provider, and sends the browser to the provider's end-session endpoint.
+pub async fn logout(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
+    let sessions = gw
+        .sessions
+        .as_ref()
+        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let (state, chunks) = match sessions.read(req.headers()) {
+        Ok(Some((state, chunks))) => (Some(state), chunks),
+        Ok(None) => (None, 0),
+        Err(chunks) => (None, chunks),
+    };
+    let clear = sessions.clear_headers(chunks.max(1));
+    let keys = gw.verifier.provider().keys();
+    if let Some(refresh) = state.as_ref().and_then(|s| s.refresh_token.clone()) {
+        let grants = Grants::new(Arc::clone(gw.verifier.provider()));
+        if let Err(e) = grants
+            .revoke(
+                &sessions.client_id,
+                &sessions.client_secret,
+                &refresh,
+                "refresh_token",
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "could not revoke the session's refresh token at the provider");
+        }
+    }
+    let end_session = keys.and_then(|k| k.metadata.end_session_endpoint.clone());
+    let target = match (
+        end_session,
+        state.as_ref().and_then(|s| s.id_token.as_ref()),
+    ) {
+        (Some(end), Some(id_token)) => {
+            let back = redirect_uri(gw, sessions, ctx, req.headers())
+                .map(|cb| cb.trim_end_matches("/oauth/callback").to_owned() + "/")
+                .unwrap_or_default();
+            let sep = if end.contains('?') { '&' } else { '?' };
+            format!(
+                "{end}{sep}id_token_hint={}&client_id={}&post_logout_redirect_uri={}",
+                encode_component(id_token.expose()),
+                encode_component(&sessions.client_id),
+                encode_component(&back)
+            )
+        }
+        _ => "/".to_owned(),
+    };
+    Ok(redirect(&target, &clear))
+}

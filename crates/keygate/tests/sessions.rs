@@ -1,0 +1,357 @@
+//! Browser sessions at the HTTP level: login through keygate at dev/idp with
+//! the seed-001 two-client set-up (keygate as `APP-frontend`, access tokens
+//! for `APP-backend`), the session cookie on API calls, XHR vs page loads,
+//! open redirects, tampered cookies and logout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::browser::{Browser, Page, first_form};
+use common::*;
+use serde_json::Value;
+
+const KEY: &str = "0123456789abcdefghijklmnopqrstuv";
+
+struct Web {
+    idp: Idp,
+    _upstream: Upstream,
+    keygate: Keygate,
+    base: String,
+}
+
+/// keygate as client APP-frontend on a known port (the provider must know
+/// the callback URL), with `extra` config.
+async fn start(extra: &str) -> Web {
+    // Hold the port while the provider and the upstream pick theirs, so
+    // neither can take it; release it just before keygate binds it.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start_with(&["--redirect-uri", &format!("{base}/oauth/callback")]).await;
+    let upstream = Upstream::start().await;
+    drop(reserved);
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\ndiscovery-url: {}\nclient-id: APP-frontend\nclient-secret: frontend-secret\n\
+         upstream-url: {}\nlog-level: warn\nencryption-key: {KEY}\nsecure-cookie: false\n{extra}",
+        idp.issuer,
+        upstream.url()
+    );
+    let keygate = Keygate::start_yaml(&yaml).await;
+    keygate.wait_ready().await;
+    Web {
+        idp,
+        _upstream: upstream,
+        keygate,
+        base,
+    }
+}
+
+const SEED_001: &str = "access-token-audience: [APP-backend]\n";
+
+/// Follows the login from `start` as `user` until the browser is back on keygate.
+async fn login(browser: &mut Browser, web: &Web, start: &str, user: &str) -> Page {
+    let mut page = browser.get(&format!("{}{start}", web.base)).await;
+    for _ in 0..10 {
+        if page.url.as_str().starts_with(&web.base) && !page.url.path().starts_with("/oauth/") {
+            return page;
+        }
+        let Some((action, mut fields)) = first_form(&page.body) else {
+            panic!(
+                "no form at {} (HTTP {}): {}",
+                page.url, page.status, page.body
+            );
+        };
+        for (name, value) in fields.iter_mut() {
+            if name == "username" || name == "password" {
+                *value = user.to_owned();
+            }
+        }
+        let target = match action {
+            Some(a) => page.url.join(&a).unwrap(),
+            None => page.url.clone(),
+        };
+        page = browser.go(target, Some(fields)).await;
+    }
+    panic!(
+        "login did not come back to keygate: {} {}",
+        page.url, page.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_with_two_clients_forwards_the_backend_access_token() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    let page = login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app/page%3Fx%3D1",
+        "alice",
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.url.path(), "/app/page");
+    assert_eq!(page.url.query(), Some("x=1"));
+    let echo = Echo(serde_json::from_str(&page.body).unwrap());
+    let token = echo
+        .header("authorization")
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_owned();
+    let claims = claims_of(&token);
+    assert!(
+        claims["aud"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "APP-backend"),
+        "{claims}"
+    );
+    assert_eq!(claims["azp"], "APP-frontend");
+    assert_eq!(echo.header("x-auth-method").unwrap(), "session");
+    assert_eq!(echo.header("x-auth-username").unwrap(), "alice");
+    // The SPA's API calls carry the cookie only; the upstream gets the bearer token.
+    let api = browser.get(&format!("{}/api/items", web.base)).await;
+    assert_eq!(api.status, 200);
+    let echo = Echo(serde_json::from_str(&api.body).unwrap());
+    assert_eq!(
+        echo.header("authorization").unwrap(),
+        format!("Bearer {token}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_token_audience_errors_name_the_access_token_not_the_id_token() {
+    // keygate is APP-frontend but expects access tokens for APP-frontend (the
+    // default), while the provider issues them for keygate/APP-backend: the
+    // ID token is fine, the access token is not — and the error says so.
+    let web = start("").await;
+    let mut browser = Browser::new();
+    let mut page = browser.get(&format!("{}/oauth/authorize", web.base)).await;
+    for _ in 0..10 {
+        if page.url.as_str().starts_with(&web.base) {
+            break;
+        }
+        let (action, mut fields) = first_form(&page.body).unwrap();
+        for (name, value) in fields.iter_mut() {
+            if name == "username" || name == "password" {
+                *value = "alice".into();
+            }
+        }
+        let target = action
+            .map(|a| page.url.join(&a).unwrap())
+            .unwrap_or(page.url.clone());
+        page = browser.go(target, Some(fields)).await;
+    }
+    assert_eq!(page.status, 401, "{}", page.body);
+    let body: Value = serde_json::from_str(&page.body).unwrap();
+    let text = body["error_description"].as_str().unwrap();
+    assert!(
+        text.contains("access token") && text.contains("audience"),
+        "{text}"
+    );
+    assert!(!text.contains("ID token"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_loads_go_to_login_and_api_calls_get_401() {
+    let web = start(SEED_001).await;
+    let http = client();
+    let resp = http
+        .get(format!("{}/app/page?x=1", web.base))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(
+        resp.headers()["location"],
+        "/oauth/authorize?return_to=/app/page%3Fx%3D1"
+    );
+    for headers in [
+        vec![("accept", "application/json")],
+        vec![
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest"),
+        ],
+    ] {
+        let mut req = http.get(format!("{}/api/items", web.base));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(resp.headers().get("location").is_none());
+    }
+    // /oauth/authorize sends the browser to the provider with PKCE, state and nonce.
+    let resp = http
+        .get(format!("{}/oauth/authorize", web.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&web.idp.issuer), "{location}");
+    for p in [
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "state=",
+        "nonce=",
+        "client_id=APP-frontend",
+        "scope=openid",
+    ] {
+        assert!(location.contains(p), "{p} in {location}");
+    }
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("kg_login=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn return_to_never_leaves_the_gateway() {
+    let web = start(SEED_001).await;
+    for evil in [
+        "//evil.example",
+        "https:evil.example",
+        "/%5Cevil.example",
+        "%2F%2Fevil.example",
+        "/\\evil.example",
+        "https://evil.example/",
+    ] {
+        let mut browser = Browser::new();
+        let start = format!("/oauth/authorize?return_to={}", evil.replace('\\', "%5C"));
+        let page = login(&mut browser, &web, &start, "bob").await;
+        assert!(
+            page.url.as_str().starts_with(&web.base),
+            "{evil}: {}",
+            page.url
+        );
+        assert_eq!(page.url.path(), "/", "{evil}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_or_truncated_cookies_are_no_session_never_a_500() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let good = browser.cookies.get("kg_session").unwrap().clone();
+    let http = client();
+    let mut flipped = good.clone().into_bytes();
+    let i = flipped.len() / 2;
+    flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
+    for value in [
+        String::from_utf8(flipped).unwrap(),
+        good[..good.len() / 2].to_owned(),
+        "garbage".into(),
+        String::new(),
+    ] {
+        let resp = http
+            .get(format!("{}/api/items", web.base))
+            .header("accept", "application/json")
+            .header("cookie", format!("kg_session={value}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let resp = http
+        .get(format!("{}/api/items", web.base))
+        .header("cookie", format!("kg_session={good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_clears_the_session_and_goes_to_the_provider() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let session = browser.cookies.get("kg_session").unwrap().clone();
+    let resp = client()
+        .get(format!("{}/oauth/logout", web.base))
+        .header("cookie", format!("kg_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&web.idp.issuer) && location.contains("id_token_hint="),
+        "{location}"
+    );
+    let cleared: Vec<String> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("kg_session=;") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    assert!(web.keygate.gateway.sessions.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cookie_authenticated_writes_need_this_sites_origin() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let http = client();
+    let post = |origin: Option<&str>| {
+        let mut req = http
+            .post(format!("{}/api/items", web.base))
+            .header("cookie", cookie.clone())
+            .body("{}");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    assert_eq!(post(Some(&web.base)).await.unwrap().status(), 200);
+    assert_eq!(
+        post(Some("https://evil.example")).await.unwrap().status(),
+        403
+    );
+    assert_eq!(post(None).await.unwrap().status(), 403);
+    // A bearer token is not sent by browsers on their own: no Origin needed.
+    let token = web.idp.token("alice").await;
+    let resp = http
+        .post(format!("{}/api/items", web.base))
+        .bearer_auth(&token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 403);
+}
