@@ -132,7 +132,7 @@ fn seed_000_gatekeeper_config_loads_and_names_unsupported_options() {
          no-redirects: true\n\
          ingress.enabled: true\n\
          debug: false\n\
-         encryption-key: random-char-sequence-0123456789abc\n\
+         encryption-key: random-char-sequence-0123456789a\n\
          upstream-url: http://127.0.0.1:8080/\n",
     );
     let out = keygate()
