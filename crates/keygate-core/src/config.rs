@@ -156,6 +156,9 @@ pub struct Config {
     /// Never redirect to login; answer 401 instead (APIs).
     #[serde(default)]
     pub no_redirects: bool,
+    /// Refresh a session's expired access token with its refresh token.
+    #[serde(default)]
+    pub enable_refresh_tokens: bool,
 }
 
 /// The `api-keys:` section.

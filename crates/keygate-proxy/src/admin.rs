@@ -68,8 +68,7 @@ async fn route(
             reason: Cow::Borrowed("no_credential"),
         });
     };
-    let identity =
-        pipeline::verify_credential(gw, &credential, "GET", &ctx.path, ctx.peer.ip()).await?;
+    let identity = pipeline::verify_credential(gw, &credential, ctx).await?;
     if !identity.has_role(keys.admin_role()) {
         return Err(Refused {
             refusal: Refusal::Forbidden(format!("missing role: {}", keys.admin_role())),

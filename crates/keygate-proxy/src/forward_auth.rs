@@ -36,15 +36,7 @@ pub async fn handle(
     ctx.query = query;
     let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
     ctx.route = route.label().to_owned();
-    let identity = pipeline::authenticate(
-        gw,
-        &route,
-        &credential,
-        ctx.method.as_str(),
-        &ctx.path,
-        ctx.peer.ip(),
-    )
-    .await?;
+    let identity = pipeline::authenticate(gw, &route, &credential, ctx).await?;
     pipeline::authorize(gw, &route, identity.as_deref())?;
     let mut resp = respond::empty(StatusCode::OK);
     if let Some(identity) = &identity {

@@ -157,7 +157,8 @@ impl Gateway {
             debug_assert!(is_identity_header(name.as_str()));
             claim_headers.push((claim.clone(), name));
         }
-        let sessions = crate::sessions::Sessions::from_config(&config)?;
+        let sessions =
+            crate::sessions::Sessions::from_config(&config, Arc::clone(verifier.provider()))?;
         let tls = config.tls_cert.is_some();
         Ok(Gateway {
             config,

@@ -72,6 +72,8 @@ pub struct RequestCtx {
     /// A browser navigation (GET/HEAD accepting HTML, not XHR/fetch): without
     /// a credential it is sent to login instead of getting a 401.
     pub browser: bool,
+    /// `Set-Cookie` values to add to the response (a refreshed session).
+    pub set_cookies: Vec<String>,
 }
 
 impl RequestCtx {
@@ -90,6 +92,7 @@ impl RequestCtx {
             reason: Cow::Borrowed("ok"),
             started: Instant::now(),
             browser: method_is_read && is_browser_navigation(headers),
+            set_cookies: Vec::new(),
         }
     }
 
@@ -169,6 +172,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
     };
     resp.headers_mut()
         .insert("x-request-id", ctx.request_id.clone());
+    for cookie in &ctx.set_cookies {
+        if let Ok(v) = HeaderValue::from_str(cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
     log(&ctx, resp.status());
     resp
 }
@@ -196,15 +204,7 @@ async fn run(
     }
     let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
     ctx.route = route.label().to_owned();
-    let identity = authenticate(
-        gw,
-        &route,
-        &credential,
-        ctx.method.as_str(),
-        &ctx.path,
-        ctx.peer.ip(),
-    )
-    .await?;
+    let identity = authenticate(gw, &route, &credential, ctx).await?;
     authorize(gw, &route, identity.as_deref())?;
     ctx.decision = if identity.is_some() {
         Decision::Allow
@@ -390,16 +390,12 @@ pub async fn authenticate(
     gw: &Gateway,
     route: &Route<'_>,
     credential: &Credential,
-    method: &str,
-    path: &str,
-    peer: std::net::IpAddr,
+    ctx: &mut RequestCtx,
 ) -> Result<Option<Arc<Identity>>, Refused> {
     if !gw.rules.needs_credential(route) {
         return Ok(None);
     }
-    verify_credential(gw, credential, method, path, peer)
-        .await
-        .map(Some)
+    verify_credential(gw, credential, ctx).await.map(Some)
 }
 
 /// Verifies a credential: a bearer JWT, or an API key exchanged for the
@@ -407,9 +403,7 @@ pub async fn authenticate(
 pub async fn verify_credential(
     gw: &Gateway,
     credential: &Credential,
-    method: &str,
-    path: &str,
-    peer: std::net::IpAddr,
+    ctx: &mut RequestCtx,
 ) -> Result<Arc<Identity>, Refused> {
     match credential {
         Credential::None => Err(Refused {
@@ -426,20 +420,16 @@ pub async fn verify_credential(
             .await
             .map_err(|e| auth_refusal(&e)),
         Credential::Session(state) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            if state.access_expires_at <= now {
-                // No refresh yet: an expired session means logging in again.
+            let Some(sessions) = gw.sessions.as_ref() else {
                 return Err(Refused {
                     refusal: Refusal::NoCredential,
-                    reason: Cow::Borrowed("session_expired"),
+                    reason: Cow::Borrowed("no_credential"),
                 });
-            }
+            };
+            let access_token = crate::sessions::current_access_token(sessions, state, ctx).await?;
             let verified = gw
                 .verifier
-                .verify(state.access_token.expose())
+                .verify(access_token.expose())
                 .await
                 .map_err(|e| auth_refusal(&e))?;
             let mut identity = (*verified).clone();
@@ -456,12 +446,18 @@ pub async fn verify_credential(
                     reason: Cow::Borrowed("api_keys_disabled"),
                 });
             };
-            keys.authenticate(key, method, path, peer, &gw.verifier)
-                .await
-                .map_err(|(refusal, reason)| Refused {
-                    refusal,
-                    reason: Cow::Borrowed(reason),
-                })
+            keys.authenticate(
+                key,
+                ctx.method.as_str(),
+                &ctx.path,
+                ctx.peer.ip(),
+                &gw.verifier,
+            )
+            .await
+            .map_err(|(refusal, reason)| Refused {
+                refusal,
+                reason: Cow::Borrowed(reason),
+            })
         }
     }
 }

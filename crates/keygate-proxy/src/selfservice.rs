@@ -162,18 +162,11 @@ async fn poll_device(
 /// The caller of a management endpoint, by bearer JWT or API key.
 async fn identify(
     gw: &Gateway,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     credential: &Credential,
 ) -> Result<Arc<Identity>, Refused> {
     // Management endpoints always need a credential, whatever default-deny says.
-    crate::pipeline::verify_credential(
-        gw,
-        credential,
-        ctx.method.as_str(),
-        &ctx.path,
-        ctx.peer.ip(),
-    )
-    .await
+    crate::pipeline::verify_credential(gw, credential, ctx).await
 }
 
 /// Reads a small JSON body; an empty body is `{}`.

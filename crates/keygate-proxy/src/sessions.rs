@@ -40,11 +40,19 @@ pub struct Sessions {
     client_id: String,
     client_secret: Secret,
     leeway: u64,
+    refresh: bool,
+    grants: Grants,
+    /// Refreshes in flight or just done, by the SHA-256 of the refresh token:
+    /// concurrent requests of one session share one refresh.
+    refreshes: moka::future::Cache<[u8; 32], Arc<SessionState>>,
 }
 
 impl Sessions {
     /// Browser sessions are on when `encryption-key` is set.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, GatewayError> {
+    pub fn from_config(
+        config: &Config,
+        provider: Arc<keygate_auth::Provider>,
+    ) -> Result<Option<Self>, GatewayError> {
         if config.encryption_key.is_empty() {
             return Ok(None);
         }
@@ -63,6 +71,12 @@ impl Sessions {
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
             leeway: config.clock_skew.as_secs(),
+            refresh: config.enable_refresh_tokens,
+            grants: Grants::new(provider),
+            refreshes: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
         }))
     }
 
@@ -86,6 +100,79 @@ impl Sessions {
     /// `Set-Cookie` values that delete a session of `chunks` cookies.
     pub fn clear_headers(&self, chunks: usize) -> Vec<String> {
         session::clear_cookie_headers(SESSION_COOKIE, chunks, self.secure)
+    }
+}
+
+/// The access token to use for a session: the cookie's while it is valid;
+/// otherwise, with `enable-refresh-tokens`, a refreshed one (one refresh per
+/// session at a time), whose new cookie goes into `ctx.set_cookies`. An
+/// expired session without refresh, or whose refresh the provider refuses,
+/// ends: its cookies are cleared and the caller is sent to login (401).
+pub async fn current_access_token(
+    sessions: &Sessions,
+    state: &SessionState,
+    ctx: &mut RequestCtx,
+) -> Result<Secret, Refused> {
+    let now = now();
+    if state.access_expires_at > now {
+        return Ok(state.access_token.clone());
+    }
+    let ended = |ctx: &mut RequestCtx, reason: &'static str| {
+        ctx.set_cookies.extend(sessions.clear_headers(1));
+        refused(Refusal::NoCredential, reason)
+    };
+    let Some(refresh_token) = state.refresh_token.clone().filter(|_| sessions.refresh) else {
+        return Err(ended(ctx, "session_expired"));
+    };
+    if state.session_expires_at <= now {
+        return Err(ended(ctx, "session_expired"));
+    }
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        refresh_token.expose().as_bytes(),
+    );
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    let refreshed = sessions
+        .refreshes
+        .try_get_with(key, async {
+            let tokens = sessions
+                .grants
+                .refresh(&sessions.client_id, &sessions.client_secret, &refresh_token)
+                .await?;
+            let expires_at = now + tokens.expires_in.unwrap_or(60);
+            Ok::<_, keygate_auth::grants::GrantError>(Arc::new(SessionState {
+                access_token: tokens.access_token,
+                refresh_token: tokens.refresh_token.or(Some(refresh_token.clone())),
+                id_token: state.id_token.clone(),
+                subject: state.subject.clone(),
+                sid: state.sid.clone(),
+                access_expires_at: expires_at,
+                session_expires_at: state.session_expires_at,
+            }))
+        })
+        .await;
+    match refreshed {
+        Ok(new_state) => {
+            let sealed = sessions
+                .sealer
+                .seal(&new_state, SESSION_COOKIE)
+                .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "session_failed"))?;
+            let max_age = new_state.session_expires_at.saturating_sub(now);
+            ctx.set_cookies.extend(session::set_cookie_headers(
+                SESSION_COOKIE,
+                &sealed,
+                max_age,
+                sessions.secure,
+                0,
+            ));
+            Ok(new_state.access_token.clone())
+        }
+        Err(e) if e.is_unavailable() => Err(refused(
+            Refusal::Unavailable("the OpenID provider is unavailable; try again shortly".into()),
+            "provider_unavailable",
+        )),
+        Err(_) => Err(ended(ctx, "session_refresh_refused")),
     }
 }
 

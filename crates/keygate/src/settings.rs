@@ -267,6 +267,11 @@ pub const KEYS: &[Key] = &[
         Kind::Bool,
         "never redirect to login; answer 401 [default: false]",
     ),
+    key(
+        "enable-refresh-tokens",
+        Kind::Bool,
+        "refresh expired session access tokens transparently [default: false]",
+    ),
 ];
 
 /// keycloak-gatekeeper options keygate does not support (yet), with what to do instead.
@@ -279,10 +284,6 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
     ("enable-json-logging", "use `log-format: json`"),
     ("debug", "use `log-level: debug`"),
     ("verbose", "use `log-level: debug`"),
-    (
-        "enable-refresh-tokens",
-        "browser sessions are not implemented yet; ignored",
-    ),
     (
         "enable-session-cookies",
         "browser sessions are not implemented yet; ignored",
@@ -772,12 +773,7 @@ mod tests {
         let loaded = load(Some(f.path()), &[]).unwrap();
         assert_eq!(loaded.config.listen.0.port(), 3000);
         assert_eq!(loaded.config.access_token_audience, ["gatekeeper"]);
-        for opt in [
-            "enable-refresh-tokens",
-            "enable-logging",
-            "ingress.enabled",
-            "debug",
-        ] {
+        for opt in ["enable-logging", "ingress.enabled", "debug"] {
             assert!(
                 loaded
                     .warnings

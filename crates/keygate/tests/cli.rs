@@ -143,7 +143,6 @@ fn seed_000_gatekeeper_config_loads_and_names_unsupported_options() {
     assert!(out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     for opt in [
-        "enable-refresh-tokens",
         "enable-logging",
         "enable-session-cookies",
         "ingress.enabled",

@@ -355,3 +355,92 @@ async fn cookie_authenticated_writes_need_this_sites_origin() {
         .unwrap();
     assert_ne!(resp.status(), 403);
 }
+
+/// Tokens live 3 s here: after that the session is refreshed transparently,
+/// once for many concurrent requests, and the browser gets the new cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_access_tokens_are_refreshed_once_per_session() {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start_with(&[
+        "--redirect-uri",
+        &format!("{base}/oauth/callback"),
+        "--access-token-ttl",
+        "3",
+    ])
+    .await;
+    let upstream = Upstream::start().await;
+    drop(reserved);
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\ndiscovery-url: {}\nclient-id: APP-frontend\nclient-secret: frontend-secret\n\
+         upstream-url: {}\nlog-level: warn\nencryption-key: {KEY}\nsecure-cookie: false\n\
+         access-token-audience: [APP-backend]\nenable-refresh-tokens: true\nclock-skew: 0s\n",
+        idp.issuer,
+        upstream.url()
+    );
+    let keygate = Keygate::start_yaml(&yaml).await;
+    keygate.wait_ready().await;
+    let web = Web {
+        idp,
+        _upstream: upstream,
+        keygate,
+        base,
+    };
+    let mut browser = Browser::new();
+    let page = login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let first = Echo(serde_json::from_str(&page.body).unwrap())
+        .header("authorization")
+        .unwrap();
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let stats = |idp: &Idp| {
+        let url = format!("{}/admin/stats", idp.base());
+        async move {
+            let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v["by_grant"]["refresh_token"].as_u64().unwrap_or(0)
+        }
+    };
+    let before = stats(&web.idp).await;
+    let http = client();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (http, url, cookie) = (
+                http.clone(),
+                format!("{}/api/items", web.base),
+                cookie.clone(),
+            );
+            tokio::spawn(async move {
+                let resp = http.get(url).header("cookie", cookie).send().await.unwrap();
+                let set_cookie = resp.headers().contains_key("set-cookie");
+                (
+                    resp.status().as_u16(),
+                    set_cookie,
+                    resp.text().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, set_cookie, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(set_cookie, "the refreshed session is sent back");
+        let echo = Echo(serde_json::from_str(&body).unwrap());
+        assert_ne!(
+            echo.header("authorization").unwrap(),
+            first,
+            "a new access token"
+        );
+    }
+    assert_eq!(
+        stats(&web.idp).await - before,
+        1,
+        "one refresh for ten concurrent requests"
+    );
+}
