@@ -29,6 +29,9 @@ pub async fn serve(
         "/oauth/authorize" if read_only => crate::sessions::authorize(gw, ctx, &req).await,
         "/oauth/callback" if read_only => crate::sessions::callback(gw, ctx, &req).await,
         "/oauth/logout" => crate::sessions::logout(gw, ctx, &req).await,
+        "/oauth/backchannel-logout" if req.method() == Method::POST => {
+            crate::sessions::backchannel_logout(gw, req).await
+        }
         "/oauth/health" if read_only => Ok(health(gw)),
         "/oauth/ready" if read_only => Ok(ready(gw)),
         "/oauth/metrics" if read_only => Ok(respond::text(

@@ -27,6 +27,10 @@ pub const SESSION_COOKIE: &str = "kg_session";
 pub const LOGIN_COOKIE: &str = "kg_login";
 /// How long a login may take at the provider.
 const LOGIN_TTL: u64 = 600;
+/// The longest a session cookie lives (and a back-channel logout is remembered).
+const MAX_SESSION_SECS: u64 = 30 * 24 * 3600;
+/// The event a back-channel logout token must carry.
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// Browser-session settings and the cookie sealer.
 pub struct Sessions {
@@ -45,6 +49,9 @@ pub struct Sessions {
     /// Refreshes in flight or just done, by the SHA-256 of the refresh token:
     /// concurrent requests of one session share one refresh.
     refreshes: moka::future::Cache<[u8; 32], Arc<SessionState>>,
+    /// Sessions ended by back-channel logout (`sid:…` or `sub:…`), kept for
+    /// the longest a session cookie can live.
+    ended: moka::sync::Cache<String, ()>,
 }
 
 impl Sessions {
@@ -76,6 +83,10 @@ impl Sessions {
             refreshes: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(std::time::Duration::from_secs(MAX_SESSION_SECS))
                 .build(),
         }))
     }
@@ -114,6 +125,17 @@ pub async fn current_access_token(
     ctx: &mut RequestCtx,
 ) -> Result<Secret, Refused> {
     let now = now();
+    let logged_out = state
+        .sid
+        .as_ref()
+        .is_some_and(|sid| sessions.ended.contains_key(&format!("sid:{sid}")))
+        || sessions
+            .ended
+            .contains_key(&format!("sub:{}", state.subject));
+    if logged_out {
+        ctx.set_cookies.extend(sessions.clear_headers(1));
+        return Err(refused(Refusal::NoCredential, "session_logged_out"));
+    }
     if state.access_expires_at > now {
         return Ok(state.access_token.clone());
     }
@@ -534,4 +556,100 @@ pub async fn logout(
         _ => "/".to_owned(),
     };
     Ok(redirect(&target, &clear))
+}
+
+/// `POST /oauth/backchannel-logout` (OpenID Back-Channel Logout 1.0): the
+/// provider posts a signed logout token; the sessions it names (by `sid`,
+/// or every session of `sub`) end on this process at once. With
+/// cookie-only sessions the ended `sid`s are remembered until such cookies
+/// would have expired.
+pub async fn backchannel_logout(
+    gw: &Gateway,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
+    let sessions = gw
+        .sessions
+        .as_ref()
+        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let bad = |why: &str| {
+        refused(
+            Refusal::BadRequest(format!("invalid logout token: {why}")),
+            "bad_logout_token",
+        )
+    };
+    use http_body_util::BodyExt as _;
+    let body = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| bad("the body is too large or unreadable"))?
+        .to_bytes();
+    let form = String::from_utf8_lossy(&body);
+    let token = query_param(Some(&form), "logout_token").ok_or_else(|| bad("no logout_token"))?;
+    let keys = gw.verifier.provider().keys().ok_or_else(|| {
+        refused(
+            Refusal::Unavailable("the OpenID provider is unavailable".into()),
+            "provider_unavailable",
+        )
+    })?;
+    let header = jsonwebtoken::decode_header(&token).map_err(|_| bad("malformed"))?;
+    let allowed = [
+        jsonwebtoken::Algorithm::RS256,
+        jsonwebtoken::Algorithm::RS384,
+        jsonwebtoken::Algorithm::RS512,
+        jsonwebtoken::Algorithm::PS256,
+        jsonwebtoken::Algorithm::PS384,
+        jsonwebtoken::Algorithm::PS512,
+        jsonwebtoken::Algorithm::ES256,
+        jsonwebtoken::Algorithm::ES384,
+        jsonwebtoken::Algorithm::EdDSA,
+    ];
+    if !allowed.contains(&header.alg) {
+        return Err(bad("algorithm"));
+    }
+    let key = keys
+        .by_kid
+        .get(header.kid.as_deref().unwrap_or(""))
+        .ok_or_else(|| bad("unknown key"))?;
+    if key.alg.is_some_and(|a| a != header.alg) {
+        return Err(bad("algorithm"));
+    }
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[keys.metadata.issuer.as_str()]);
+    validation.set_audience(&[sessions.id_audience.as_str()]);
+    validation.set_required_spec_claims(&["iss", "aud", "iat"]);
+    validation.validate_exp = false;
+    validation.leeway = sessions.leeway;
+    let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        &token,
+        &key.key,
+        &validation,
+    )
+    .map_err(|_| bad("signature, issuer or audience"))?
+    .claims;
+    if let Some(exp) = claims.get("exp").and_then(|v| v.as_u64())
+        && exp + sessions.leeway < now()
+    {
+        return Err(bad("expired"));
+    }
+    if claims
+        .get("events")
+        .and_then(|e| e.get(BACKCHANNEL_EVENT))
+        .is_none()
+    {
+        return Err(bad("no back-channel logout event"));
+    }
+    if claims.contains_key("nonce") {
+        return Err(bad("a logout token must not carry a nonce"));
+    }
+    let sid = claims.get("sid").and_then(|v| v.as_str());
+    let sub = claims.get("sub").and_then(|v| v.as_str());
+    match (sid, sub) {
+        (Some(sid), _) => sessions.ended.insert(format!("sid:{sid}"), ()),
+        (None, Some(sub)) => sessions.ended.insert(format!("sub:{sub}"), ()),
+        (None, None) => return Err(bad("neither sid nor sub")),
+    }
+    let mut resp = respond::empty(StatusCode::OK);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }

@@ -444,3 +444,60 @@ async fn expired_access_tokens_are_refreshed_once_per_session() {
         "one refresh for ten concurrent requests"
     );
 }
+
+/// OpenID Back-Channel Logout: the provider posts a signed logout token; the
+/// user's sessions end at once. Forged or malformed tokens are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn backchannel_logout_ends_the_users_sessions() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let http = client();
+    let api = || {
+        http.get(format!("{}/api/items", web.base))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    assert_eq!(api().await.unwrap().status(), 200);
+    let event = serde_json::json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+    let sign = |claims: Value| web.idp.sign(claims, serde_json::json!({}));
+    let post = |token: String| {
+        http.post(format!("{}/oauth/backchannel-logout", web.base))
+            .form(&[("logout_token", token)])
+            .send()
+    };
+    // Refused: wrong audience, no event, a nonce, no sid/sub.
+    let base = |extra: Value| {
+        let mut c = serde_json::json!({"typ": "Logout", "aud": "APP-frontend", "events": event, "realm_access": null,
+            "resource_access": null, "scope": null, "exp": null, "azp": null});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    for bad in [
+        base(serde_json::json!({"aud": "keygate"})),
+        base(serde_json::json!({"events": null})),
+        base(serde_json::json!({"nonce": "n"})),
+        base(serde_json::json!({"sub": null, "sid": null})),
+    ] {
+        assert_eq!(post(sign(bad).await).await.unwrap().status(), 400);
+    }
+    assert_eq!(
+        api().await.unwrap().status(),
+        200,
+        "refused tokens end nothing"
+    );
+    // A valid logout token for alice (by `sub`) ends her session here.
+    let resp = post(sign(base(serde_json::json!({"sid": null}))).await).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = api().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
