@@ -314,7 +314,7 @@ function clients() {
     {
       client_id: 'APP-frontend',
       client_secret: 'frontend-secret',
-      grant_types: ['authorization_code', 'refresh_token', 'password'],
+      grant_types: ['authorization_code', 'refresh_token', 'password', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       redirect_uris: REDIRECT_URIS,
       post_logout_redirect_uris: POST_LOGOUT_REDIRECT_URIS,

@@ -19,6 +19,7 @@ pub mod apikeys;
 pub mod forward;
 pub mod forward_auth;
 pub mod gateway;
+pub mod keypage;
 pub mod ops;
 pub mod pipeline;
 pub mod respond;

@@ -43,6 +43,9 @@ pub async fn serve(
     };
     let method = req.method().clone();
     let path = ctx.path.clone();
+    if is_key_page(&method, &path, ctx.browser) {
+        return key_page(gw, keys, ctx, &method, &path, req, &credential).await;
+    }
     match (method, path.as_str()) {
         (Method::GET, "/oauth/token") | (Method::POST, "/oauth/token") => {
             let Credential::ApiKey(key) = &credential else {
@@ -208,5 +211,78 @@ pub fn manage_error(e: ManageError) -> Refused {
     Refused {
         refusal,
         reason: Cow::Borrowed(reason),
+    }
+}
+
+/// The HTML key page's routes: the page itself for browsers, and its forms.
+fn is_key_page(method: &Method, path: &str, browser: bool) -> bool {
+    if *method == Method::GET {
+        return path == "/oauth/keys" && browser;
+    }
+    if *method != Method::POST {
+        return false;
+    }
+    matches!(path, "/oauth/keys/new" | "/oauth/keys/new/finish")
+        || path
+            .strip_prefix("/oauth/keys/")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(id, action)| {
+                !id.is_empty() && !id.contains('/') && matches!(action, "revoke" | "renew")
+            })
+}
+
+async fn key_page(
+    gw: &Gateway,
+    keys: &ApiKeys,
+    ctx: &mut RequestCtx,
+    method: &Method,
+    path: &str,
+    req: Request<Incoming>,
+    credential: &Credential,
+) -> Result<Response<Body>, Refused> {
+    let identity = identify(gw, ctx, credential).await?;
+    if *method == Method::GET {
+        let notice = match ctx.query.as_deref() {
+            Some("done=revoked") => Some("The key was revoked."),
+            Some("done=renewed") => Some("The key was renewed."),
+            _ => None,
+        };
+        return crate::keypage::list(keys, &identity, notice).await;
+    }
+    let body: Bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| Refused {
+            refusal: Refusal::BadRequest("the form is too large".into()),
+            reason: Cow::Borrowed("bad_body"),
+        })?
+        .to_bytes();
+    let form = crate::keypage::parse_form(&body);
+    let actor = identity
+        .username
+        .clone()
+        .unwrap_or_else(|| identity.subject.clone());
+    match path {
+        "/oauth/keys/new" => crate::keypage::create(keys, &form).await,
+        "/oauth/keys/new/finish" => crate::keypage::finish(gw, keys, &form).await,
+        _ => {
+            let rest = &path["/oauth/keys/".len()..];
+            let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+            if action == "revoke" {
+                keys.revoke(id, Some(&identity.subject), &actor)
+                    .await
+                    .map_err(manage_error)?;
+                Ok(crate::keypage::see_other("/oauth/keys?done=revoked"))
+            } else {
+                let expires_in = form
+                    .iter()
+                    .find(|(k, _)| k == "expires_in")
+                    .map(|(_, v)| v.as_str());
+                keys.renew(id, Some(&identity.subject), expires_in, &actor)
+                    .await
+                    .map_err(manage_error)?;
+                Ok(crate::keypage::see_other("/oauth/keys?done=renewed"))
+            }
+        }
     }
 }

@@ -496,8 +496,132 @@ async fn backchannel_logout_ends_the_users_sessions() {
         "refused tokens end nothing"
     );
     // A valid logout token for alice (by `sub`) ends her session here.
-    let resp = post(sign(base(serde_json::json!({"sid": null}))).await).await.unwrap();
+    let resp = post(sign(base(serde_json::json!({"sid": null}))).await)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let resp = api().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let i = text
+        .find(start)
+        .unwrap_or_else(|| panic!("`{start}` not in {text}"))
+        + start.len();
+    let j = text[i..].find(end).unwrap() + i;
+    &text[i..j]
+}
+
+/// The self-service key page, as a browser uses it (forms, no JavaScript):
+/// create a personal key through the provider's approval, use it, revoke it.
+#[tokio::test(flavor = "multi_thread")]
+async fn key_page_creates_lists_and_revokes_personal_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = start(&format!(
+        "{SEED_001}store-url: sqlite://{}/keys.db\napi-keys:\n  server-secret: test-server-secret-0123456789abcdef-0123456789\n",
+        dir.path().display()
+    ))
+    .await;
+    let mut browser = Browser::new();
+    login(&mut browser, &web, "/oauth/authorize?return_to=/", "alice").await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let http = client();
+    let get_page = || {
+        http.get(format!("{}/oauth/keys", web.base))
+            .header("accept", "text/html")
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    let post = |path: &str, form: Vec<(&str, String)>, origin: bool| {
+        let mut req = http
+            .post(format!("{}{path}", web.base))
+            .header("cookie", cookie.clone())
+            .form(&form);
+        if origin {
+            req = req.header("origin", web.base.clone());
+        }
+        req.send()
+    };
+    let page = get_page().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("You have no API keys yet")
+    );
+
+    let approve = post(
+        "/oauth/keys/new",
+        vec![
+            ("description", "notebook <laptop>".into()),
+            ("expires_in", "14d".into()),
+        ],
+        true,
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let href = between(&approve, "<a href=\"", "\"").replace("&amp;", "&");
+    let flow = between(&approve, "name=\"flow_id\" value=\"", "\"").to_owned();
+    common::browser::act_as_user(&href, "alice", true).await;
+    let shown = post("/oauth/keys/new/finish", vec![("flow_id", flow)], true)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = between(&shown, "<code id=\"key\">", "</code>").to_owned();
+    assert!(key.starts_with("kgp_"), "{shown}");
+    assert!(shown.contains("only time the key is shown"));
+    let echo = Echo(
+        http.get(format!("{}/api/items", web.base))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(echo.header("x-auth-username").unwrap(), "alice");
+
+    let listing = get_page().await.unwrap().text().await.unwrap();
+    assert!(listing.contains(&key[..8]), "the prefix is listed");
+    assert!(!listing.contains(&key), "the key itself never is");
+    assert!(
+        listing.contains("notebook &lt;laptop&gt;"),
+        "descriptions are escaped"
+    );
+    let id = between(&listing, "id=\"renew-", "\"").to_owned();
+    // Without this site's Origin the form post is refused (CSRF).
+    assert_eq!(
+        post(&format!("/oauth/keys/{id}/revoke"), vec![], false)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let resp = post(&format!("/oauth/keys/{id}/revoke"), vec![], true)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/oauth/keys?done=revoked");
+    let resp = http
+        .get(format!("{}/api/items", web.base))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
 }
