@@ -625,3 +625,43 @@ async fn key_page_creates_lists_and_revokes_personal_keys() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// A user with many groups gets tokens too large for one cookie: the session
+/// is split into numbered cookies and reassembled on the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_sessions_are_split_into_chunks_and_reassembled() {
+    let web = start(SEED_001).await;
+    let groups: Vec<String> = (0..150)
+        .map(|i| format!("/projects/team-{i:03}/members"))
+        .collect();
+    let resp = reqwest::Client::new()
+        .put(format!("{}/admin/users/bob", web.idp.base()))
+        .json(&serde_json::json!({ "groups": groups }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut browser = Browser::new();
+    let page = login(&mut browser, &web, "/oauth/authorize?return_to=/app", "bob").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let chunks: Vec<&String> = browser
+        .cookies
+        .keys()
+        .filter(|k| k.starts_with("kg_session"))
+        .collect();
+    assert!(
+        chunks.len() >= 2,
+        "expected several cookies, got {chunks:?}"
+    );
+    for name in &chunks {
+        assert!(browser.cookies[*name].len() <= 3800, "{name} is too large");
+    }
+    let api = browser.get(&format!("{}/api/items", web.base)).await;
+    assert_eq!(api.status, 200);
+    let echo = Echo(serde_json::from_str(&api.body).unwrap());
+    assert!(
+        echo.header("x-auth-groups")
+            .unwrap()
+            .contains("/projects/team-149/members")
+    );
+}
