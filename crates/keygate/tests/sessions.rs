@@ -23,12 +23,20 @@ struct Web {
 /// keygate as client APP-frontend on a known port (the provider must know
 /// the callback URL), with `extra` config.
 async fn start(extra: &str) -> Web {
+    start_with(&[], extra).await
+}
+
+/// Like [`start`], with extra arguments for the provider.
+async fn start_with(idp_args: &[&str], extra: &str) -> Web {
     // Hold the port while the provider and the upstream pick theirs, so
     // neither can take it; release it just before keygate binds it.
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = reserved.local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
-    let idp = Idp::start_with(&["--redirect-uri", &format!("{base}/oauth/callback")]).await;
+    let callback = format!("{base}/oauth/callback");
+    let mut args = vec!["--redirect-uri", callback.as_str()];
+    args.extend_from_slice(idp_args);
+    let idp = Idp::start_with(&args).await;
     let upstream = Upstream::start().await;
     drop(reserved);
     let yaml = format!(
@@ -663,5 +671,70 @@ async fn large_sessions_are_split_into_chunks_and_reassembled() {
         echo.header("x-auth-groups")
             .unwrap()
             .contains("/projects/team-149/members")
+    );
+}
+
+/// A refresh the provider refuses ends the session: API calls get 401 and the
+/// cookie is cleared, page loads go to login.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_refresh_ends_the_session() {
+    let web = start_with(
+        &["--access-token-ttl", "3"],
+        &format!("{SEED_001}enable-refresh-tokens: true\nclock-skew: 0s\n"),
+    )
+    .await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let http = client();
+    // Logging out revokes the refresh token at the provider; a copy of the old
+    // cookie then cannot be refreshed.
+    let resp = http
+        .get(format!("{}/oauth/logout", web.base))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let resp = http
+        .get(format!("{}/api/items", web.base))
+        .header("accept", "application/json")
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let cleared: Vec<String> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("kg_session=;") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    let resp = http
+        .get(format!("{}/app", web.base))
+        .header("accept", "text/html")
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    assert!(
+        resp.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/oauth/authorize")
     );
 }
