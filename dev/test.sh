@@ -15,6 +15,8 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # PostgreSQL: the key-store tests start their own server from these binaries.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+# Chromium: the browser test drives it with Playwright (dev/browser).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]} (Debian packages)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -30,6 +32,10 @@ command -v node >/dev/null 2>&1 || { echo "error: Node.js is required (for dev/i
 if [ ! -d dev/idp/node_modules/oidc-provider ] || [ dev/idp/package-lock.json -nt dev/idp/node_modules/.package-lock.json ]; then
   echo "==> npm ci (dev/idp)"
   npm ci --prefix dev/idp --no-audit --no-fund --loglevel=error
+fi
+if [ ! -d dev/browser/node_modules/playwright-core ] || [ dev/browser/package-lock.json -nt dev/browser/node_modules/.package-lock.json ]; then
+  echo "==> npm ci (dev/browser)"
+  npm ci --prefix dev/browser --no-audit --no-fund --loglevel=error
 fi
 
 echo "==> dev/idp smoke tests"

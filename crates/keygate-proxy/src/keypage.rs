@@ -304,7 +304,9 @@ fn page(title: &str, body: &str) -> Response<Body> {
         "content-security-policy",
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
     );
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it browsers send `Origin: null` on the page's
+    // own form posts, which the CSRF check (rightly) refuses.
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     resp
 }
 

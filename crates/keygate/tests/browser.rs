@@ -1,0 +1,88 @@
+//! A real browser end to end: `dev/browser/e2e.mjs` drives Debian's Chromium
+//! (Playwright) against keygate with the seed-001 two-client set-up and API
+//! keys on: login at dev/idp, an SPA's API call with the session cookie, the
+//! self-service key page (a personal key approved at the provider's device
+//! confirmation) and logout. Its screenshots go to a temporary directory, or to
+//! `$KEYGATE_SCREENSHOTS` (`KEYGATE_SCREENSHOTS=docs/img` refreshes the README's).
+//!
+//! Needs /usr/bin/chromium and `dev/browser/node_modules`: `./dev/test.sh`
+//! installs both. Without them the test fails, it never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::process::Stdio;
+use std::time::Duration;
+
+const KEY: &str = "0123456789abcdefghijklmnopqrstuv";
+const SERVER_SECRET: &str = "test-server-secret-0123456789abcdef-0123456789";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_api_call_key_page_and_logout_in_chromium() {
+    let root = repo_root();
+    let shots = tempfile::tempdir().unwrap();
+    let script = root.join("dev/browser/e2e.mjs");
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run ./dev/test.sh (it installs Debian's chromium)"
+    );
+    assert!(
+        root.join("dev/browser/node_modules/playwright-core")
+            .exists(),
+        "dev/browser has no node_modules: run ./dev/test.sh (it runs `npm ci --prefix dev/browser`)"
+    );
+
+    // keygate as APP-frontend on a known port (the provider must know the
+    // callback URL); hold the port while the provider and upstream pick theirs.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start_with(&["--redirect-uri", &format!("{base}/oauth/callback")]).await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite://{}/keys.db", dir.path().display());
+    drop(reserved);
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\ndiscovery-url: {}\nclient-id: APP-frontend\nclient-secret: frontend-secret\n\
+         upstream-url: {}\nlog-level: warn\nencryption-key: {KEY}\nsecure-cookie: false\n\
+         access-token-audience: [APP-backend]\nstore-url: {store_url}\n\
+         api-keys:\n  server-secret: {SERVER_SECRET}\n",
+        idp.issuer,
+        upstream.url()
+    );
+    let keygate = Keygate::start_yaml(&yaml).await;
+    keygate.wait_ready().await;
+
+    let child = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg("--keygate")
+        .arg(&base)
+        .arg("--shots")
+        .arg(
+            std::env::var_os("KEYGATE_SCREENSHOTS")
+                .map(|d| root.join(d))
+                .unwrap_or_else(|| shots.path().to_path_buf()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start node: is Node.js installed?");
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("dev/browser/e2e.mjs did not finish within 180 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("E2E OK"),
+        "dev/browser/e2e.mjs failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    drop(keygate);
+    drop(upstream);
+    drop(idp);
+}
