@@ -420,20 +420,26 @@ fn rejected(e: OAuthError, grant: &str) -> GrantError {
 /// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, marked
 /// sensitive so that no HTTP-level log prints it.
 fn basic_auth(client_id: &str, client_secret: &Secret) -> Result<HeaderValue, GrantError> {
+    client_basic_auth(client_id, client_secret)
+        .ok_or_else(|| GrantError::Unavailable("cannot build the client authentication".into()))
+}
+
+/// The client-authentication header (shared with the login flow); `None`
+/// when the id or secret cannot be carried in a header.
+pub(crate) fn client_basic_auth(client_id: &str, client_secret: &Secret) -> Option<HeaderValue> {
     let pair = format!(
         "{}:{}",
         form_urlencode(client_id),
         form_urlencode(client_secret.expose())
     );
     let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-        .map_err(|_| GrantError::Unavailable("cannot build the client authentication".into()))?;
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
     value.set_sensitive(true);
-    Ok(value)
+    Some(value)
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
-fn form_urlencode(s: &str) -> String {
+pub(crate) fn form_urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for &b in s.as_bytes() {
         match b {
@@ -448,7 +454,7 @@ fn form_urlencode(s: &str) -> String {
 }
 
 /// A reqwest error's kind, for a log line (its `Display` names the URL only).
-fn cause(e: &reqwest::Error) -> String {
+pub(crate) fn cause(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {

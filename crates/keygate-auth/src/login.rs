@@ -15,6 +15,7 @@
 //! [`safe_return_to`] is the open-redirect guard for the URL the user returns
 //! to after login: only same-site relative paths pass.
 
+use crate::grants::cause;
 use crate::provider::Keys;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
@@ -347,45 +348,10 @@ pub async fn exchange_code(
     })
 }
 
-/// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, marked
-/// sensitive so that no HTTP-level log prints it.
+/// `Authorization: Basic …` for the client, marked sensitive.
 fn basic_auth(client_id: &str, client_secret: &Secret) -> Result<HeaderValue, LoginError> {
-    let pair = format!(
-        "{}:{}",
-        form_urlencode(client_id),
-        form_urlencode(client_secret.expose())
-    );
-    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-        .map_err(|_| LoginError::Unavailable("cannot build the client authentication".into()))?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn form_urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(b));
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// A reqwest error's kind, for a message (its `Display` names the URL only).
-fn cause(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "cannot connect".into()
-    } else {
-        e.to_string()
-    }
+    crate::grants::client_basic_auth(client_id, client_secret)
+        .ok_or_else(|| LoginError::Unavailable("cannot build the client authentication".into()))
 }
 
 #[derive(Deserialize)]
