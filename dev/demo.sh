@@ -72,7 +72,7 @@ $(tail -n 20 "$LOGS/$name.log")"
 }
 
 echo "==> starting the OpenID provider (dev/idp) on $HOST:$IDP_PORT"
-node dev/idp/server.js --host "$HOST" --port "$IDP_PORT" >"$LOGS/idp.log" 2>&1 &
+node dev/idp/server.js --host "$HOST" --port "$IDP_PORT" --redirect-uri "$KEYGATE/oauth/callback" >"$LOGS/idp.log" 2>&1 &
 PIDS+=($!)
 wait_for idp "$!" 30 grep -q "^IDP READY" "$LOGS/idp.log"
 
@@ -86,6 +86,9 @@ wait_for upstream "$!" 15 curl -fsS "http://$HOST:$UPSTREAM_PORT/"
 export KEYGATE_STORE_URL="sqlite://$LOGS/keys.db"
 export KEYGATE_API_KEYS='{"server-secret": "demo-only-server-secret-0123456789abcdef-0123456789"}'
 export KEYGATE_DISCOVERY_URL="$ISSUER"
+# Browser login and the key page: a throw-away cookie key; plain HTTP on loopback.
+export KEYGATE_ENCRYPTION_KEY="demo-only-cookie-key-0123456789a"
+export KEYGATE_SECURE_COOKIE=false
 
 echo "==> starting keygate on $KEYGATE (config dev/demo.yaml)"
 "$BIN" serve --config dev/demo.yaml \
@@ -154,7 +157,10 @@ KEYGATE_URL=$KEYGATE KEYGATE_API_KEY=$DEMO_KEY $BIN token
 #    a personal key with your own roles (approve as alice/alice in the browser):
 $BIN keys create --kind personal --gateway $KEYGATE --description laptop
 
-# 9. Operations
+# 9. In a browser: log in (alice/alice) and manage your own API keys
+#    $KEYGATE/oauth/keys
+
+# 10. Operations
 curl -sS $KEYGATE/oauth/health$PRETTY
 curl -sS $KEYGATE/oauth/metrics | grep '^keygate_'
 
