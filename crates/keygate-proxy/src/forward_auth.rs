@@ -18,6 +18,9 @@ pub async fn handle(
     req: Request<Incoming>,
     credential: Credential,
 ) -> Result<Response<Body>, Refused> {
+    // The front proxy expects 401/403, never a redirect to login: it cannot
+    // follow one (nginx turns it into a 500).
+    ctx.browser = false;
     let trusted = gw
         .config
         .trusted_proxies

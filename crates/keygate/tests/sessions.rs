@@ -738,3 +738,35 @@ async fn a_refused_refresh_ends_the_session() {
             .starts_with("/oauth/authorize")
     );
 }
+
+/// Forward-auth never answers with a login redirect (front proxies cannot
+/// follow one), but a session cookie is a credential there too.
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_auth_gets_401_not_a_redirect_and_accepts_sessions() {
+    let web = start(&format!("{SEED_001}trusted-proxies: [127.0.0.1]\n")).await;
+    let http = client();
+    let ask = |cookie: Option<String>| {
+        let mut req = http
+            .get(format!("{}/oauth/auth", web.base))
+            .header("accept", "text/html")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/app/page");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+    assert_eq!(ask(None).await.unwrap().status(), 401);
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let resp = ask(Some(cookie)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-auth-method"], "session");
+}
