@@ -59,7 +59,8 @@ pub enum GrantError {
     NotSupported(&'static str),
 }
 
-fn describe(description: &Option<String>) -> String {
+/// ` (description)` when the provider gave one.
+pub(crate) fn describe(description: &Option<String>) -> String {
     description
         .as_deref()
         .map(|d| format!(" ({d})"))

@@ -15,7 +15,7 @@
 //! [`safe_return_to`] is the open-redirect guard for the URL the user returns
 //! to after login: only same-site relative paths pass.
 
-use crate::grants::cause;
+use crate::grants::{cause, describe};
 use crate::provider::Keys;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
@@ -115,13 +115,6 @@ pub enum LoginError {
     /// `unknown key`, `algorithm`, `not yet valid`, `token type`).
     #[error("ID token rejected: {0} check failed")]
     IdToken(&'static str),
-}
-
-fn describe(description: &Option<String>) -> String {
-    description
-        .as_deref()
-        .map(|d| format!(" ({d})"))
-        .unwrap_or_default()
 }
 
 impl LoginError {

@@ -319,22 +319,31 @@ fn redirect_uri(
     Some(format!("{proto}://{host}/oauth/callback"))
 }
 
+/// The session settings, or 404 when browser sessions are off.
+fn enabled(gw: &Gateway) -> Result<&Sessions, Refused> {
+    gw.sessions
+        .as_ref()
+        .ok_or_else(|| Refused::from(Refusal::NotFound))
+}
+
+/// The provider's keys and metadata, or 503 while they are not loaded.
+fn provider_keys(gw: &Gateway) -> Result<Arc<keygate_auth::provider::Keys>, Refused> {
+    gw.verifier.provider().keys().ok_or_else(|| {
+        refused(
+            Refusal::Unavailable("the OpenID provider is unavailable".into()),
+            "provider_unavailable",
+        )
+    })
+}
+
 /// `/oauth/authorize`: starts a login and sends the browser to the provider.
 pub async fn authorize(
     gw: &Gateway,
     ctx: &RequestCtx,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
-    let sessions = gw
-        .sessions
-        .as_ref()
-        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
-    let keys = gw.verifier.provider().keys().ok_or_else(|| {
-        refused(
-            Refusal::Unavailable("the OpenID provider is unavailable".into()),
-            "provider_unavailable",
-        )
-    })?;
+    let sessions = enabled(gw)?;
+    let keys = provider_keys(gw)?;
     let endpoint = keys
         .metadata
         .authorization_endpoint
@@ -376,10 +385,7 @@ pub async fn callback(
     ctx: &RequestCtx,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
-    let sessions = gw
-        .sessions
-        .as_ref()
-        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let sessions = enabled(gw)?;
     let query = ctx.query.as_deref();
     if let Some(error) = query_param(query, "error") {
         let safe: String = error
@@ -422,12 +428,7 @@ pub async fn callback(
             "state_mismatch",
         ));
     }
-    let keys = gw.verifier.provider().keys().ok_or_else(|| {
-        refused(
-            Refusal::Unavailable("the OpenID provider is unavailable".into()),
-            "provider_unavailable",
-        )
-    })?;
+    let keys = provider_keys(gw)?;
     let token_endpoint = keys.metadata.token_endpoint.clone().unwrap_or_default();
     let redirect_uri = redirect_uri(gw, sessions, ctx, req.headers()).ok_or_else(|| {
         refused(
@@ -511,10 +512,7 @@ pub async fn logout(
     ctx: &RequestCtx,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
-    let sessions = gw
-        .sessions
-        .as_ref()
-        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let sessions = enabled(gw)?;
     let (state, chunks) = match sessions.read(req.headers()) {
         Ok(Some((state, chunks))) => (Some(state), chunks),
         Ok(None) => (None, 0),
@@ -567,10 +565,7 @@ pub async fn backchannel_logout(
     gw: &Gateway,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
-    let sessions = gw
-        .sessions
-        .as_ref()
-        .ok_or_else(|| Refused::from(Refusal::NotFound))?;
+    let sessions = enabled(gw)?;
     let bad = |why: &str| {
         refused(
             Refusal::BadRequest(format!("invalid logout token: {why}")),
@@ -585,12 +580,7 @@ pub async fn backchannel_logout(
         .to_bytes();
     let form = String::from_utf8_lossy(&body);
     let token = query_param(Some(&form), "logout_token").ok_or_else(|| bad("no logout_token"))?;
-    let keys = gw.verifier.provider().keys().ok_or_else(|| {
-        refused(
-            Refusal::Unavailable("the OpenID provider is unavailable".into()),
-            "provider_unavailable",
-        )
-    })?;
+    let keys = provider_keys(gw)?;
     let header = jsonwebtoken::decode_header(&token).map_err(|_| bad("malformed"))?;
     let allowed = [
         jsonwebtoken::Algorithm::RS256,
