@@ -159,6 +159,29 @@ pub struct Config {
     /// Refresh a session's expired access token with its refresh token.
     #[serde(default)]
     pub enable_refresh_tokens: bool,
+    /// Redis for state shared by replicas: `redis://…` or `rediss://…` (TLS).
+    #[serde(default)]
+    pub redis_url: Option<StoreUrl>,
+    /// Prefix of every Redis key keygate writes (several deployments may share one Redis).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_key_prefix: String,
+    /// Longest wait for one Redis command; slower counts as Redis being down.
+    #[serde(default = "default_redis_timeout", with = "duration")]
+    pub redis_timeout: Duration,
+    /// Where browser sessions live: `cookie` (sealed into the cookie) or `redis`.
+    #[serde(default)]
+    pub session_store: SessionStore,
+}
+
+/// Where browser sessions are kept.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStore {
+    /// The tokens are sealed into the session cookie itself.
+    #[default]
+    Cookie,
+    /// The tokens are sealed in Redis; the cookie holds an opaque, sealed session id.
+    Redis,
 }
 
 /// The `api-keys:` section.
@@ -255,7 +278,7 @@ impl ApiKeysConfig {
     }
 }
 
-/// A store URL; its password is never printed.
+/// A server URL (`store-url`, `redis-url`); its password is never printed.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct StoreUrl(pub String);
 
@@ -537,6 +560,38 @@ impl Config {
             });
         }
         self.api_keys.load_server_secret()?;
+        if let Some(url) = &self.redis_url {
+            let u = url.0.trim();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid {
+                    key: "redis-url",
+                    message: format!(
+                        "`{}` must start with redis:// or rediss:// (TLS)",
+                        redact_url_password(u)
+                    ),
+                });
+            }
+        }
+        if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(30) {
+            return Err(ConfigError::Invalid {
+                key: "redis-timeout",
+                message: "must be more than 0 and at most 30s".into(),
+            });
+        }
+        if self.session_store == SessionStore::Redis {
+            if self.redis_url.is_none() {
+                return Err(ConfigError::Missing {
+                    key: "redis-url",
+                    why: "`session-store: redis` keeps sessions in Redis",
+                });
+            }
+            if self.encryption_key.is_empty() {
+                return Err(ConfigError::Missing {
+                    key: "encryption-key",
+                    why: "`session-store: redis` seals sessions (in Redis and the cookie) with it",
+                });
+            }
+        }
         for (name, value) in &self.headers {
             if name.is_empty()
                 || !name
@@ -627,6 +682,12 @@ fn default_max_header_size() -> usize {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+fn default_redis_prefix() -> String {
+    "keygate:".into()
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 fn default_store_url() -> StoreUrl {
     StoreUrl("sqlite://keygate.db".into())

@@ -272,6 +272,27 @@ pub const KEYS: &[Key] = &[
         Kind::Bool,
         "refresh expired session access tokens transparently [default: false]",
     ),
+    Key {
+        name: "redis-url",
+        kind: Kind::Str,
+        help: "Redis shared by replicas: redis://… or rediss://… (TLS); off when unset",
+        secret: true,
+    },
+    key(
+        "redis-key-prefix",
+        Kind::Str,
+        "prefix of every Redis key keygate writes [default: keygate:]",
+    ),
+    key(
+        "redis-timeout",
+        Kind::Duration,
+        "longest wait for one Redis command [default: 500ms]",
+    ),
+    key(
+        "session-store",
+        Kind::Str,
+        "where browser sessions live: cookie or redis [default: cookie]",
+    ),
 ];
 
 /// keycloak-gatekeeper options keygate does not support (yet), with what to do instead.
