@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (Node packages of the
-# test provider; Debian's nginx, PostgreSQL and openssl), then runs every test. Every test runs:
+# test provider; Debian's nginx, PostgreSQL, Redis, Chromium and openssl), then runs every test. Every test runs:
 # one that needs a server which cannot be found fails, it never skips.
 #
 #   ./dev/test.sh            # everything
@@ -15,6 +15,8 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # PostgreSQL: the key-store tests start their own server from these binaries.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+# Redis: the shared-state tests start their own servers from redis-server.
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 # Chromium: the browser test drives it with Playwright (dev/browser).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -24,8 +26,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The package starts a system nginx on port 80; the tests start their own.
   $SUDO systemctl disable --now nginx >/dev/null 2>&1 || $SUDO service nginx stop >/dev/null 2>&1 || true
-  # Likewise the package's own PostgreSQL cluster, if it started one.
+  # Likewise the package's own PostgreSQL cluster and Redis, if it started them.
   $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || $SUDO service postgresql stop >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || $SUDO service redis-server stop >/dev/null 2>&1 || true
 fi
 command -v node >/dev/null 2>&1 || { echo "error: Node.js is required (for dev/idp)"; exit 1; }
 

@@ -26,6 +26,7 @@
 mod error;
 mod migrate;
 mod record;
+pub mod shared;
 mod store;
 
 #[cfg(feature = "testing")]
@@ -34,4 +35,5 @@ pub mod testing;
 pub use error::StoreError;
 pub use keygate_core::keys::KeyKind;
 pub use record::{AuditEntry, HashMatch, KeyFilter, KeyRecord};
+pub use shared::{Redis, SharedError};
 pub use store::KeyStore;

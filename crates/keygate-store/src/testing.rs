@@ -28,6 +28,59 @@ pub struct PgServer {
     stdin: Option<ChildStdin>,
     data: PathBuf,
     dir: Option<tempfile::TempDir>,
+    /// Watchdogs of servers stopped by [`PgServer::stop_server`]: the first
+    /// one removes the directory when its stdin closes, so they are closed
+    /// last.
+    stopped: Vec<(Child, Option<ChildStdin>)>,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+}
+
+/// Starts postgres on `port` under [`WATCHDOG`]; with `owns_dir` the
+/// watchdog also removes `dir` when the test process goes away.
+fn spawn_postgres(
+    bin: &Path,
+    user: Option<(u32, u32)>,
+    dir: &Path,
+    data: &Path,
+    port: u16,
+    owns_dir: bool,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .unwrap();
+    as_pg_user(&mut Command::new("/bin/sh"), user, dir)
+        .arg("-c")
+        .arg(WATCHDOG)
+        .arg("sh")
+        .arg(bin.join("postgres"))
+        .arg("-D")
+        .arg(data)
+        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
+        .arg("-k")
+        .arg(dir)
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off"])
+        .env(
+            "KEYGATE_PG_TMP",
+            if owns_dir {
+                dir.as_os_str()
+            } else {
+                "".as_ref()
+            },
+        )
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// A child that exits at once, standing in for a stopped server.
+fn spawn_placeholder(dir: &Path) -> Child {
+    Command::new("true").current_dir(dir).spawn().unwrap()
 }
 
 /// Runs `"$@"` (postgres) in the background; when this shell's stdin reaches
@@ -41,7 +94,7 @@ pid=$!
   read _ <&3
   kill -INT "$pid" 2>/dev/null
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  rm -rf "$KEYGATE_PG_TMP"
+  [ -n "$KEYGATE_PG_TMP" ] && rm -rf "$KEYGATE_PG_TMP"
 ) &
 wait "$pid"
 "#;
@@ -144,31 +197,16 @@ impl PgServer {
 
             let port = free_port();
             let log_path = dir.path().join("postgres.log");
-            let log = File::create(&log_path).unwrap();
-            let child = as_pg_user(&mut Command::new("/bin/sh"), user, dir.path())
-                .arg("-c")
-                .arg(WATCHDOG)
-                .arg("sh")
-                .arg(bin.join("postgres"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
-                .arg("-k")
-                .arg(dir.path())
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-                .args(["-c", "full_page_writes=off"])
-                .env("KEYGATE_PG_TMP", dir.path())
-                .stdin(Stdio::piped())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
+            let child = spawn_postgres(&bin, user, dir.path(), &data, port, true);
             let mut server = PgServer {
                 port,
                 child,
                 stdin: None,
                 data,
                 dir: Some(dir),
+                stopped: Vec::new(),
+                bin: bin.clone(),
+                user,
             };
             server.stdin = server.child.stdin.take();
             if server.wait_ready().await {
@@ -181,6 +219,41 @@ impl PgServer {
             drop(server);
         }
         panic!("PostgreSQL did not start:\n{last_log}");
+    }
+
+    /// Stops the server (fast shutdown) as an outage would, keeping its data:
+    /// [`PgServer::start_again`] brings it back on the same port.
+    pub fn stop_server(&mut self) {
+        if let Ok(pidfile) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            && let Some(pid) = pidfile.lines().next()
+        {
+            let _ = Command::new("kill").args(["-INT", pid]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir = self.dir.as_ref().unwrap().path().to_owned();
+        let placeholder = spawn_placeholder(&dir);
+        let old = std::mem::replace(&mut self.child, placeholder);
+        self.stopped.push((old, self.stdin.take()));
+    }
+
+    /// Starts the server again after [`PgServer::stop_server`].
+    pub async fn start_again(&mut self) {
+        let dir = self.dir.as_ref().unwrap().path().to_owned();
+        let _ = self.child.wait();
+        self.child = spawn_postgres(&self.bin, self.user, &dir, &self.data, self.port, false);
+        self.stdin = self.child.stdin.take();
+        assert!(self.wait_ready().await, "PostgreSQL did not start again");
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Waits until the server accepts connections (or has exited).
@@ -237,7 +310,199 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
+        for (mut child, stdin) in self.stopped.drain(..).rev() {
+            drop(stdin);
+            let _ = child.wait();
+        }
         // The TempDir (if still here) removes the data directory.
         drop(self.dir.take());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Redis harness: a private server on loopback per test
+// ---------------------------------------------------------------------------
+
+const NO_REDIS: &str = "redis-server not found (looked for $KEYGATE_REDIS_SERVER, \
+    /usr/bin/redis-server and PATH): run ./dev/test.sh, which installs Debian's \
+    `redis-server` package";
+
+fn redis_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KEYGATE_REDIS_SERVER") {
+        return PathBuf::from(bin);
+    }
+    let default = PathBuf::from("/usr/bin/redis-server");
+    if default.exists() {
+        return default;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("redis-server"))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| panic!("{NO_REDIS}"))
+}
+
+/// A Redis server of its own on 127.0.0.1, with an append-only file in a
+/// temporary directory (so [`RedisServer::stop_server`] and
+/// [`RedisServer::start_again`] keep the data, as a production Redis with
+/// persistence would). Stopped and removed on drop; if the test process dies,
+/// the server sees its stdin close and shuts down.
+pub struct RedisServer {
+    port: u16,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stopped: Vec<(Child, Option<ChildStdin>)>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server (panics with instructions when Redis is missing).
+    pub async fn start() -> RedisServer {
+        let mut last_log = String::new();
+        // A port picked free may be taken before redis binds it: retry.
+        for _attempt in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("keygate-redis-")
+                .tempdir()
+                .unwrap();
+            let port = free_port();
+            let child = spawn_redis(dir.path(), port);
+            let mut server = RedisServer {
+                port,
+                child,
+                stdin: None,
+                stopped: Vec::new(),
+                dir,
+            };
+            server.stdin = server.child.stdin.take();
+            if server.wait_ready().await {
+                return server;
+            }
+            last_log =
+                std::fs::read_to_string(server.dir.path().join("redis.log")).unwrap_or_default();
+        }
+        panic!("redis-server did not start:\n{last_log}");
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::Write as _;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 64];
+                    if let Ok(n) = s.read(&mut buf)
+                        && buf[..n].starts_with(b"+PONG")
+                    {
+                        return true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Stops the server as an outage would (it writes its append-only file
+    /// and exits); [`RedisServer::start_again`] brings it back with its data.
+    pub fn stop_server(&mut self) {
+        self.stop();
+        let placeholder = Command::new("true").spawn().unwrap();
+        let old = std::mem::replace(&mut self.child, placeholder);
+        self.stopped.push((old, None));
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub async fn start_again(&mut self) {
+        let _ = self.child.wait();
+        self.child = spawn_redis(self.dir.path(), self.port);
+        self.stdin = self.child.stdin.take();
+        assert!(self.wait_ready().await, "redis-server did not start again");
+    }
+
+    /// Graceful stop: the watchdog sends SIGTERM when its stdin closes.
+    fn stop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        for (mut child, stdin) in self.stopped.drain(..).rev() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// redis-server on 127.0.0.1:`port` with its files in `dir`, under a
+/// watchdog that stops it (SIGTERM) when the watchdog's stdin closes.
+fn spawn_redis(dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("redis.log"))
+        .unwrap();
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(REDIS_WATCHDOG)
+        .arg("sh")
+        .arg(redis_server_bin())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--protected-mode", "no", "--daemonize", "no"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `"$@"` (redis-server) in the background and stops it with SIGTERM
+/// when this shell's stdin reaches EOF (on drop, or when the test process
+/// dies). The shell exits when the server does.
+const REDIS_WATCHDOG: &str = r#"exec 3<&0
+"$@" </dev/null &
+pid=$!
+(
+  read _ <&3
+  kill -TERM "$pid" 2>/dev/null
+) &
+wait "$pid"
+"#;

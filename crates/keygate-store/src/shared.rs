@@ -1,0 +1,405 @@
+//! [`Redis`]: the state keygate replicas share through a Redis server —
+//! server-side browser sessions, the API-key exchange cache, the negative
+//! cache and rate-limit counters.
+//!
+//! keygate never stores a secret in Redis in clear: callers hand this module
+//! values they have already sealed (AES-256-GCM), and session ids are stored
+//! by their SHA-256, so a dump of Redis yields nothing usable.
+//!
+//! Redis is a shared *cache and counter*, never the source of truth for a
+//! credential: when it is slow or down every call here returns
+//! [`SharedError::Unavailable`] within `redis-timeout`, and the caller
+//! decides (the pipeline refuses what it cannot verify with 503 and never
+//! lets a request through because Redis failed). After a failure calls fail
+//! fast for [`BREAKER_OPEN`] instead of each waiting for the timeout; the
+//! connection is re-established in the background, so keygate recovers on
+//! its own when Redis returns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue, Script};
+
+/// How long calls fail fast after Redis failed, before one is let through
+/// to try again.
+pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
+
+/// Errors of the shared state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SharedError {
+    /// `redis-url` cannot be used; the message never repeats its password.
+    #[error("invalid redis-url: {0}")]
+    InvalidUrl(String),
+    /// Redis did not answer in time, refused the connection or failed.
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A connection to the shared Redis, cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    /// Milliseconds since `epoch` until which calls fail fast (0: closed).
+    open_until: AtomicU64,
+    epoch: Instant,
+    gcra: Script,
+    quota: Script,
+    end_sessions: Script,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// GCRA (the generic cell rate algorithm) on the server's clock, so every
+/// replica sees one timeline. KEYS[1]: the key's theoretical arrival time
+/// (µs). ARGV: emission interval (µs), burst. Returns
+/// `{allowed, retry_after_us, tat_minus_now_us}`.
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > burst * interval then
+  return {0, new_tat - now - burst * interval, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, 0, new_tat - now}
+";
+
+/// A fixed-window counter: KEYS[1] the window's counter, ARGV[1] the
+/// window's remaining seconds, ARGV[2] the quota. Counts only requests
+/// that are let through. Returns `{allowed, used}`.
+const QUOTA_LUA: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[2]) then
+  return {0, used}
+end
+used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]) + 60) end
+return {1, used}
+";
+
+/// Ends every session listed in the index set KEYS[1] and the set itself.
+/// Returns how many sessions existed.
+const END_SESSIONS_LUA: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for _, k in ipairs(members) do
+  n = n + redis.call('DEL', k)
+end
+redis.call('DEL', KEYS[1])
+return n
+";
+
+/// What the rate limiter decided for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcraOutcome {
+    /// Let through.
+    pub allowed: bool,
+    /// When refused: how long until one request would be let through.
+    pub retry_after: Duration,
+    /// How far the key's schedule runs ahead of now (0 = idle, full burst
+    /// available).
+    pub ahead: Duration,
+}
+
+impl Redis {
+    /// Prepares a connection to `url` (`redis://…`, `rediss://…`). Does not
+    /// wait for the server: keygate starts while Redis is down and connects
+    /// when it comes up. Every command waits at most `timeout`.
+    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, SharedError> {
+        let client = redis::Client::open(url.trim())
+            .map_err(|e| SharedError::InvalidUrl(redact(&e.to_string(), url)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| SharedError::InvalidUrl(redact(&e.to_string(), url)))?;
+        Ok(Redis {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: prefix.to_owned(),
+                timeout,
+                open_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+                gcra: Script::new(GCRA_LUA),
+                quota: Script::new(QUOTA_LUA),
+                end_sessions: Script::new(END_SESSIONS_LUA),
+            }),
+        })
+    }
+
+    /// `prefix` + `name`: every key keygate writes.
+    pub fn key(&self, name: &str) -> String {
+        let mut k = String::with_capacity(self.inner.prefix.len() + name.len());
+        k.push_str(&self.inner.prefix);
+        k.push_str(name);
+        k
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Fails fast while the breaker is open.
+    fn check_breaker(&self) -> Result<(), SharedError> {
+        let until = self.inner.open_until.load(Ordering::Relaxed);
+        if until != 0 && self.now_ms() < until {
+            return Err(SharedError::Unavailable(
+                "failing fast after a recent failure".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn record<T>(&self, result: Result<T, SharedError>) -> Result<T, SharedError> {
+        match &result {
+            Ok(_) => {
+                if self.inner.open_until.load(Ordering::Relaxed) != 0 {
+                    self.inner.open_until.store(0, Ordering::Relaxed);
+                    tracing::info!("Redis is reachable again");
+                }
+            }
+            Err(e) => {
+                let was = self.inner.open_until.swap(
+                    self.now_ms() + BREAKER_OPEN.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                if was == 0 {
+                    tracing::warn!(error = %e, "Redis failed; shared state is unavailable until it answers again");
+                }
+            }
+        }
+        result
+    }
+
+    async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, SharedError> {
+        self.check_breaker()?;
+        let mut conn = self.inner.conn.clone();
+        let result =
+            match tokio::time::timeout(self.inner.timeout, cmd.query_async(&mut conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
+                Err(_) => Err(SharedError::Unavailable("timed out".into())),
+            };
+        self.record(result)
+    }
+
+    async fn script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[i64],
+    ) -> Result<T, SharedError> {
+        self.check_breaker()?;
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(*k);
+        }
+        for a in args {
+            invocation.arg(*a);
+        }
+        let mut conn = self.inner.conn.clone();
+        let result = match tokio::time::timeout(
+            self.inner.timeout,
+            invocation.invoke_async(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
+            Err(_) => Err(SharedError::Unavailable("timed out".into())),
+        };
+        self.record(result)
+    }
+
+    /// `PING`: whether Redis answers now.
+    pub async fn ping(&self) -> Result<(), SharedError> {
+        let _: String = self.run(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// Whether the breaker is closed (the last call succeeded).
+    pub fn is_up(&self) -> bool {
+        self.check_breaker().is_ok()
+    }
+
+    /// The value under `key` (already prefixed by [`Redis::key`]).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SharedError> {
+        self.run(redis::cmd("GET").arg(key)).await
+    }
+
+    /// Stores `value` under `key` for `ttl` (at least 1 ms).
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), SharedError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        let _: () = self
+            .run(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms))
+            .await?;
+        Ok(())
+    }
+
+    /// Stores `value` under `key` keeping the key's time to live.
+    pub async fn replace(&self, key: &str, value: &[u8]) -> Result<bool, SharedError> {
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("XX")
+                    .arg("KEEPTTL"),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Deletes keys; returns how many existed.
+    pub async fn del(&self, keys: &[String]) -> Result<u64, SharedError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.run(redis::cmd("DEL").arg(keys)).await
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, SharedError> {
+        let n: u64 = self.run(redis::cmd("EXISTS").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    /// Stores a session under `key` for `ttl` and lists it in each index set
+    /// (by `sid`, by `sub`), which live as long as their longest session.
+    pub async fn save_session(
+        &self,
+        key: &str,
+        sealed: &[u8],
+        ttl: Duration,
+        indexes: &[String],
+    ) -> Result<(), SharedError> {
+        self.check_breaker()?;
+        let ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(key)
+            .arg(sealed)
+            .arg("PX")
+            .arg(ms)
+            .ignore();
+        for index in indexes {
+            pipe.cmd("SADD").arg(index).arg(key).ignore();
+            pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("GT").ignore();
+            // PEXPIRE … GT does not set a TTL on a key that has none yet.
+            pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("NX").ignore();
+        }
+        let mut conn = self.inner.conn.clone();
+        let result =
+            match tokio::time::timeout(self.inner.timeout, pipe.query_async::<()>(&mut conn)).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
+                Err(_) => Err(SharedError::Unavailable("timed out".into())),
+            };
+        self.record(result)
+    }
+
+    /// Ends every session listed in the index set `index`; returns how many
+    /// were still alive.
+    pub async fn end_sessions(&self, index: &str) -> Result<u64, SharedError> {
+        self.script(&self.inner.end_sessions, &[index], &[]).await
+    }
+
+    /// One request against a GCRA limit of one request per `interval` with
+    /// bursts of `burst`, counted under `key`.
+    pub async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<GcraOutcome, SharedError> {
+        let interval_us = interval.as_micros().clamp(1, i64::MAX as u128) as i64;
+        let (allowed, retry_us, ahead_us): (i64, i64, i64) = self
+            .script(
+                &self.inner.gcra,
+                &[key],
+                &[interval_us, i64::from(burst.max(1))],
+            )
+            .await?;
+        Ok(GcraOutcome {
+            allowed: allowed == 1,
+            retry_after: Duration::from_micros(retry_us.max(0) as u64),
+            ahead: Duration::from_micros(ahead_us.max(0) as u64),
+        })
+    }
+
+    /// One request against a quota of `limit` requests in the window counted
+    /// under `key`, which ends in `window_left`. Returns whether it is let
+    /// through and how many the window has used.
+    pub async fn quota(
+        &self,
+        key: &str,
+        limit: u64,
+        window_left: Duration,
+    ) -> Result<(bool, u64), SharedError> {
+        let (allowed, used): (i64, i64) = self
+            .script(
+                &self.inner.quota,
+                &[key],
+                &[
+                    window_left.as_secs().max(1) as i64,
+                    limit.min(i64::MAX as u64) as i64,
+                ],
+            )
+            .await?;
+        Ok((allowed == 1, used.max(0) as u64))
+    }
+}
+
+/// `message` with the password of `url` (if any) replaced.
+fn redact(message: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo.split_once(':').map_or(userinfo, |(_, p)| p))
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(p) => message.replace(p, "[redacted]"),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_urls_do_not_echo_the_password() {
+        for url in ["http://:hunter2@x", "redis://:hunter2@host:notaport"] {
+            let err = Redis::connect(url, "k:", Duration::from_millis(100))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("redis-url"), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{url}: {err}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The shared state against a real Redis server (Debian's `redis-server`,
+//! started per test on loopback): values with a TTL, the session indexes
+//! used by back-channel logout, the GCRA rate limit and quotas, and what
+//! callers see while Redis is stopped and after it returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keygate_store::testing::RedisServer;
+use keygate_store::{Redis, SharedError};
+use std::time::{Duration, Instant};
+
+fn connect(server: &RedisServer) -> Redis {
+    Redis::connect(&server.url(), "kgtest:", Duration::from_millis(300)).unwrap()
+}
+
+#[tokio::test]
+async fn values_expire_and_keys_are_prefixed() {
+    let server = RedisServer::start().await;
+    let redis = connect(&server);
+    let key = redis.key("x:1");
+    assert_eq!(key, "kgtest:x:1");
+    redis
+        .set(&key, b"sealed", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        redis.get(&key).await.unwrap().as_deref(),
+        Some(&b"sealed"[..])
+    );
+    assert!(redis.exists(&key).await.unwrap());
+    assert!(redis.replace(&key, b"newer").await.unwrap());
+    assert_eq!(
+        redis.get(&key).await.unwrap().as_deref(),
+        Some(&b"newer"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(redis.get(&key).await.unwrap(), None, "the TTL was kept");
+    assert!(
+        !redis.replace(&key, b"gone").await.unwrap(),
+        "XX: no resurrection"
+    );
+    assert_eq!(redis.del(&[key]).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sessions_end_by_index() {
+    let server = RedisServer::start().await;
+    let redis = connect(&server);
+    let (a, b, c) = (redis.key("s:a"), redis.key("s:b"), redis.key("s:c"));
+    let (sid1, sub) = (redis.key("sid:1"), redis.key("sub:alice"));
+    let ttl = Duration::from_secs(60);
+    redis
+        .save_session(&a, b"A", ttl, &[sid1.clone(), sub.clone()])
+        .await
+        .unwrap();
+    redis
+        .save_session(&b, b"B", ttl, &[redis.key("sid:2"), sub.clone()])
+        .await
+        .unwrap();
+    redis
+        .save_session(&c, b"C", ttl, &[redis.key("sid:3"), redis.key("sub:bob")])
+        .await
+        .unwrap();
+    // By sid: only that session.
+    assert_eq!(redis.end_sessions(&sid1).await.unwrap(), 1);
+    assert!(!redis.exists(&a).await.unwrap());
+    assert!(redis.exists(&b).await.unwrap());
+    // By sub: every session of alice that is left; bob's stays.
+    assert_eq!(redis.end_sessions(&sub).await.unwrap(), 1);
+    assert!(!redis.exists(&b).await.unwrap());
+    assert!(redis.exists(&c).await.unwrap());
+    assert!(!redis.exists(&sub).await.unwrap(), "the index is gone too");
+}
+
+#[tokio::test]
+async fn gcra_allows_the_burst_then_the_rate() {
+    let server = RedisServer::start().await;
+    let redis = connect(&server);
+    let key = redis.key("rl:k1");
+    // 10 per second, bursts of 5.
+    let interval = Duration::from_millis(100);
+    let mut allowed = 0;
+    for _ in 0..8 {
+        if redis.gcra(&key, interval, 5).await.unwrap().allowed {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 5, "the burst, no more");
+    let refused = redis.gcra(&key, interval, 5).await.unwrap();
+    assert!(!refused.allowed);
+    assert!(
+        refused.retry_after > Duration::ZERO && refused.retry_after <= interval,
+        "{refused:?}"
+    );
+    tokio::time::sleep(refused.retry_after + Duration::from_millis(5)).await;
+    assert!(redis.gcra(&key, interval, 5).await.unwrap().allowed);
+    // Another key has its own budget.
+    assert!(
+        redis
+            .gcra(&redis.key("rl:k2"), interval, 5)
+            .await
+            .unwrap()
+            .allowed
+    );
+    // Over two seconds at most burst + rate × time get through.
+    let key = redis.key("rl:k3");
+    let start = Instant::now();
+    let mut allowed = 0u32;
+    while start.elapsed() < Duration::from_secs(2) {
+        if redis.gcra(&key, interval, 5).await.unwrap().allowed {
+            allowed += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let most = 5.0 + elapsed * 10.0 + 1.0;
+    assert!(
+        f64::from(allowed) <= most && f64::from(allowed) >= most - 3.0,
+        "{allowed} in {elapsed:.2}s"
+    );
+}
+
+#[tokio::test]
+async fn quotas_count_what_they_let_through() {
+    let server = RedisServer::start().await;
+    let redis = connect(&server);
+    let key = redis.key("q:k1:2026-12-01");
+    for i in 1..=3 {
+        assert_eq!(
+            redis
+                .quota(&key, 3, Duration::from_secs(100))
+                .await
+                .unwrap(),
+            (true, i)
+        );
+    }
+    assert_eq!(
+        redis
+            .quota(&key, 3, Duration::from_secs(100))
+            .await
+            .unwrap(),
+        (false, 3)
+    );
+    assert_eq!(
+        redis
+            .quota(&key, 3, Duration::from_secs(100))
+            .await
+            .unwrap(),
+        (false, 3),
+        "refused requests are not counted"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_redis_fails_fast_and_is_used_again_when_it_returns() {
+    let mut server = RedisServer::start().await;
+    let redis = connect(&server);
+    let key = redis.key("persist");
+    redis
+        .set(&key, b"kept", Duration::from_secs(60))
+        .await
+        .unwrap();
+    server.stop_server();
+    let start = Instant::now();
+    let err = redis.get(&key).await.unwrap_err();
+    assert!(matches!(err, SharedError::Unavailable(_)), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "bounded by the timeout"
+    );
+    // The breaker is open: the next call fails without waiting.
+    let start = Instant::now();
+    assert!(redis.get(&key).await.is_err());
+    assert!(start.elapsed() < Duration::from_millis(50));
+    assert!(!redis.is_up());
+    server.start_again().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match redis.get(&key).await {
+            Ok(v) => {
+                assert_eq!(
+                    v.as_deref(),
+                    Some(&b"kept"[..]),
+                    "data survives the restart"
+                );
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "Redis never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(redis.is_up());
+}
