@@ -806,6 +806,8 @@ impl ApiKeys {
             expires_at,
             last_used_at: None,
             revoked_at: None,
+            rate_limit: None,
+            quota: None,
         }
     }
 

@@ -16,10 +16,22 @@ use crate::store::unix_now;
 type Migration = (i64, &'static str);
 
 /// SQLite migrations, in order.
-const SQLITE: &[Migration] = &[(1, include_str!("../migrations/sqlite/0001_api_keys.sql"))];
+const SQLITE: &[Migration] = &[
+    (1, include_str!("../migrations/sqlite/0001_api_keys.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_limits_and_changes.sql"),
+    ),
+];
 
 /// PostgreSQL migrations, in order.
-const POSTGRES: &[Migration] = &[(1, include_str!("../migrations/postgres/0001_api_keys.sql"))];
+const POSTGRES: &[Migration] = &[
+    (1, include_str!("../migrations/postgres/0001_api_keys.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_limits_and_changes.sql"),
+    ),
+];
 
 /// The PostgreSQL advisory lock held while migrating (`"keygate"` in ASCII).
 const PG_LOCK_ID: i64 = 0x006b_6579_6761_7465;

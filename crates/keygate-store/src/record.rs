@@ -49,6 +49,10 @@ pub struct KeyRecord {
     pub last_used_at: Option<i64>,
     /// Revocation time, unix seconds.
     pub revoked_at: Option<i64>,
+    /// The key's own rate limit (`100/s burst 200`); `None`: its kind's default.
+    pub rate_limit: Option<String>,
+    /// The key's own usage quota (`10000/day`); `None`: its kind's default.
+    pub quota: Option<String>,
 }
 
 /// Prints `[redacted]` for a present secret byte field.
@@ -89,6 +93,8 @@ impl fmt::Debug for KeyRecord {
             .field("expires_at", &self.expires_at)
             .field("last_used_at", &self.last_used_at)
             .field("revoked_at", &self.revoked_at)
+            .field("rate_limit", &self.rate_limit)
+            .field("quota", &self.quota)
             .finish()
     }
 }
@@ -157,6 +163,8 @@ mod tests {
             expires_at: None,
             last_used_at: None,
             revoked_at: None,
+            rate_limit: None,
+            quota: None,
         };
         let s = format!("{rec:?}");
         assert!(s.contains("kgs_AbC1"));

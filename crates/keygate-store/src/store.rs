@@ -33,7 +33,7 @@ macro_rules! columns {
         "id, prefix, kind, owner, description, client_id, scopes, allowed_methods, \
          allowed_prefixes, allowed_cidrs, key_hash, sealed_secret, secret_version, \
          previous_hash, previous_sealed_secret, previous_valid_until, created_at, expires_at, \
-         last_used_at, revoked_at"
+         last_used_at, revoked_at, rate_limit, quota"
     };
 }
 
@@ -235,7 +235,7 @@ impl KeyStore {
                 "INSERT INTO api_keys (",
                 columns!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18, $19, $20)"
+                 $16, $17, $18, $19, $20, $21, $22)"
             ))
             .bind(&rec.id)
             .bind(&rec.prefix)
@@ -257,6 +257,8 @@ impl KeyStore {
             .bind(rec.expires_at)
             .bind(rec.last_used_at)
             .bind(rec.revoked_at)
+            .bind(&rec.rate_limit)
+            .bind(&rec.quota)
             .execute(&mut *tx)
             .await?;
             audit!(Db, tx, &rec.id, "create", actor, rec.created_at, &detail);
@@ -545,6 +547,115 @@ impl KeyStore {
     }
 }
 
+/// The PostgreSQL channel on which every change to a key is announced (by
+/// the trigger of migration 2).
+pub const CHANGES_CHANNEL: &str = "keygate_key_changes";
+
+/// What a [`ChangeListener`] hears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyChange {
+    /// A key was changed (revoked, renewed, rotated, its secret or limits
+    /// updated) or deleted: the id and the hashes it was and is known by.
+    Key {
+        /// The key's id.
+        id: String,
+        /// Its current, previous and former hashes (any may be missing).
+        hashes: Vec<Vec<u8>>,
+    },
+    /// The listening connection was lost and is back: changes made
+    /// meanwhile were not heard, so everything cached may be stale.
+    Resync,
+}
+
+/// Hears the changes PostgreSQL announces on [`CHANGES_CHANNEL`], on a
+/// connection of its own.
+pub struct ChangeListener {
+    pool: PgPool,
+    /// `None` after a failure: the next call starts a new listener.
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+impl fmt::Debug for ChangeListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChangeListener")
+    }
+}
+
+impl KeyStore {
+    /// On PostgreSQL, a listener for key changes; `None` on SQLite, which
+    /// cannot notify other processes.
+    pub async fn listen_changes(&self) -> Result<Option<ChangeListener>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let listener = ChangeListener::start(pool).await?;
+        Ok(Some(ChangeListener {
+            pool: pool.clone(),
+            listener: Some(listener),
+        }))
+    }
+}
+
+impl ChangeListener {
+    /// The next change. After the connection was lost and re-established it
+    /// answers [`KeyChange::Resync`] once; while the server cannot be reached
+    /// it answers errors (call again after a pause: it reconnects).
+    pub async fn next(&mut self) -> Result<KeyChange, StoreError> {
+        let Some(listener) = self.listener.as_mut() else {
+            // Anything may have changed while no one was listening.
+            self.listener = Some(ChangeListener::start(&self.pool).await?);
+            return Ok(KeyChange::Resync);
+        };
+        loop {
+            match listener.try_recv().await {
+                Ok(None) => return Ok(KeyChange::Resync),
+                Ok(Some(n)) => {
+                    if let Some(change) = parse_change(n.payload()) {
+                        return Ok(change);
+                    }
+                    tracing::warn!("ignoring a malformed key-change notification");
+                }
+                Err(e) => {
+                    // A server shutting down sends an error, not EOF, and
+                    // sqlx keeps that connection: start afresh next time.
+                    self.listener = None;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    async fn start(pool: &PgPool) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(listener)
+    }
+}
+
+fn parse_change(payload: &str) -> Option<KeyChange> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let id = v.get("id")?.as_str()?.to_owned();
+    let hashes = v
+        .get("hashes")?
+        .as_array()?
+        .iter()
+        .filter_map(|h| h.as_str())
+        .filter_map(decode_hex)
+        .collect();
+    Some(KeyChange::Key { id, hashes })
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Rebuilds a [`KeyRecord`] from a row of [`columns!`], on either backend.
 fn record_from_row<R>(row: &R) -> Result<KeyRecord, StoreError>
 where
@@ -589,6 +700,8 @@ where
         expires_at: row.try_get("expires_at")?,
         last_used_at: row.try_get("last_used_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        rate_limit: row.try_get("rate_limit")?,
+        quota: row.try_get("quota")?,
         id,
     })
 }
@@ -643,6 +756,20 @@ mod tests {
             assert!(err.contains("store-url"), "{url}: {err}");
             assert!(!err.contains("hunter2"), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn change_payloads_parse() {
+        assert_eq!(
+            parse_change(r#"{"id":"k1","hashes":["00ff",null,"0a"]}"#),
+            Some(KeyChange::Key {
+                id: "k1".into(),
+                hashes: vec![vec![0, 255], vec![10]]
+            })
+        );
+        assert_eq!(parse_change("nope"), None);
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("zz"), None);
     }
 
     #[tokio::test]

@@ -122,6 +122,8 @@ fn record(owner: &str, kind: KeyKind, created_at: i64) -> KeyRecord {
         expires_at: None,
         last_used_at: None,
         revoked_at: None,
+        rate_limit: None,
+        quota: None,
     }
 }
 
@@ -142,6 +144,8 @@ fn full_record() -> KeyRecord {
         expires_at: Some(1_800_000_000),
         last_used_at: Some(1_700_000_100),
         revoked_at: None,
+        rate_limit: Some("100/s burst 200".into()),
+        quota: Some("10000/day".into()),
         ..record("reporting", KeyKind::Service, 1_700_000_000)
     }
 }
@@ -827,7 +831,7 @@ async fn sqlite_file_created_on_first_start_in_wal_mode() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2);
 }
 
 #[tokio::test]
@@ -848,4 +852,120 @@ async fn store_url_errors_do_not_echo_passwords() {
         err.contains("store-url") && !err.contains("s3cret-pw"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL only
+// ---------------------------------------------------------------------------
+
+/// The next change heard within 5 s.
+async fn next_change(listener: &mut keygate_store::ChangeListener) -> keygate_store::KeyChange {
+    tokio::time::timeout(std::time::Duration::from_secs(5), listener.next())
+        .await
+        .expect("a change is announced")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_announces_key_changes_to_listeners() {
+    use keygate_store::KeyChange;
+    let mut server = PgServer::start().await;
+    let url = server.create_database("keygate").await;
+    let store = KeyStore::connect(&url).await.unwrap();
+    let mut listener = store
+        .listen_changes()
+        .await
+        .unwrap()
+        .expect("postgres listens");
+    let rec = full_record();
+    store.insert(&rec, "admin").await.unwrap();
+
+    // A last-use update changes nothing that matters: no announcement.
+    store
+        .touch(&[(rec.id.clone(), 1_700_000_900)])
+        .await
+        .unwrap();
+    // A revoke by another process (a second pool, as the CLI would be) is heard.
+    let other = KeyStore::connect(&url).await.unwrap();
+    other
+        .revoke(&rec.id, "cli:ops", 1_700_001_000)
+        .await
+        .unwrap();
+    match next_change(&mut listener).await {
+        KeyChange::Key { id, hashes } => {
+            assert_eq!(id, rec.id, "the touch was not announced first");
+            assert!(hashes.contains(&rec.key_hash));
+            assert!(hashes.contains(rec.previous_hash.as_ref().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Rotation and renewal are announced with the new hash too.
+    let rec2 = record("b", KeyKind::Service, 5);
+    store.insert(&rec2, "admin").await.unwrap();
+    let new_hash = random_bytes(32);
+    store
+        .rotate(&rec2.id, &new_hash, "kgs_New1", None, None, "admin")
+        .await
+        .unwrap();
+    match next_change(&mut listener).await {
+        KeyChange::Key { id, hashes } => {
+            assert_eq!(id, rec2.id);
+            assert!(hashes.contains(&rec2.key_hash) && hashes.contains(&new_hash));
+        }
+        other => panic!("{other:?}"),
+    }
+    store
+        .renew(&rec2.id, Some(9_999_999_999), "admin")
+        .await
+        .unwrap();
+    assert!(matches!(next_change(&mut listener).await, KeyChange::Key { id, .. } if id == rec2.id));
+
+    // An operator's own SQL is announced as well.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM api_keys WHERE id = $1")
+        .bind(&rec2.id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    assert!(matches!(next_change(&mut listener).await, KeyChange::Key { id, .. } if id == rec2.id));
+
+    // The server goes away: errors while it is down, then one Resync.
+    server.stop_server();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match listener.next().await {
+                Err(e) => return e,
+                Ok(KeyChange::Resync) => continue,
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the outage is reported");
+    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    server.start_again().await;
+    let resync = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match listener.next().await {
+                Ok(change) => return change,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("the listener reconnects");
+    assert_eq!(resync, KeyChange::Resync);
+    // And hears changes again.
+    let rec3 = record("c", KeyKind::Service, 6);
+    store.insert(&rec3, "admin").await.unwrap();
+    store.revoke(&rec3.id, "admin", 7).await.unwrap();
+    assert!(matches!(next_change(&mut listener).await, KeyChange::Key { id, .. } if id == rec3.id));
+}
+
+#[tokio::test]
+async fn sqlite_has_no_change_listener() {
+    let f = sqlite_fixture().await;
+    assert!(f.store.listen_changes().await.unwrap().is_none());
 }
