@@ -24,7 +24,7 @@ use keygate_auth::{AuthError, JwtVerifier, Provider};
 use keygate_core::config::{ApiKeysConfig, Cidr, Config};
 use keygate_core::keys::KeyKind;
 use keygate_core::{AuthMethod, Identity, Secret};
-use keygate_store::{HashMatch, KeyFilter, KeyRecord, KeyStore};
+use keygate_store::{HashMatch, KeyChange, KeyFilter, KeyRecord, KeyStore, Redis};
 use moka::future::Cache;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,6 +43,25 @@ enum KeyRefusal {
 }
 
 impl KeyRefusal {
+    /// The form kept in the shared negative cache.
+    fn encode(&self) -> String {
+        match self {
+            KeyRefusal::Unknown => "unknown".into(),
+            KeyRefusal::Revoked => "revoked".into(),
+            KeyRefusal::Expired => "expired".into(),
+            KeyRefusal::Rejected(why) => format!("rejected:{why}"),
+        }
+    }
+
+    fn decode(text: &str) -> Option<KeyRefusal> {
+        Some(match text {
+            "unknown" => KeyRefusal::Unknown,
+            "revoked" => KeyRefusal::Revoked,
+            "expired" => KeyRefusal::Expired,
+            other => KeyRefusal::Rejected(other.strip_prefix("rejected:")?.to_owned()),
+        })
+    }
+
     fn refusal(&self) -> (Refusal, &'static str) {
         match self {
             KeyRefusal::Unknown => (
@@ -249,8 +268,13 @@ pub struct ApiKeys {
     client_secret: Secret,
     config: ApiKeysConfig,
     records: Cache<[u8; 32], Arc<Found>>,
+    /// Records as last read, for when the store cannot be reached: a key
+    /// whose exchanged token is still cached keeps working through an outage.
+    stale: Cache<[u8; 32], Arc<Found>>,
     negative: Cache<[u8; 32], KeyRefusal>,
     tokens: Cache<String, Arc<Exchanged>>,
+    /// Shared negative and exchange caches, when `redis-url` is set.
+    redis: Option<Redis>,
     pending: Cache<String, Arc<PendingDevice>>,
     used: Mutex<HashMap<String, i64>>,
 }
@@ -260,12 +284,17 @@ pub struct ApiKeys {
 /// session at the provider without the user's key.
 const REVOCATION_ENVELOPE: &str = "keygate-revocation-envelope-v1";
 
+/// The longest a record read before a store outage is used during it (and
+/// then only for keys whose exchanged token is still cached).
+const STALE_RECORD_TTL: Duration = Duration::from_secs(3600);
+
 impl ApiKeys {
     /// Opens the store and builds the service. `Ok(None)` when API keys are
     /// off (no server secret configured).
     pub async fn from_config(
         config: &Config,
         provider: Arc<Provider>,
+        redis: Option<Redis>,
     ) -> Result<Option<Self>, ManageError> {
         let Some(secret) = config
             .api_keys
@@ -291,6 +320,11 @@ impl ApiKeys {
                 .max_capacity(100_000)
                 .time_to_live(c.record_cache_ttl)
                 .build(),
+            stale: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(STALE_RECORD_TTL)
+                .build(),
+            redis,
             negative: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(c.negative_cache_ttl)
@@ -345,13 +379,16 @@ impl ApiKeys {
         let found = self.record(&hash).await?;
         let record = &found.record;
         if let Err(refused) = check_validity(record) {
-            self.negative.insert(hash, refused.clone()).await;
+            self.remember_refusal(hash, refused.clone()).await;
             return Err(refused.refusal());
         }
         check_restrictions(record, method, path, client_ip)?;
         let exchanged = match self
             .tokens
-            .try_get_with(record.id.clone(), self.exchange(key, &found, verifier))
+            .try_get_with(
+                record.id.clone(),
+                self.exchange_shared(key, &hash, &found, verifier),
+            )
             .await
         {
             Ok(exchanged) => exchanged,
@@ -359,7 +396,7 @@ impl ApiKeys {
                 // A key the provider no longer honours is remembered as such,
                 // so its holder cannot drive provider traffic at request rate.
                 if let ExchangeError::Refused(refused) = &*e {
-                    self.negative.insert(hash, refused.clone()).await;
+                    self.remember_refusal(hash, refused.clone()).await;
                 }
                 return Err(exchange_refusal(&e));
             }
@@ -370,29 +407,45 @@ impl ApiKeys {
         Ok(Arc::clone(&exchanged.identity))
     }
 
+    /// The record a key's hash names: from the record cache, else (unless
+    /// the shared negative cache knows the key as refused) from the store.
+    /// While the store cannot be reached, the record as last read is used for
+    /// a key whose exchanged token is still cached; anything else is 503.
     async fn record(&self, hash: &[u8; 32]) -> Result<Arc<Found>, KeyError> {
         let store = &self.store;
         let found = self
             .records
             .try_get_with(*hash, async move {
+                if let Some(refused) = self.shared_refusal(hash).await {
+                    return Err(Lookup::Refused(refused));
+                }
                 match store.find_by_hash(hash, now() as i64).await {
                     Ok(Some((record, matched))) => Ok(Arc::new(Found {
                         record,
                         previous: matches!(matched, HashMatch::Previous),
                     })),
-                    Ok(None) => Err(None),
-                    Err(e) => Err(Some(e.to_string())),
+                    Ok(None) => Err(Lookup::Refused(KeyRefusal::Unknown)),
+                    Err(e) => Err(Lookup::Store(e.to_string())),
                 }
             })
             .await;
         match found {
-            Ok(record) => Ok(record),
+            Ok(found) => {
+                self.stale.insert(*hash, Arc::clone(&found)).await;
+                Ok(found)
+            }
             Err(e) => match &*e {
-                None => {
-                    self.negative.insert(*hash, KeyRefusal::Unknown).await;
-                    Err(KeyRefusal::Unknown.refusal())
+                Lookup::Refused(refused) => {
+                    self.remember_refusal(*hash, refused.clone()).await;
+                    Err(refused.refusal())
                 }
-                Some(e) => {
+                Lookup::Store(e) => {
+                    if let Some(stale) = self.stale.get(hash).await
+                        && self.tokens.contains_key(&stale.record.id)
+                    {
+                        tracing::debug!(error = %e, key_id = %stale.record.id, "API-key store unavailable; using the cached record and token");
+                        return Ok(stale);
+                    }
                     tracing::warn!(error = %e, "API-key store lookup failed");
                     Err((
                         Refusal::Unavailable(
@@ -403,6 +456,181 @@ impl ApiKeys {
                 }
             },
         }
+    }
+
+    /// Remembers a refused key here and, with Redis, for every replica.
+    async fn remember_refusal(&self, hash: [u8; 32], refused: KeyRefusal) {
+        if let Some(redis) = &self.redis {
+            let ttl = self.config.negative_cache_ttl;
+            if let Err(e) = redis
+                .set(
+                    &redis.key(&negative_key(&hash)),
+                    refused.encode().as_bytes(),
+                    ttl,
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "cannot share a refused API key");
+            }
+        }
+        self.negative.insert(hash, refused).await;
+    }
+
+    /// What the shared negative cache says of a key; `None` when it says
+    /// nothing or Redis cannot be asked (the store decides then).
+    async fn shared_refusal(&self, hash: &[u8; 32]) -> Option<KeyRefusal> {
+        let redis = self.redis.as_ref()?;
+        match redis.get(&redis.key(&negative_key(hash))).await {
+            Ok(Some(v)) => KeyRefusal::decode(std::str::from_utf8(&v).ok()?),
+            _ => None,
+        }
+    }
+
+    /// The provider token for a key: with Redis, first the one another
+    /// replica already exchanged (sealed under the key itself, so Redis
+    /// alone opens nothing); else one exchange, which a Redis lock keeps to
+    /// one replica at a time — a provider that rotates refresh tokens would
+    /// refuse the second of two concurrent refreshes.
+    async fn exchange_shared(
+        &self,
+        key: &str,
+        hash: &[u8; 32],
+        found: &Found,
+        verifier: &JwtVerifier,
+    ) -> Result<Arc<Exchanged>, ExchangeError> {
+        let Some(redis) = &self.redis else {
+            return self.exchange(key, found, verifier).await;
+        };
+        let id = &found.record.id;
+        let cache_key = redis.key(&exchange_key(id, hash));
+        if let Some(hit) = self
+            .shared_token(redis, &cache_key, key, found, verifier)
+            .await
+        {
+            return Ok(hit);
+        }
+        let lock_key = format!("{cache_key}:lock");
+        let locked = redis
+            .set_nx(&lock_key, b"1", EXCHANGE_LOCK_TTL)
+            .await
+            .unwrap_or(true);
+        if !locked {
+            // Another replica is exchanging: wait for its token a little.
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(hit) = self
+                    .shared_token(redis, &cache_key, key, found, verifier)
+                    .await
+                {
+                    return Ok(hit);
+                }
+            }
+        }
+        let exchanged = self.exchange(key, found, verifier).await;
+        if let Ok(exchanged) = &exchanged {
+            let plain = serde_json::json!({
+                "token": exchanged.identity.access_token.expose(),
+                "renew_at": exchanged.renew_at,
+            })
+            .to_string();
+            match self.crypto.seal(key, &exchange_aad(id), plain.as_bytes()) {
+                Ok(sealed) => {
+                    let ttl = Duration::from_secs(exchanged.renew_at.saturating_sub(now()).max(1));
+                    if let Err(e) = redis.set(&cache_key, &sealed, ttl).await {
+                        tracing::debug!(error = %e, "cannot share an exchanged token");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot seal an exchanged token"),
+            }
+        }
+        if locked {
+            let _ = redis.del(&[lock_key]).await;
+        }
+        exchanged
+    }
+
+    /// A token another replica exchanged for this key, if Redis has one that
+    /// opens with the key and still verifies.
+    async fn shared_token(
+        &self,
+        redis: &Redis,
+        cache_key: &str,
+        key: &str,
+        found: &Found,
+        verifier: &JwtVerifier,
+    ) -> Option<Arc<Exchanged>> {
+        let sealed = redis.get(cache_key).await.ok()??;
+        let plain = self
+            .crypto
+            .open(key, &exchange_aad(&found.record.id), &sealed)
+            .ok()?;
+        let value: serde_json::Value = serde_json::from_str(plain.expose()).ok()?;
+        let renew_at = value.get("renew_at")?.as_u64()?;
+        if renew_at <= now() {
+            return None;
+        }
+        let verified = verifier.verify(value.get("token")?.as_str()?).await.ok()?;
+        Some(exchanged_identity(&verified, &found.record.id, renew_at))
+    }
+
+    /// Drops what this process cached about a changed key, so its next use
+    /// reads the store: called for every change PostgreSQL announces.
+    async fn forget_changed(&self, id: &str, hashes: &[Vec<u8>]) {
+        for hash in hashes {
+            if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                self.records.invalidate(&hash).await;
+                self.stale.invalidate(&hash).await;
+                self.negative.invalidate(&hash).await;
+            }
+        }
+        self.tokens.invalidate(id).await;
+    }
+
+    /// Follows the changes the store announces (PostgreSQL; other backends
+    /// announce none, and other processes' changes are then seen within
+    /// `record-cache-ttl`). Runs until the process ends.
+    pub async fn watch_store_changes(self: Arc<Self>) {
+        let mut listener = match self.store.listen_changes().await {
+            Ok(Some(listener)) => listener,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for key changes yet; retrying");
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(Some(l)) = self.store.listen_changes().await {
+                        self.resync().await;
+                        break l;
+                    }
+                }
+            }
+        };
+        let mut failing = false;
+        loop {
+            match listener.next().await {
+                Ok(KeyChange::Key { id, hashes }) => self.forget_changed(&id, &hashes).await,
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("listening for key changes again");
+                        failing = false;
+                    }
+                    self.resync().await;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "lost the key-change listener; retrying");
+                        failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Changes may have been missed: forget every record, so each key's next
+    /// use reads the store.
+    async fn resync(&self) {
+        self.records.invalidate_all();
+        self.negative.invalidate_all();
     }
 
     async fn exchange(
@@ -447,19 +675,12 @@ impl ApiKeys {
             .verify(token.access_token.expose())
             .await
             .map_err(ExchangeError::Verify)?;
-        let mut identity = (*verified).clone();
-        identity.method = AuthMethod::ApiKey;
-        identity.key_id = Some(record.id.clone());
-        identity.derived = OnceLock::new();
         let margin = self.config.refresh_margin.as_secs();
-        let lifetime = identity.expires_at.saturating_sub(now());
+        let lifetime = verified.expires_at.saturating_sub(now());
         // Renew `refresh-margin` before expiry, but keep very short-lived
         // tokens at least half their lifetime.
         let renew_at = now() + lifetime.saturating_sub(margin).max(lifetime / 2);
-        Ok(Arc::new(Exchanged {
-            identity: Arc::new(identity),
-            renew_at,
-        }))
+        Ok(exchanged_identity(&verified, &record.id, renew_at))
     }
 
     /// Providers that rotate refresh tokens hand out a new one with every
@@ -884,16 +1105,23 @@ impl ApiKeys {
     }
 
     async fn forget(&self, record: &KeyRecord) {
+        let mut exchanged = Vec::new();
         for hash in [Some(&record.key_hash), record.previous_hash.as_ref()]
             .into_iter()
             .flatten()
         {
             if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
                 self.records.invalidate(&hash).await;
-                self.negative.insert(hash, KeyRefusal::Revoked).await;
+                self.stale.invalidate(&hash).await;
+                self.remember_refusal(hash, KeyRefusal::Revoked).await;
+                exchanged.push(exchange_key(&record.id, &hash));
             }
         }
         self.tokens.invalidate(&record.id).await;
+        if let Some(redis) = &self.redis {
+            let keys: Vec<String> = exchanged.iter().map(|k| redis.key(k)).collect();
+            let _ = redis.del(&keys).await;
+        }
     }
 
     /// Extends a key's expiry, within the maximum lifetime of its kind.
@@ -984,7 +1212,7 @@ impl ApiKeys {
         if grace.is_none()
             && let Ok(hash) = <[u8; 32]>::try_from(record.key_hash.as_slice())
         {
-            self.negative.insert(hash, KeyRefusal::Revoked).await;
+            self.remember_refusal(hash, KeyRefusal::Revoked).await;
         }
         Ok(CreatedKey {
             id: id.to_owned(),
@@ -1002,8 +1230,12 @@ impl ApiKeys {
         {
             if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
                 self.records.invalidate(&hash).await;
+                self.stale.invalidate(&hash).await;
                 // A renewed key may have been remembered as expired.
                 self.negative.invalidate(&hash).await;
+                if let Some(redis) = &self.redis {
+                    let _ = redis.del(&[redis.key(&negative_key(&hash))]).await;
+                }
             }
         }
     }
@@ -1059,6 +1291,54 @@ pub enum DeviceError {
     /// The provider failed.
     #[error("provider: {0}")]
     Provider(String),
+}
+
+/// The identity of a provider token exchanged for the key `key_id`.
+fn exchanged_identity(verified: &Identity, key_id: &str, renew_at: u64) -> Arc<Exchanged> {
+    let mut identity = verified.clone();
+    identity.method = AuthMethod::ApiKey;
+    identity.key_id = Some(key_id.to_owned());
+    identity.derived = OnceLock::new();
+    Arc::new(Exchanged {
+        identity: Arc::new(identity),
+        renew_at,
+    })
+}
+
+/// How long one replica may hold the right to exchange a key.
+const EXCHANGE_LOCK_TTL: Duration = Duration::from_secs(10);
+
+/// Redis key of a refused key (by its keyed hash, never the key).
+fn negative_key(hash: &[u8; 32]) -> String {
+    format!("n:{}", hex(hash))
+}
+
+/// Redis key of a key's exchanged token: the record and which of its keys
+/// (current or, during a rotation, previous) it was exchanged for.
+fn exchange_key(id: &str, hash: &[u8; 32]) -> String {
+    format!("x:{id}:{}", hex(&hash[..8]))
+}
+
+/// The additional data sealing a shared exchanged token: not the stored
+/// secret's, so neither can stand in for the other.
+fn exchange_aad(id: &str) -> String {
+    format!("{id}#exchanged-token")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Why a record lookup gave no record.
+enum Lookup {
+    Refused(KeyRefusal),
+    Store(String),
 }
 
 enum ExchangeError {

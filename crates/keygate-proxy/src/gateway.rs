@@ -73,6 +73,19 @@ pub struct Gateway {
     pub api_keys: Option<Arc<ApiKeys>>,
     /// Browser sessions, when `encryption-key` is set.
     pub sessions: Option<crate::sessions::Sessions>,
+    /// The Redis shared by replicas, when `redis-url` is set.
+    pub redis: Option<keygate_store::Redis>,
+}
+
+/// The Redis named by `redis-url`, if any. Connects lazily: keygate starts
+/// (and serves what needs no shared state) while Redis is down.
+pub fn shared_redis(config: &Config) -> Result<Option<keygate_store::Redis>, GatewayError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(None);
+    };
+    keygate_store::Redis::connect(&url.0, &config.redis_key_prefix, config.redis_timeout)
+        .map(Some)
+        .map_err(|e| GatewayError::config("redis-url", e))
 }
 
 impl Gateway {
@@ -85,11 +98,14 @@ impl Gateway {
     /// Builds the gateway and opens the API-key store (when API keys are on).
     pub async fn build(config: Config) -> Result<Arc<Self>, GatewayError> {
         let mut gateway = Self::assemble(config)?;
-        gateway.api_keys =
-            ApiKeys::from_config(&gateway.config, Arc::clone(gateway.verifier.provider()))
-                .await
-                .map_err(|e| GatewayError::config("store-url", e))?
-                .map(Arc::new);
+        gateway.api_keys = ApiKeys::from_config(
+            &gateway.config,
+            Arc::clone(gateway.verifier.provider()),
+            gateway.redis.clone(),
+        )
+        .await
+        .map_err(|e| GatewayError::config("store-url", e))?
+        .map(Arc::new);
         Ok(Arc::new(gateway))
     }
 
@@ -160,6 +176,7 @@ impl Gateway {
         let sessions =
             crate::sessions::Sessions::from_config(&config, Arc::clone(verifier.provider()))?;
         let tls = config.tls_cert.is_some();
+        let redis = shared_redis(&config)?;
         Ok(Gateway {
             config,
             rules,
@@ -170,6 +187,7 @@ impl Gateway {
             tls,
             api_keys: None,
             sessions,
+            redis,
         })
     }
 
@@ -185,8 +203,12 @@ impl Gateway {
         }
         let keys = AbortOnDrop(self.verifier.provider().start());
         let api_keys = self.api_keys.clone();
+        let changes = api_keys
+            .clone()
+            .map(|k| AbortOnDrop(tokio::spawn(k.watch_store_changes())));
         tokio::spawn(async move {
             let _keys = keys;
+            let _changes = changes;
             // Histograms keep raw samples until upkeep folds them into their
             // buckets; without it memory would grow with every request.
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -258,6 +258,28 @@ impl Redis {
         Ok(())
     }
 
+    /// Stores `value` under `key` for `ttl` unless `key` exists; whether it
+    /// was stored (a lock taken).
+    pub async fn set_nx(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, SharedError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Stores `value` under `key` keeping the key's time to live.
     pub async fn replace(&self, key: &str, value: &[u8]) -> Result<bool, SharedError> {
         let set: Option<String> = self

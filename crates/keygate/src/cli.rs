@@ -69,6 +69,9 @@ fn command() -> Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // One crypto provider for every TLS client that asks rustls for the
+    // process default (Redis over rediss://).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let matches = command().get_matches();
     match matches.subcommand() {
         Some(("keys", m)) => crate::keys::run(m),

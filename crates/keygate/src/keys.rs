@@ -350,7 +350,10 @@ async fn open(config: &Config) -> Result<ApiKeys, String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(task);
-    ApiKeys::from_config(config, Arc::clone(&provider))
+    // With Redis, a renew or revoke here also updates the replicas' shared
+    // negative cache; PostgreSQL announces the change itself.
+    let redis = keygate_proxy::gateway::shared_redis(config).map_err(|e| e.to_string())?;
+    ApiKeys::from_config(config, Arc::clone(&provider), redis)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {
