@@ -17,6 +17,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 # Redis: the shared-state tests start their own servers from redis-server.
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+# kubectl: the deployment test renders deploy/kubernetes with `kubectl kustomize`.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 # Chromium: the browser test drives it with Playwright (dev/browser).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then

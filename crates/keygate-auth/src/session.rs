@@ -71,6 +71,10 @@ pub struct SessionState {
     /// When the whole session ends (Unix seconds), bounded by the refresh
     /// token's lifetime.
     pub session_expires_at: u64,
+    /// When the user logged in (Unix milliseconds; 0 for sessions sealed
+    /// before keygate recorded it): a back-channel logout of the user ends
+    /// the sessions that began before it, not later ones.
+    pub created_at_ms: u64,
 }
 
 /// The plaintext form inside the sealed cookie, with the secrets as plain
@@ -91,6 +95,8 @@ struct SealedState {
     access_expires_at: u64,
     #[serde(rename = "sexp")]
     session_expires_at: u64,
+    #[serde(rename = "cms", default)]
+    created_at_ms: u64,
 }
 
 impl SealedState {
@@ -103,6 +109,7 @@ impl SealedState {
             sid: state.sid.clone(),
             access_expires_at: state.access_expires_at,
             session_expires_at: state.session_expires_at,
+            created_at_ms: state.created_at_ms,
         }
     }
 
@@ -115,6 +122,7 @@ impl SealedState {
             sid: self.sid,
             access_expires_at: self.access_expires_at,
             session_expires_at: self.session_expires_at,
+            created_at_ms: self.created_at_ms,
         }
     }
 }
@@ -469,6 +477,7 @@ mod tests {
             sid: Some("sid-456".to_owned()),
             access_expires_at: 1_700_000_300,
             session_expires_at: 1_700_036_000,
+            created_at_ms: 1_700_000_000_000,
         }
     }
 
@@ -486,6 +495,7 @@ mod tests {
         assert_eq!(a.sid, b.sid);
         assert_eq!(a.access_expires_at, b.access_expires_at);
         assert_eq!(a.session_expires_at, b.session_expires_at);
+        assert_eq!(a.created_at_ms, b.created_at_ms);
     }
 
     fn large_state() -> SessionState {

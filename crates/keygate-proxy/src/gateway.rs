@@ -173,10 +173,13 @@ impl Gateway {
             debug_assert!(is_identity_header(name.as_str()));
             claim_headers.push((claim.clone(), name));
         }
-        let sessions =
-            crate::sessions::Sessions::from_config(&config, Arc::clone(verifier.provider()))?;
         let tls = config.tls_cert.is_some();
         let redis = shared_redis(&config)?;
+        let sessions = crate::sessions::Sessions::from_config(
+            &config,
+            Arc::clone(verifier.provider()),
+            redis.clone(),
+        )?;
         Ok(Gateway {
             config,
             rules,

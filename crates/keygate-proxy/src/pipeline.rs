@@ -263,7 +263,7 @@ pub enum Credential {
     /// An `Authorization` header keygate cannot use; the text says why.
     Unusable(&'static str, &'static str),
     /// A browser session from the session cookie.
-    Session(Box<keygate_auth::session::SessionState>),
+    Session(Box<crate::sessions::SessionCookie>),
 }
 
 /// Phase 1 (credential): takes the credential out of the headers. The key
@@ -380,7 +380,7 @@ fn csrf_check(
 /// be opened (tampered, truncated, sealed with another key) counts as none.
 fn session_credential(gw: &Gateway, headers: &HeaderMap) -> Credential {
     match gw.sessions.as_ref().map(|s| s.read(headers)) {
-        Some(Ok(Some((state, _)))) => Credential::Session(Box::new(state)),
+        Some(Ok(Some((cookie, _)))) => Credential::Session(Box::new(cookie)),
         _ => Credential::None,
     }
 }
@@ -419,14 +419,14 @@ pub async fn verify_credential(
             .verify(token)
             .await
             .map_err(|e| auth_refusal(&e)),
-        Credential::Session(state) => {
+        Credential::Session(cookie) => {
             let Some(sessions) = gw.sessions.as_ref() else {
                 return Err(Refused {
                     refusal: Refusal::NoCredential,
                     reason: Cow::Borrowed("no_credential"),
                 });
             };
-            let access_token = crate::sessions::current_access_token(sessions, state, ctx).await?;
+            let access_token = crate::sessions::current_access_token(sessions, cookie, ctx).await?;
             let verified = gw
                 .verifier
                 .verify(access_token.expose())

@@ -16,7 +16,8 @@ use keygate_auth::grants::Grants;
 use keygate_auth::login::{self, PendingLogin};
 use keygate_auth::session::{self, CookieSealer, SessionState};
 use keygate_core::Secret;
-use keygate_core::config::Config;
+use keygate_core::config::{Config, SessionStore};
+use keygate_store::Redis;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -48,23 +49,57 @@ pub struct Sessions {
     grants: Grants,
     /// Refreshes in flight or just done, by the SHA-256 of the refresh token:
     /// concurrent requests of one session share one refresh.
-    refreshes: moka::future::Cache<[u8; 32], Arc<SessionState>>,
-    /// Sessions ended by back-channel logout (`sid:…` or `sub:…`), kept for
-    /// the longest a session cookie can live.
-    ended: moka::sync::Cache<String, ()>,
+    refreshes: moka::future::Cache<[u8; 32], Arc<Refreshed>>,
+    /// Cookie sessions ended by back-channel logout (`sid:…` or `sub:…`),
+    /// with the time of the logout (Unix ms), kept for the longest a session cookie
+    /// can live. With Redis they are also kept there, for every replica.
+    ended: moka::sync::Cache<String, u64>,
+    /// `session-store: redis`: sessions live there, the cookie holds an id.
+    server_side: bool,
+    redis: Option<Redis>,
 }
+
+/// What a request's session cookie holds.
+#[derive(Debug)]
+pub enum SessionCookie {
+    /// `session-store: cookie`: the session itself.
+    State(SessionState),
+    /// `session-store: redis`: the opaque id Redis keeps the session under.
+    Id(Secret),
+}
+
+/// The sealed content of a server-side session's cookie.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionRef {
+    id: String,
+}
+
+/// The additional data sealing a server-side session's cookie (not the
+/// cookie session's: neither opens as the other).
+const SESSION_REF_AAD: &str = "kg_session#server-side";
+
+/// How long another replica's refresh of the same session may take.
+const REFRESH_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Sessions {
     /// Browser sessions are on when `encryption-key` is set.
     pub fn from_config(
         config: &Config,
         provider: Arc<keygate_auth::Provider>,
+        redis: Option<Redis>,
     ) -> Result<Option<Self>, GatewayError> {
         if config.encryption_key.is_empty() {
             return Ok(None);
         }
         let sealer = CookieSealer::new(config.encryption_key.expose().as_bytes())
             .map_err(|e| GatewayError::config("encryption-key", e))?;
+        let server_side = config.session_store == SessionStore::Redis;
+        if server_side && redis.is_none() {
+            return Err(GatewayError::config(
+                "session-store",
+                "`redis` needs redis-url",
+            ));
+        }
         Ok(Some(Sessions {
             sealer,
             secure: config.secure_cookie,
@@ -88,12 +123,15 @@ impl Sessions {
                 .max_capacity(1_000_000)
                 .time_to_live(std::time::Duration::from_secs(MAX_SESSION_SECS))
                 .build(),
+            server_side,
+            redis,
         }))
     }
 
-    /// The session in a request's cookies: `Ok(None)` without one, `Err(chunks)`
-    /// when one is present but cannot be opened (tampered, truncated, old key).
-    pub fn read(&self, headers: &HeaderMap) -> Result<Option<(SessionState, usize)>, usize> {
+    /// The session cookie of a request: `Ok(None)` without one, `Err(chunks)`
+    /// when one is present but cannot be opened (tampered, truncated, old
+    /// key, or sealed for the other session store).
+    pub fn read(&self, headers: &HeaderMap) -> Result<Option<(SessionCookie, usize)>, usize> {
         let cookies: Vec<&str> = headers
             .get_all(header::COOKIE)
             .iter()
@@ -102,8 +140,18 @@ impl Sessions {
         let Some((value, chunks)) = session::read_cookie(&cookies, SESSION_COOKIE) else {
             return Ok(None);
         };
-        match self.sealer.open(&value, SESSION_COOKIE) {
-            Ok(state) => Ok(Some((state, chunks))),
+        let opened = match self.server_side {
+            false => self
+                .sealer
+                .open(&value, SESSION_COOKIE)
+                .map(SessionCookie::State),
+            true => self
+                .sealer
+                .open_json::<SessionRef>(&value, SESSION_REF_AAD)
+                .map(|r| SessionCookie::Id(Secret::new(r.id))),
+        };
+        match opened {
+            Ok(cookie) => Ok(Some((cookie, chunks))),
             Err(_) => Err(chunks),
         }
     }
@@ -112,37 +160,229 @@ impl Sessions {
     pub fn clear_headers(&self, chunks: usize) -> Vec<String> {
         session::clear_cookie_headers(SESSION_COOKIE, chunks, self.secure)
     }
+
+    fn redis_or_unavailable(&self) -> Result<&Redis, Refused> {
+        self.redis.as_ref().ok_or_else(|| {
+            refused(
+                Refusal::Unavailable("the session store is unavailable".into()),
+                "session_store_unavailable",
+            )
+        })
+    }
+
+    /// The session a cookie names: the cookie's own, or the one Redis keeps
+    /// under its id. `Ok(None)` when Redis no longer has it (logged out,
+    /// expired); 503 when Redis cannot be asked.
+    pub async fn load(&self, cookie: &SessionCookie) -> Result<Option<SessionState>, Refused> {
+        let id = match cookie {
+            SessionCookie::State(state) => return Ok(Some(state.clone())),
+            SessionCookie::Id(id) => id,
+        };
+        let redis = self.redis_or_unavailable()?;
+        let key = redis.key(&session_key(id));
+        let sealed = redis.get(&key).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot read a session from Redis");
+            store_unavailable()
+        })?;
+        Ok(sealed.and_then(|blob| {
+            let text = String::from_utf8(blob).ok()?;
+            self.sealer.open(&text, &key).ok()
+        }))
+    }
+
+    /// Keeps a new or refreshed session: sealed into the cookie, or sealed
+    /// into Redis under the session's id (a new id for a new session, whose
+    /// cookie is then the sealed id). Returns the `Set-Cookie` values.
+    async fn save(
+        &self,
+        state: &SessionState,
+        existing: Option<&SessionCookie>,
+    ) -> Result<Vec<String>, Refused> {
+        let now = now();
+        let lifetime = state.session_expires_at.saturating_sub(now).max(1);
+        let failed = |e: keygate_auth::session::SessionError| {
+            refused(Refusal::Unavailable(e.to_string()), "session_failed")
+        };
+        if !self.server_side {
+            let sealed = self.sealer.seal(state, SESSION_COOKIE).map_err(failed)?;
+            return Ok(session::set_cookie_headers(
+                SESSION_COOKIE,
+                &sealed,
+                lifetime,
+                self.secure,
+                0,
+            ));
+        }
+        let redis = self.redis_or_unavailable()?;
+        let (id, new) = match existing {
+            Some(SessionCookie::Id(id)) => (id.clone(), false),
+            _ => (new_session_id().map_err(failed)?, true),
+        };
+        let key = redis.key(&session_key(&id));
+        let sealed = self.sealer.seal(state, &key).map_err(failed)?;
+        let mut indexes = vec![redis.key(&format!("sub:{}", state.subject))];
+        if let Some(sid) = &state.sid {
+            indexes.push(redis.key(&format!("sid:{sid}")));
+        }
+        redis
+            .save_session(
+                &key,
+                sealed.as_bytes(),
+                std::time::Duration::from_secs(lifetime),
+                &indexes,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot store a session in Redis");
+                store_unavailable()
+            })?;
+        if !new {
+            return Ok(Vec::new());
+        }
+        let sealed_id = self
+            .sealer
+            .seal_json(
+                &SessionRef {
+                    id: id.expose().to_owned(),
+                },
+                SESSION_REF_AAD,
+            )
+            .map_err(failed)?;
+        Ok(session::set_cookie_headers(
+            SESSION_COOKIE,
+            &sealed_id,
+            lifetime,
+            self.secure,
+            0,
+        ))
+    }
+
+    /// Forgets a session on logout (server-side: deletes it from Redis).
+    async fn end(&self, cookie: &SessionCookie) {
+        if let (SessionCookie::Id(id), Some(redis)) = (cookie, &self.redis)
+            && let Err(e) = redis.del(&[redis.key(&session_key(id))]).await
+        {
+            tracing::warn!(error = %e, "cannot delete a session from Redis; it ends when it expires");
+        }
+    }
+
+    /// Whether a back-channel logout ended this cookie session: its `sid`,
+    /// or its user since it began. Looked up here, and with Redis in the
+    /// markers every replica leaves there. (Server-side sessions are deleted
+    /// by the logout instead.)
+    async fn logged_out(&self, state: &SessionState) -> Result<bool, Refused> {
+        let sid = state.sid.as_ref().map(|sid| format!("sid:{sid}"));
+        let sub = format!("sub:{}", state.subject);
+        let ends = |at_ms: u64| at_ms >= state.created_at_ms;
+        if sid.as_ref().is_some_and(|k| self.ended.contains_key(k))
+            || self.ended.get(&sub).is_some_and(ends)
+        {
+            return Ok(true);
+        }
+        let Some(redis) = &self.redis else {
+            return Ok(false);
+        };
+        for marker in sid.iter().chain(std::iter::once(&sub)) {
+            let at = redis
+                .get(&redis.key(&format!("ended:{marker}")))
+                .await
+                .map_err(|_| store_unavailable())?;
+            if let Some(at) = at.and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok()) {
+                self.ended.insert(marker.clone(), at);
+                if marker.starts_with("sid:") || ends(at) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Ends the sessions a back-channel logout names (`sid:…` or `sub:…`).
+    async fn end_by(&self, marker: &str) -> Result<(), Refused> {
+        let now = now_ms();
+        if self.server_side {
+            let redis = self.redis_or_unavailable()?;
+            let n = redis
+                .end_sessions(&redis.key(marker))
+                .await
+                .map_err(|_| store_unavailable())?;
+            tracing::info!(sessions = n, "back-channel logout ended sessions");
+            return Ok(());
+        }
+        self.ended.insert(marker.to_owned(), now);
+        if let Some(redis) = &self.redis {
+            redis
+                .set(
+                    &redis.key(&format!("ended:{marker}")),
+                    now.to_string().as_bytes(),
+                    std::time::Duration::from_secs(MAX_SESSION_SECS),
+                )
+                .await
+                .map_err(|_| store_unavailable())?;
+        }
+        Ok(())
+    }
 }
 
-/// The access token to use for a session: the cookie's while it is valid;
-/// otherwise, with `enable-refresh-tokens`, a refreshed one (one refresh per
-/// session at a time), whose new cookie goes into `ctx.set_cookies`. An
-/// expired session without refresh, or whose refresh the provider refuses,
-/// ends: its cookies are cleared and the caller is sent to login (401).
+fn store_unavailable() -> Refused {
+    refused(
+        Refusal::Unavailable("the session store is unavailable; try again shortly".into()),
+        "session_store_unavailable",
+    )
+}
+
+/// Redis key of a server-side session: the SHA-256 of its id, so a dump of
+/// Redis holds no usable session id.
+fn session_key(id: &Secret) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.expose().as_bytes());
+    let mut out = String::with_capacity(2 + 64);
+    out.push_str("s:");
+    for b in digest.as_ref() {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// 32 random bytes, base64url.
+fn new_session_id() -> Result<Secret, keygate_auth::session::SessionError> {
+    use aws_lc_rs::rand::SecureRandom as _;
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| keygate_auth::session::SessionError::Random)?;
+    Ok(Secret::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    ))
+}
+
+/// The access token to use for a session: the stored one while it is
+/// valid; otherwise, with `enable-refresh-tokens`, a refreshed one (one
+/// refresh per session at a time, across replicas with server-side
+/// sessions), saved back (a new cookie goes into `ctx.set_cookies`). A
+/// session that was logged out, has expired without refresh, or whose
+/// refresh the provider refuses, ends: its cookies are cleared and the
+/// caller is sent to login (401).
 pub async fn current_access_token(
     sessions: &Sessions,
-    state: &SessionState,
+    cookie: &SessionCookie,
     ctx: &mut RequestCtx,
 ) -> Result<Secret, Refused> {
     let now = now();
-    let logged_out = state
-        .sid
-        .as_ref()
-        .is_some_and(|sid| sessions.ended.contains_key(&format!("sid:{sid}")))
-        || sessions
-            .ended
-            .contains_key(&format!("sub:{}", state.subject));
-    if logged_out {
-        ctx.set_cookies.extend(sessions.clear_headers(1));
-        return Err(refused(Refusal::NoCredential, "session_logged_out"));
-    }
-    if state.access_expires_at > now {
-        return Ok(state.access_token.clone());
-    }
     let ended = |ctx: &mut RequestCtx, reason: &'static str| {
         ctx.set_cookies.extend(sessions.clear_headers(1));
         refused(Refusal::NoCredential, reason)
     };
+    let Some(state) = sessions.load(cookie).await? else {
+        return Err(ended(ctx, "session_ended"));
+    };
+    if sessions.logged_out(&state).await? {
+        return Err(ended(ctx, "session_logged_out"));
+    }
+    if state.access_expires_at > now {
+        return Ok(state.access_token.clone());
+    }
     let Some(refresh_token) = state.refresh_token.clone().filter(|_| sessions.refresh) else {
         return Err(ended(ctx, "session_expired"));
     };
@@ -158,44 +398,102 @@ pub async fn current_access_token(
     let refreshed = sessions
         .refreshes
         .try_get_with(key, async {
+            if let Some(done) = refreshed_elsewhere(sessions, cookie).await? {
+                return Ok(Arc::new(done));
+            }
             let tokens = sessions
                 .grants
                 .refresh(&sessions.client_id, &sessions.client_secret, &refresh_token)
-                .await?;
+                .await
+                .map_err(RefreshError::Grant)?;
             let expires_at = now + tokens.expires_in.unwrap_or(60);
-            Ok::<_, keygate_auth::grants::GrantError>(Arc::new(SessionState {
+            let new_state = Arc::new(SessionState {
                 access_token: tokens.access_token,
                 refresh_token: tokens.refresh_token.or(Some(refresh_token.clone())),
-                id_token: state.id_token.clone(),
-                subject: state.subject.clone(),
-                sid: state.sid.clone(),
                 access_expires_at: expires_at,
-                session_expires_at: state.session_expires_at,
-            }))
+                ..state.clone()
+            });
+            let cookies = sessions
+                .save(&new_state, Some(cookie))
+                .await
+                .map_err(RefreshError::Store)?;
+            if let Some(redis) = &sessions.redis
+                && let SessionCookie::Id(id) = cookie
+            {
+                let _ = redis
+                    .del(&[redis.key(&format!("{}:refresh", session_key(id)))])
+                    .await;
+            }
+            Ok::<_, RefreshError>(Arc::new((new_state, cookies)))
         })
         .await;
     match refreshed {
-        Ok(new_state) => {
-            let sealed = sessions
-                .sealer
-                .seal(&new_state, SESSION_COOKIE)
-                .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "session_failed"))?;
-            let max_age = new_state.session_expires_at.saturating_sub(now);
-            ctx.set_cookies.extend(session::set_cookie_headers(
-                SESSION_COOKIE,
-                &sealed,
-                max_age,
-                sessions.secure,
-                0,
-            ));
+        Ok(done) => {
+            let (new_state, cookies) = &*done;
+            ctx.set_cookies.extend(cookies.iter().cloned());
             Ok(new_state.access_token.clone())
         }
-        Err(e) if e.is_unavailable() => Err(refused(
-            Refusal::Unavailable("the OpenID provider is unavailable; try again shortly".into()),
-            "provider_unavailable",
-        )),
-        Err(_) => Err(ended(ctx, "session_refresh_refused")),
+        Err(e) => match &*e {
+            RefreshError::Grant(e) if e.is_unavailable() => Err(refused(
+                Refusal::Unavailable(
+                    "the OpenID provider is unavailable; try again shortly".into(),
+                ),
+                "provider_unavailable",
+            )),
+            RefreshError::Grant(_) => Err(ended(ctx, "session_refresh_refused")),
+            RefreshError::Store(r) => Err(Refused {
+                refusal: r.refusal.clone(),
+                reason: r.reason.clone(),
+            }),
+        },
     }
+}
+
+/// A refreshed session and the `Set-Cookie` values that carry it.
+type Refreshed = (Arc<SessionState>, Vec<String>);
+
+/// Why a session could not be refreshed.
+#[derive(Debug)]
+enum RefreshError {
+    Grant(keygate_auth::grants::GrantError),
+    Store(Refused),
+}
+
+/// With server-side sessions, at most one replica refreshes a session at a
+/// time (a provider that rotates refresh tokens would refuse the second
+/// refresh and end the session). The others wait for its result in Redis.
+/// `Ok(None)`: this replica refreshes.
+async fn refreshed_elsewhere(
+    sessions: &Sessions,
+    cookie: &SessionCookie,
+) -> Result<Option<Refreshed>, RefreshError> {
+    let (SessionCookie::Id(id), Some(redis)) = (cookie, &sessions.redis) else {
+        return Ok(None);
+    };
+    let lock = redis.key(&format!("{}:refresh", session_key(id)));
+    if redis
+        .set_nx(&lock, b"1", REFRESH_LOCK_TTL)
+        .await
+        .map_err(|_| RefreshError::Store(store_unavailable()))?
+    {
+        return Ok(None);
+    }
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        match sessions.load(cookie).await.map_err(RefreshError::Store)? {
+            Some(state) if state.access_expires_at > now() => {
+                return Ok(Some((Arc::new(state), Vec::new())));
+            }
+            Some(_) => {}
+            None => {
+                return Err(RefreshError::Store(refused(
+                    Refusal::NoCredential,
+                    "session_ended",
+                )));
+            }
+        }
+    }
+    Err(RefreshError::Store(store_unavailable()))
 }
 
 /// The redirect that starts a login and comes back to `return_to`.
@@ -220,9 +518,13 @@ fn redirect(location: &str, cookies: &[String]) -> Response<Body> {
 }
 
 fn now() -> u64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -484,18 +786,9 @@ pub async fn callback(
             .map(str::to_owned),
         access_expires_at: identity.expires_at,
         session_expires_at: now + session_lifetime,
+        created_at_ms: now_ms(),
     };
-    let sealed = sessions
-        .sealer
-        .seal(&state, SESSION_COOKIE)
-        .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "session_failed"))?;
-    let mut set = session::set_cookie_headers(
-        SESSION_COOKIE,
-        &sealed,
-        session_lifetime,
-        sessions.secure,
-        0,
-    );
+    let mut set = sessions.save(&state, None).await?;
     set.extend(session::clear_cookie_headers(
         LOGIN_COOKIE,
         0,
@@ -513,12 +806,21 @@ pub async fn logout(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
     let sessions = enabled(gw)?;
-    let (state, chunks) = match sessions.read(req.headers()) {
-        Ok(Some((state, chunks))) => (Some(state), chunks),
+    let (cookie, chunks) = match sessions.read(req.headers()) {
+        Ok(Some((cookie, chunks))) => (Some(cookie), chunks),
         Ok(None) => (None, 0),
         Err(chunks) => (None, chunks),
     };
     let clear = sessions.clear_headers(chunks.max(1));
+    // Logging out always clears the cookie, even when Redis cannot be asked
+    // for the session (its refresh token then lives until it expires).
+    let state = match &cookie {
+        Some(c) => sessions.load(c).await.unwrap_or(None),
+        None => None,
+    };
+    if let Some(c) = &cookie {
+        sessions.end(c).await;
+    }
     let keys = gw.verifier.provider().keys();
     if let Some(refresh) = state.as_ref().and_then(|s| s.refresh_token.clone()) {
         let grants = Grants::new(Arc::clone(gw.verifier.provider()));
@@ -634,8 +936,8 @@ pub async fn backchannel_logout(
     let sid = claims.get("sid").and_then(|v| v.as_str());
     let sub = claims.get("sub").and_then(|v| v.as_str());
     match (sid, sub) {
-        (Some(sid), _) => sessions.ended.insert(format!("sid:{sid}"), ()),
-        (None, Some(sub)) => sessions.ended.insert(format!("sub:{sub}"), ()),
+        (Some(sid), _) => sessions.end_by(&format!("sid:{sid}")).await?,
+        (None, Some(sub)) => sessions.end_by(&format!("sub:{sub}")).await?,
         (None, None) => return Err(bad("neither sid nor sub")),
     }
     let mut resp = respond::empty(StatusCode::OK);

@@ -124,7 +124,15 @@ impl Redis {
     /// Prepares a connection to `url` (`redis://…`, `rediss://…`). Does not
     /// wait for the server: keygate starts while Redis is down and connects
     /// when it comes up. Every command waits at most `timeout`.
+    ///
+    /// Must be called within a tokio runtime (the connection is kept by a
+    /// background task); outside one it is an error, not a panic.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, SharedError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SharedError::Unavailable(
+                "the Redis client needs a tokio runtime".into(),
+            ));
+        }
         let client = redis::Client::open(url.trim())
             .map_err(|e| SharedError::InvalidUrl(redact(&e.to_string(), url)))?;
         let config = ConnectionManagerConfig::new()
@@ -194,15 +202,8 @@ impl Redis {
     }
 
     async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, SharedError> {
-        self.check_breaker()?;
-        let mut conn = self.inner.conn.clone();
-        let result =
-            match tokio::time::timeout(self.inner.timeout, cmd.query_async(&mut conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
-                Err(_) => Err(SharedError::Unavailable("timed out".into())),
-            };
-        self.record(result)
+        self.send(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
     }
 
     async fn script<T: FromRedisValue>(
@@ -211,7 +212,6 @@ impl Redis {
         keys: &[&str],
         args: &[i64],
     ) -> Result<T, SharedError> {
-        self.check_breaker()?;
         let mut invocation = script.prepare_invoke();
         for k in keys {
             invocation.key(*k);
@@ -219,13 +219,29 @@ impl Redis {
         for a in args {
             invocation.arg(*a);
         }
-        let mut conn = self.inner.conn.clone();
-        let result = match tokio::time::timeout(
-            self.inner.timeout,
-            invocation.invoke_async(&mut conn),
-        )
-        .await
-        {
+        let invocation = &invocation;
+        self.send(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs `op` on the connection within `redis-timeout`, through the
+    /// breaker. A connection that broke (Redis restarted) is retried once on
+    /// the new connection the manager makes, so a restart costs no error.
+    async fn send<T, F, Fut>(&self, op: F) -> Result<T, SharedError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.check_breaker()?;
+        let attempt = async {
+            match op(self.inner.conn.clone()).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    op(self.inner.conn.clone()).await
+                }
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout(self.inner.timeout, attempt).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
             Err(_) => Err(SharedError::Unavailable("timed out".into())),
@@ -317,7 +333,6 @@ impl Redis {
         ttl: Duration,
         indexes: &[String],
     ) -> Result<(), SharedError> {
-        self.check_breaker()?;
         let ms = ttl.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -333,15 +348,9 @@ impl Redis {
             // PEXPIRE … GT does not set a TTL on a key that has none yet.
             pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("NX").ignore();
         }
-        let mut conn = self.inner.conn.clone();
-        let result =
-            match tokio::time::timeout(self.inner.timeout, pipe.query_async::<()>(&mut conn)).await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
-                Err(_) => Err(SharedError::Unavailable("timed out".into())),
-            };
-        self.record(result)
+        let pipe = &pipe;
+        self.send(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
     }
 
     /// Ends every session listed in the index set `index`; returns how many

@@ -83,6 +83,12 @@ pub fn main() -> ExitCode {
         Some(("check-config", m)) => match load(m).and_then(|loaded| {
             // Build everything `serve` builds (rules, headers, TLS files), without
             // binding or contacting anyone, so every config error shows here.
+            // (A runtime, as `serve` has: the Redis client is prepared in one.)
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| settings::LoadError(format!("cannot start a runtime: {e}")))?;
+            let _entered = runtime.enter();
             keygate_proxy::Gateway::new(loaded.config.clone())
                 .map(|_| loaded)
                 .map_err(|e| settings::LoadError(e.to_string()))

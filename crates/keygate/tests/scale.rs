@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::browser::{Browser, login_at};
 use common::*;
 use keygate_store::testing::{PgServer, RedisServer};
 use serde_json::{Value, json};
@@ -24,13 +25,37 @@ struct Cluster {
     redis: RedisServer,
     store_url: String,
     replicas: Vec<Keygate>,
+    ports: Vec<u16>,
     http: reqwest::Client,
 }
 
 impl Cluster {
     /// `extra` is appended to every replica's config.
     async fn start(n: usize, extra: &str) -> Cluster {
-        let idp = Idp::start().await;
+        Cluster::start_with(n, &[], extra).await
+    }
+
+    /// Like [`Cluster::start`], with extra arguments for the provider.
+    async fn start_with(n: usize, idp_args: &[&str], extra: &str) -> Cluster {
+        // Hold the replicas' ports while the other servers pick theirs: the
+        // provider must know their callback URLs.
+        let reserved: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = reserved
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let callbacks: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/oauth/callback"))
+            .collect();
+        let mut args: Vec<&str> = Vec::new();
+        for cb in &callbacks {
+            args.extend(["--redirect-uri", cb.as_str()]);
+        }
+        args.extend_from_slice(idp_args);
+        let idp = Idp::start_with(&args).await;
         let upstream = Upstream::start().await;
         let pg = PgServer::start().await;
         let store_url = pg.create_database("keygate").await;
@@ -42,32 +67,42 @@ impl Cluster {
             redis,
             store_url,
             replicas: Vec::new(),
+            ports,
             http: client(),
         };
-        for _ in 0..n {
-            let replica = Keygate::start_yaml(&cluster.config(extra)).await;
+        drop(reserved);
+        for i in 0..n {
+            let replica = Keygate::start_yaml(&cluster.config(cluster.ports[i], extra)).await;
             replica.wait_ready().await;
             cluster.replicas.push(replica);
         }
         cluster
     }
 
-    fn config(&self, extra: &str) -> String {
-        base_config(
-            &self.idp.issuer,
-            &self.upstream.url(),
-            &format!(
-                "store-url: {}\n\
-                 redis-url: {}\n\
-                 listen-admin: 127.0.0.1:0\n\
-                 encryption-key: {ENCRYPTION_KEY}\n\
-                 secure-cookie: false\n\
-                 api-keys:\n  server-secret: {SERVER_SECRET}\n  admin-role: admin\n\
-                 {extra}",
-                self.store_url,
-                self.redis.url()
-            ),
+    fn config(&self, port: u16, extra: &str) -> String {
+        format!(
+            "listen: 127.0.0.1:{port}\n\
+             discovery-url: {}\n\
+             client-id: keygate\n\
+             client-secret: keygate-secret\n\
+             upstream-url: {}\n\
+             log-level: warn\n\
+             store-url: {}\n\
+             redis-url: {}\n\
+             listen-admin: 127.0.0.1:0\n\
+             encryption-key: {ENCRYPTION_KEY}\n\
+             secure-cookie: false\n\
+             api-keys:\n  server-secret: {SERVER_SECRET}\n  admin-role: admin\n\
+             {extra}",
+            self.idp.issuer,
+            self.upstream.url(),
+            self.store_url,
+            self.redis.url()
         )
+    }
+
+    fn base(&self, replica: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[replica])
     }
 
     fn admin(&self, replica: usize, path: &str) -> String {
@@ -128,6 +163,79 @@ impl Cluster {
             .status()
             .as_u16()
     }
+
+    /// An API call with a session cookie: the status and the upstream's echo.
+    async fn with_session(&self, replica: usize, cookie: &str) -> (u16, Option<Echo>) {
+        let resp = self
+            .http
+            .get(self.replicas[replica].url("/api/data"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let echo = (status == 200).then_some(Echo(resp.json().await.unwrap()));
+        (status, echo)
+    }
+
+    /// Logs `user` in through `replica`; the `Cookie` header of the session.
+    async fn login(&self, replica: usize, user: &str) -> String {
+        let mut browser = Browser::new();
+        let page = login_at(
+            &mut browser,
+            &self.base(replica),
+            "/oauth/authorize?return_to=/app",
+            user,
+        )
+        .await;
+        assert_eq!(
+            page.status,
+            200,
+            "{}: {} {:?}",
+            page.url,
+            page.body,
+            browser.cookies.keys()
+        );
+        let cookies: Vec<String> = browser
+            .cookies
+            .iter()
+            .filter(|(k, _)| k.starts_with("kg_session"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(cookies.len(), 1, "one cookie: {cookies:?}");
+        cookies[0].clone()
+    }
+
+    /// Every key and value in Redis, as text.
+    fn redis_dump(&self) -> String {
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &self.redis.port().to_string()])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let mut dump = String::new();
+        for key in cli(&["--scan"]).lines() {
+            dump.push_str(key);
+            dump.push('=');
+            dump.push_str(&cli(&["GET", key]));
+            dump.push_str(&cli(&["SMEMBERS", key]));
+            dump.push('\n');
+        }
+        dump
+    }
+}
+
+async fn grant_count(idp: &Idp, grant: &str) -> u64 {
+    let stats: Value = reqwest::get(format!("{}/admin/stats", idp.base()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["by_grant"][grant].as_u64().unwrap_or(0)
 }
 
 fn svc() -> Value {
@@ -204,7 +312,7 @@ async fn a_key_revoked_with_the_cli_is_refused_by_every_replica_within_a_second(
     }
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("keygate.yaml");
-    std::fs::write(&config, cluster.config("")).unwrap();
+    std::fs::write(&config, cluster.config(0, "")).unwrap();
     let start = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["keys", "revoke", "--config"])
@@ -299,4 +407,173 @@ async fn redis_outage_keeps_jwts_and_cached_keys_and_recovers() {
         assert!(Instant::now() < deadline, "keygate did not use Redis again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+const REDIS_SESSIONS: &str = "session-store: redis\nenable-refresh-tokens: true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_created_on_one_replica_works_on_the_others_and_ends_everywhere() {
+    let cluster = Cluster::start(3, REDIS_SESSIONS).await;
+    let cookie = cluster.login(0, "alice").await;
+    // The cookie holds a sealed id, not the tokens.
+    assert!(cookie.len() < 200, "{cookie}");
+    let mut token = String::new();
+    for r in 0..3 {
+        let (status, echo) = cluster.with_session(r, &cookie).await;
+        assert_eq!(status, 200, "replica {r}");
+        let echo = echo.unwrap();
+        assert_eq!(echo.header("x-auth-method").as_deref(), Some("session"));
+        assert_eq!(echo.header("x-auth-username").as_deref(), Some("alice"));
+        token = echo.header("authorization").unwrap()["Bearer ".len()..].to_owned();
+    }
+    // Redis holds the session sealed: no token, no session id in clear.
+    let dump = cluster.redis_dump();
+    assert!(dump.contains("keygate:s:"), "{dump}");
+    for part in token.split('.') {
+        assert!(!dump.contains(part), "a token part is in Redis in clear");
+    }
+    let id = cookie.split_once('=').unwrap().1;
+    assert!(!dump.contains(id));
+
+    // A forged cookie is no session on any replica.
+    let forged = format!("kg_session={}x", &id[..id.len() - 1]);
+    assert_eq!(cluster.with_session(1, &forged).await.0, 401);
+
+    // Logging out on replica 3 ends the session on 1 and 2 at once.
+    let resp = cluster
+        .http
+        .get(format!("{}/oauth/logout", cluster.base(2)))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    for r in 0..3 {
+        assert_eq!(cluster.with_session(r, &cookie).await.0, 401, "replica {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backchannel_logout_on_one_replica_ends_the_session_on_all() {
+    backchannel_logout_everywhere(REDIS_SESSIONS).await;
+}
+
+/// Cookie sessions carry their tokens themselves; with Redis the replicas
+/// still share which sessions a back-channel logout ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backchannel_logout_of_cookie_sessions_reaches_every_replica_through_redis() {
+    backchannel_logout_everywhere("session-store: cookie\n").await;
+}
+
+async fn backchannel_logout_everywhere(sessions: &str) {
+    let cluster = Cluster::start(3, sessions).await;
+    let alice1 = cluster.login(0, "alice").await;
+    let alice2 = cluster.login(1, "alice").await;
+    let bob = cluster.login(2, "bob").await;
+    for cookie in [&alice1, &alice2, &bob] {
+        assert_eq!(cluster.with_session(2, cookie).await.0, 200);
+    }
+    let event = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+    let (cluster_ref, event_ref) = (&cluster, &event);
+    let logout = |claims: Value| async move {
+        let (cluster, event) = (cluster_ref, event_ref);
+        let mut c = json!({"typ": "Logout", "aud": "keygate", "events": event, "realm_access": null,
+            "resource_access": null, "scope": null, "exp": null, "azp": null});
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let token = cluster.idp.sign(c, json!({})).await;
+        cluster
+            .http
+            .post(format!("{}/oauth/backchannel-logout", cluster.base(1)))
+            .form(&[("logout_token", token)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // By sub: every session of alice, on every replica; bob's stays.
+    assert_eq!(logout(json!({"sid": null})).await, 200);
+    for r in 0..3 {
+        assert_eq!(cluster.with_session(r, &alice1).await.0, 401);
+        assert_eq!(cluster.with_session(r, &alice2).await.0, 401);
+        assert_eq!(cluster.with_session(r, &bob).await.0, 200);
+    }
+    // A new login of alice afterwards works.
+    let again = cluster.login(2, "alice").await;
+    assert_eq!(cluster.with_session(0, &again).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_sessions_are_refreshed_once_across_replicas() {
+    let cluster = Cluster::start_with(
+        3,
+        &["--access-token-ttl", "3", "--rotate-refresh-tokens"],
+        &format!("{REDIS_SESSIONS}clock-skew: 0s\n"),
+    )
+    .await;
+    let cookie = cluster.login(0, "alice").await;
+    let first = cluster.with_session(1, &cookie).await.1.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let before = grant_count(&cluster.idp, "refresh_token").await;
+    // Twelve requests at once, four per replica: the provider rotates
+    // refresh tokens, so a second refresh would be refused and end the session.
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (http, url, cookie) = (
+                cluster.http.clone(),
+                cluster.replicas[i % 3].url("/api/data"),
+                cookie.clone(),
+            );
+            tokio::spawn(async move {
+                let resp = http.get(url).header("cookie", cookie).send().await.unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let echo = Echo(serde_json::from_str(&body).unwrap());
+        assert_ne!(echo.header("authorization"), first.header("authorization"));
+    }
+    assert_eq!(
+        grant_count(&cluster.idp, "refresh_token").await - before,
+        1,
+        "one refresh for the session, whichever replica"
+    );
+    // The cookie did not change: the session's id names the refreshed tokens.
+    assert_eq!(cluster.with_session(2, &cookie).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_wait_out_a_redis_outage_with_503_and_survive_it() {
+    let mut cluster = Cluster::start(2, REDIS_SESSIONS).await;
+    let cookie = cluster.login(0, "alice").await;
+    let jwt = cluster.idp.token("alice").await;
+    assert_eq!(cluster.with_session(1, &cookie).await.0, 200);
+    cluster.redis.stop_server();
+    // A session cannot be verified without Redis: 503, never a pass and
+    // never a 401 that would send the user to log in again.
+    let resp = cluster
+        .http
+        .get(cluster.replicas[1].url("/api/data"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers().get("set-cookie").is_none(),
+        "the cookie is kept"
+    );
+    assert_eq!(cluster.with_token(1, &jwt).await, 200, "JWTs need no Redis");
+    cluster.redis.start_again().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.with_session(1, &cookie).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the session did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.with_session(0, &cookie).await.0, 200);
 }

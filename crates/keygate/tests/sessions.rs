@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::browser::{Browser, Page, first_form};
+use common::browser::{Browser, Page, first_form, login_at};
 use common::*;
 use serde_json::Value;
 
@@ -59,32 +59,7 @@ const SEED_001: &str = "access-token-audience: [APP-backend]\n";
 
 /// Follows the login from `start` as `user` until the browser is back on keygate.
 async fn login(browser: &mut Browser, web: &Web, start: &str, user: &str) -> Page {
-    let mut page = browser.get(&format!("{}{start}", web.base)).await;
-    for _ in 0..10 {
-        if page.url.as_str().starts_with(&web.base) && !page.url.path().starts_with("/oauth/") {
-            return page;
-        }
-        let Some((action, mut fields)) = first_form(&page.body) else {
-            panic!(
-                "no form at {} (HTTP {}): {}",
-                page.url, page.status, page.body
-            );
-        };
-        for (name, value) in fields.iter_mut() {
-            if name == "username" || name == "password" {
-                *value = user.to_owned();
-            }
-        }
-        let target = match action {
-            Some(a) => page.url.join(&a).unwrap(),
-            None => page.url.clone(),
-        };
-        page = browser.go(target, Some(fields)).await;
-    }
-    panic!(
-        "login did not come back to keygate: {} {}",
-        page.url, page.body
-    );
+    login_at(browser, &web.base, start, user).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -81,6 +81,37 @@ impl Browser {
     }
 }
 
+/// Follows a login from `base` + `start` as `user`, filling in the
+/// provider's forms, until the browser is back on `base` (off `/oauth/`).
+pub async fn login_at(browser: &mut Browser, base: &str, start: &str, user: &str) -> Page {
+    let mut page = browser.get(&format!("{base}{start}")).await;
+    for _ in 0..10 {
+        if page.url.as_str().starts_with(base) && !page.url.path().starts_with("/oauth/") {
+            return page;
+        }
+        let Some((action, mut fields)) = first_form(&page.body) else {
+            panic!(
+                "no form at {} (HTTP {}): {}",
+                page.url, page.status, page.body
+            );
+        };
+        for (name, value) in fields.iter_mut() {
+            if name == "username" || name == "password" {
+                *value = user.to_owned();
+            }
+        }
+        let target = match action {
+            Some(a) => page.url.join(&a).unwrap(),
+            None => page.url.clone(),
+        };
+        page = browser.go(target, Some(fields)).await;
+    }
+    panic!(
+        "login did not come back to keygate: {} {}",
+        page.url, page.body
+    );
+}
+
 /// The first form of `html`: its action and its inputs' names and values.
 /// A form's action and its fields.
 type Form = (Option<String>, Vec<(String, String)>);
