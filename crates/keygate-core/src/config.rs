@@ -6,6 +6,7 @@
 //! Key names follow keycloak-gatekeeper where it had the same setting.
 
 use crate::Secret;
+use crate::limits::{Quota, RateLimit};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -227,6 +228,18 @@ pub struct ApiKeysConfig {
     /// Role (realm role, or `client:role`) the admin API requires.
     #[serde(default = "default_admin_role")]
     pub admin_role: String,
+    /// Rate limit of service keys without one of their own (`100/s burst 200`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_service: Option<RateLimit>,
+    /// Rate limit of personal keys without one of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_personal: Option<RateLimit>,
+    /// Usage quota of service keys without one of their own (`100000/day`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_service: Option<Quota>,
+    /// Usage quota of personal keys without one of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_personal: Option<Quota>,
 }
 
 impl Default for ApiKeysConfig {
@@ -244,6 +257,10 @@ impl Default for ApiKeysConfig {
             record_cache_ttl: default_record_ttl(),
             refresh_margin: default_refresh_margin(),
             admin_role: default_admin_role(),
+            rate_limit_service: None,
+            rate_limit_personal: None,
+            quota_service: None,
+            quota_personal: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod identity;
 pub mod keys;
+pub mod limits;
 pub mod normalize;
 pub mod rules;
 pub mod secret;

@@ -136,6 +136,39 @@ async fn route(
                 .map_err(manage_error)?;
             Ok(respond::json(StatusCode::OK, &json!({ "key": view })))
         }
+        (Method::POST, [id, "limits"]) => {
+            // A field left out stays as it is; `null` returns it to the
+            // kind's default.
+            let body: serde_json::Map<String, serde_json::Value> = read_json(req).await?;
+            let field = |name: &str| -> Result<Option<Option<String>>, Refused> {
+                match body.get(name) {
+                    None => Ok(None),
+                    Some(serde_json::Value::Null) => Ok(Some(None)),
+                    Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
+                    Some(_) => Err(Refused {
+                        refusal: Refusal::BadRequest(format!("`{name}` must be a string or null")),
+                        reason: Cow::Borrowed("invalid_request"),
+                    }),
+                }
+            };
+            if let Some(unknown) = body.keys().find(|k| *k != "rate_limit" && *k != "quota") {
+                return Err(Refused {
+                    refusal: Refusal::BadRequest(format!("unknown field `{unknown}`")),
+                    reason: Cow::Borrowed("invalid_request"),
+                });
+            }
+            let (rate, quota) = (field("rate_limit")?, field("quota")?);
+            let view = keys
+                .set_limits(
+                    id,
+                    rate.as_ref().map(|r| r.as_deref()),
+                    quota.as_ref().map(|q| q.as_deref()),
+                    &actor,
+                )
+                .await
+                .map_err(manage_error)?;
+            Ok(respond::json(StatusCode::OK, &json!({ "key": view })))
+        }
         (Method::POST, [id, "rotate"]) => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]

@@ -17,12 +17,14 @@
 //! 5. the provider's token is verified like any bearer token and its
 //!    identity forwarded, marked `api-key` with the key's id.
 
+use crate::ratelimit::{LimitHeaders, Limiter};
 use crate::respond::Refusal;
 use keygate_auth::apikey::{self, KeyCrypto};
 use keygate_auth::grants::{DevicePoll, GrantError, Grants, TokenResponse};
 use keygate_auth::{AuthError, JwtVerifier, Provider};
 use keygate_core::config::{ApiKeysConfig, Cidr, Config};
 use keygate_core::keys::KeyKind;
+use keygate_core::limits::{KeyLimit, Quota, RateLimit};
 use keygate_core::{AuthMethod, Identity, Secret};
 use keygate_store::{HashMatch, KeyChange, KeyFilter, KeyRecord, KeyStore, Redis};
 use moka::future::Cache;
@@ -114,6 +116,9 @@ impl moka::Expiry<String, Arc<Exchanged>> for RenewBeforeExpiry {
 struct Found {
     record: KeyRecord,
     previous: bool,
+    /// The limits in force: the key's own, else its kind's default.
+    rate: Option<RateLimit>,
+    quota: Option<Quota>,
 }
 
 /// A device authorization in progress (personal key creation).
@@ -171,6 +176,14 @@ pub struct NewServiceKey {
     /// Try the client credentials at the provider before storing the key.
     #[serde(default = "yes")]
     pub verify: bool,
+    /// The key's own rate limit (`100/s burst 200`, or `unlimited`); the
+    /// kind's default when absent.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    /// The key's own usage quota (`10000/day`, or `unlimited`); the kind's
+    /// default when absent.
+    #[serde(default)]
+    pub quota: Option<String>,
 }
 
 fn yes() -> bool {
@@ -210,6 +223,10 @@ pub struct KeyView {
     pub revoked_at: Option<i64>,
     /// `active`, `expired` or `revoked`.
     pub status: &'static str,
+    /// The key's own rate limit; `null`: its kind's default.
+    pub rate_limit: Option<String>,
+    /// The key's own usage quota; `null`: its kind's default.
+    pub quota: Option<String>,
 }
 
 impl From<&KeyRecord> for KeyView {
@@ -237,6 +254,8 @@ impl From<&KeyRecord> for KeyView {
             last_used_at: r.last_used_at,
             revoked_at: r.revoked_at,
             status,
+            rate_limit: r.rate_limit.clone(),
+            quota: r.quota.clone(),
         }
     }
 }
@@ -275,6 +294,7 @@ pub struct ApiKeys {
     tokens: Cache<String, Arc<Exchanged>>,
     /// Shared negative and exchange caches, when `redis-url` is set.
     redis: Option<Redis>,
+    limiter: Limiter,
     pending: Cache<String, Arc<PendingDevice>>,
     used: Mutex<HashMap<String, i64>>,
 }
@@ -324,6 +344,7 @@ impl ApiKeys {
                 .max_capacity(100_000)
                 .time_to_live(STALE_RECORD_TTL)
                 .build(),
+            limiter: Limiter::new(redis.clone()),
             redis,
             negative: Cache::builder()
                 .max_capacity(100_000)
@@ -365,6 +386,7 @@ impl ApiKeys {
         path: &str,
         client_ip: IpAddr,
         verifier: &JwtVerifier,
+        headers: &mut LimitHeaders,
     ) -> Result<Arc<Identity>, KeyError> {
         if apikey::parse(key).is_err() {
             return Err((
@@ -383,6 +405,15 @@ impl ApiKeys {
             return Err(refused.refusal());
         }
         check_restrictions(record, method, path, client_ip)?;
+        self.limiter
+            .check(&record.id, found.rate, found.quota, headers)
+            .await
+            .map_err(|l| {
+                (
+                    Refusal::TooManyRequests(l.description, l.retry_after),
+                    l.reason,
+                )
+            })?;
         let exchanged = match self
             .tokens
             .try_get_with(
@@ -420,10 +451,15 @@ impl ApiKeys {
                     return Err(Lookup::Refused(refused));
                 }
                 match store.find_by_hash(hash, now() as i64).await {
-                    Ok(Some((record, matched))) => Ok(Arc::new(Found {
-                        record,
-                        previous: matches!(matched, HashMatch::Previous),
-                    })),
+                    Ok(Some((record, matched))) => {
+                        let (rate, quota) = self.limits_of(&record).map_err(Lookup::Store)?;
+                        Ok(Arc::new(Found {
+                            record,
+                            previous: matches!(matched, HashMatch::Previous),
+                            rate,
+                            quota,
+                        }))
+                    }
                     Ok(None) => Err(Lookup::Refused(KeyRefusal::Unknown)),
                     Err(e) => Err(Lookup::Store(e.to_string())),
                 }
@@ -456,6 +492,25 @@ impl ApiKeys {
                 }
             },
         }
+    }
+
+    /// The rate limit and quota in force for a record: its own, else its
+    /// kind's default. A stored value that does not parse (written around
+    /// keygate) makes the key unusable, never unlimited.
+    fn limits_of(&self, record: &KeyRecord) -> Result<(Option<RateLimit>, Option<Quota>), String> {
+        let (rate, quota) = match record.kind {
+            KeyKind::Service => (self.config.rate_limit_service, self.config.quota_service),
+            KeyKind::Personal => (self.config.rate_limit_personal, self.config.quota_personal),
+        };
+        let invalid = |e: String| format!("API key {} has an invalid stored limit: {e}", record.id);
+        Ok((
+            KeyLimit::<RateLimit>::parse(record.rate_limit.as_deref())
+                .map_err(invalid)?
+                .or_default(rate),
+            KeyLimit::<Quota>::parse(record.quota.as_deref())
+                .map_err(invalid)?
+                .or_default(quota),
+        ))
     }
 
     /// Remembers a refused key here and, with Redis, for every replica.
@@ -821,6 +876,8 @@ impl ApiKeys {
             }
         }
         let expires_at = self.lifetime(KeyKind::Service, new.expires_in.as_deref())?;
+        let rate_limit = canonical_limit::<RateLimit>(new.rate_limit.as_deref())?;
+        let quota = canonical_limit::<Quota>(new.quota.as_deref())?;
         if new.verify {
             self.grants
                 .client_credentials(&new.client_id, &new.client_secret, &new.scopes)
@@ -861,6 +918,8 @@ impl ApiKeys {
             .collect();
         record.allowed_prefixes = new.allowed_prefixes;
         record.allowed_cidrs = new.allowed_cidrs;
+        record.rate_limit = rate_limit;
+        record.quota = quota;
         self.store
             .insert(&record, actor)
             .await
@@ -1147,6 +1206,39 @@ impl ApiKeys {
         self.show(id, owner).await
     }
 
+    /// Sets a key's own rate limit and quota. `None` leaves one as it is;
+    /// `Some(None)` (or `default`) returns it to its kind's default;
+    /// `unlimited` lifts the default. Every replica applies the change at
+    /// once (PostgreSQL announces it) or within `record-cache-ttl` (SQLite).
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        rate_limit: Option<Option<&str>>,
+        quota: Option<Option<&str>>,
+        actor: &str,
+    ) -> Result<KeyView, ManageError> {
+        let record = self.get_owned(id, None).await?;
+        if record.revoked_at.is_some() {
+            return Err(ManageError::Invalid(
+                "a revoked key's limits cannot be changed".into(),
+            ));
+        }
+        let rate_limit = match rate_limit {
+            None => record.rate_limit.clone(),
+            Some(text) => canonical_limit::<RateLimit>(text.filter(|t| *t != "default"))?,
+        };
+        let quota = match quota {
+            None => record.quota.clone(),
+            Some(text) => canonical_limit::<Quota>(text.filter(|t| *t != "default"))?,
+        };
+        self.store
+            .set_limits(id, rate_limit.as_deref(), quota.as_deref(), actor)
+            .await
+            .map_err(|e| ManageError::Store(e.to_string()))?;
+        self.forget_record_cache(&record).await;
+        self.show(id, None).await
+    }
+
     /// Issues a new secret for the same key record; the old key keeps
     /// working for `grace` (none: it stops at once). Service keys only: a
     /// personal key's secret is the user's offline session, so a personal
@@ -1246,9 +1338,10 @@ impl ApiKeys {
         key: &str,
         client_ip: IpAddr,
         verifier: &JwtVerifier,
+        headers: &mut LimitHeaders,
     ) -> Result<(Secret, u64), KeyError> {
         let identity = self
-            .authenticate(key, "GET", "/oauth/token", client_ip, verifier)
+            .authenticate(key, "GET", "/oauth/token", client_ip, verifier, headers)
             .await?;
         // The raw provider token would escape the key's restrictions: only
         // unrestricted keys may hand it out.
@@ -1291,6 +1384,19 @@ pub enum DeviceError {
     /// The provider failed.
     #[error("provider: {0}")]
     Provider(String),
+}
+
+/// A requested limit as stored: `None` for the kind's default, else its
+/// canonical text (`unlimited`, `100/s burst 200`, `10000/day`).
+fn canonical_limit<T>(text: Option<&str>) -> Result<Option<String>, ManageError>
+where
+    T: std::str::FromStr<Err = String> + std::fmt::Display,
+{
+    match KeyLimit::<T>::parse(text).map_err(ManageError::Invalid)? {
+        KeyLimit::Default => Ok(None),
+        KeyLimit::Unlimited => Ok(Some("unlimited".into())),
+        KeyLimit::Set(v) => Ok(Some(v.to_string())),
+    }
 }
 
 /// The identity of a provider token exchanged for the key `key_id`.

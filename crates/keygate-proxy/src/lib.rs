@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod keypage;
 pub mod ops;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod respond;
 pub mod selfservice;
 pub mod server;

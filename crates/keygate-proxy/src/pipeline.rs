@@ -74,6 +74,8 @@ pub struct RequestCtx {
     pub browser: bool,
     /// `Set-Cookie` values to add to the response (a refreshed session).
     pub set_cookies: Vec<String>,
+    /// Other headers for the response (an API key's rate-limit headers).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RequestCtx {
@@ -93,6 +95,7 @@ impl RequestCtx {
             started: Instant::now(),
             browser: method_is_read && is_browser_navigation(headers),
             set_cookies: Vec::new(),
+            response_headers: Vec::new(),
         }
     }
 
@@ -101,7 +104,8 @@ impl RequestCtx {
             Refusal::NoCredential
             | Refusal::BadCredential(_)
             | Refusal::Forbidden(_)
-            | Refusal::MethodNotAllowed(_) => Decision::Deny,
+            | Refusal::MethodNotAllowed(_)
+            | Refusal::TooManyRequests(..) => Decision::Deny,
             _ => Decision::Error,
         };
         self.reason = reason;
@@ -176,6 +180,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         if let Ok(v) = HeaderValue::from_str(cookie) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
+    }
+    for (name, value) in ctx.response_headers.drain(..) {
+        resp.headers_mut().insert(name, value);
     }
     log(&ctx, resp.status());
     resp
@@ -452,6 +459,7 @@ pub async fn verify_credential(
                 &ctx.path,
                 ctx.peer.ip(),
                 &gw.verifier,
+                &mut ctx.response_headers,
             )
             .await
             .map_err(|(refusal, reason)| Refused {

@@ -27,6 +27,9 @@ pub enum Refusal {
     NotFound,
     /// 405: the credential may not use this method (API-key restriction).
     MethodNotAllowed(String),
+    /// 429: the credential is over its rate limit or quota; retry after
+    /// this many seconds.
+    TooManyRequests(String, u64),
     /// 502: the upstream could not be reached or broke the exchange.
     BadGateway,
     /// 503: the provider is unreachable and nothing valid is cached.
@@ -44,6 +47,7 @@ impl Refusal {
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -59,6 +63,7 @@ impl Refusal {
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
+            Refusal::TooManyRequests(..) => "rate_limited",
             Refusal::BadGateway => "bad_gateway",
             Refusal::Unavailable(_) => "temporarily_unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
@@ -72,6 +77,7 @@ impl Refusal {
             | Refusal::BadCredential(d)
             | Refusal::Forbidden(d)
             | Refusal::MethodNotAllowed(d)
+            | Refusal::TooManyRequests(d, _)
             | Refusal::Unavailable(d) => d,
             Refusal::NoCredential => "a bearer token is required",
             Refusal::NotFound => "no such keygate endpoint",
@@ -93,6 +99,10 @@ impl Refusal {
         };
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             resp.headers_mut().insert(WWW_AUTHENTICATE, value);
+        }
+        if let Refusal::TooManyRequests(_, retry_after) = &self {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         resp
     }

@@ -55,7 +55,7 @@ pub async fn serve(
                 });
             };
             let (token, expires_in) = keys
-                .token_for(key, ctx.peer.ip(), &gw.verifier)
+                .token_for(key, ctx.peer.ip(), &gw.verifier, &mut ctx.response_headers)
                 .await
                 .map_err(|(refusal, reason)| Refused {
                     refusal,

@@ -467,6 +467,42 @@ impl KeyStore {
         Ok(done)
     }
 
+    /// Sets a key's own rate limit and quota (`None`: its kind's default;
+    /// the text is the caller's, already validated). Audited as `limits`.
+    ///
+    /// `false` if there is no such key or it is revoked.
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        rate_limit: Option<&str>,
+        quota: Option<&str>,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let detail = format!(
+            "rate_limit={} quota={}",
+            rate_limit.unwrap_or("default"),
+            quota.unwrap_or("default")
+        );
+        let at = unix_now();
+        let done = with_tx!(self, |tx, Db| {
+            let done = sqlx::query::<Db>(
+                "UPDATE api_keys SET rate_limit = $2, quota = $3 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(rate_limit)
+            .bind(quota)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if done {
+                audit!(Db, tx, id, "limits", actor, at, &detail);
+            }
+            done
+        });
+        Ok(done)
+    }
+
     /// Compare-and-swap of the sealed secret: stores `sealed` and bumps
     /// `secret_version` only if it still equals `expected_version` (and the key
     /// is not revoked). Of several concurrent callers with the same expected

@@ -1,4 +1,5 @@
-//! `keygate keys …`: create, list, show, revoke, rotate and renew API keys.
+//! `keygate keys …`: create, list, show, revoke, rotate, renew API keys and
+//! set their limits.
 //!
 //! Service keys and all management commands work on the key store named by
 //! the config (`store-url`); personal keys are created through a running
@@ -76,6 +77,8 @@ pub fn command() -> Command {
                 .arg(opt("allowed-methods", "restrict to these methods (GET,POST)"))
                 .arg(opt("allowed-prefixes", "restrict to these route prefixes (/reports,/exports)"))
                 .arg(opt("allowed-cidrs", "restrict to these client networks (10.0.0.0/8)"))
+                .arg(opt("rate-limit", "service keys: own rate limit, e.g. '100/s burst 200' or unlimited [default: api-keys.rate-limit-service]"))
+                .arg(opt("quota", "service keys: own usage quota, e.g. 10000/day or unlimited [default: api-keys.quota-service]"))
                 .arg(
                     Arg::new("no-verify")
                         .long("no-verify")
@@ -110,6 +113,15 @@ pub fn command() -> Command {
                         .help("file holding the current key (its client secret is re-encrypted)"),
                 )
                 .arg(opt("grace", "how long the old key keeps working, e.g. 10m [default: it stops now]"))
+                .arg(json_arg()),
+        )
+        .subcommand(
+            Command::new("limits")
+                .about("Set a key's own rate limit and usage quota (`default`: its kind's default)")
+                .arg(config_arg())
+                .arg(id_arg())
+                .arg(opt("rate-limit", "e.g. '100/s burst 200', 20/min, unlimited or default"))
+                .arg(opt("quota", "e.g. 10000/day, 250000/month, unlimited or default"))
                 .arg(json_arg()),
         )
         .subcommand(
@@ -195,6 +207,8 @@ async fn dispatch(m: &ArgMatches) -> Result<(), String> {
                 allowed_prefixes: list("allowed-prefixes"),
                 allowed_cidrs: list("allowed-cidrs"),
                 verify: !sub.get_flag("no-verify"),
+                rate_limit: sub.get_one::<String>("rate-limit").cloned(),
+                quota: sub.get_one::<String>("quota").cloned(),
             };
             let created = keys
                 .create_service(new, &actor)
@@ -288,6 +302,26 @@ async fn dispatch(m: &ArgMatches) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             print_created(&created, json);
+        }
+        "limits" => {
+            let id = sub.get_one::<String>("id").ok_or("ID is required")?;
+            let rate = sub.get_one::<String>("rate-limit").map(String::as_str);
+            let quota = sub.get_one::<String>("quota").map(String::as_str);
+            if rate.is_none() && quota.is_none() {
+                return Err("give --rate-limit, --quota or both".into());
+            }
+            let view = keys
+                .set_limits(id, rate.map(Some), quota.map(Some), &actor)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).unwrap_or_default()
+                );
+            } else {
+                print_view(&view);
+            }
         }
         "renew" => {
             let id = sub.get_one::<String>("id").ok_or("ID is required")?;
@@ -486,6 +520,14 @@ fn print_view(v: &KeyView) {
     println!("created:     {}", time(Some(v.created_at)));
     println!("expires:     {}", time(v.expires_at));
     println!("last used:   {}", time(v.last_used_at));
+    println!(
+        "rate limit:  {}",
+        v.rate_limit.as_deref().unwrap_or("default for its kind")
+    );
+    println!(
+        "quota:       {}",
+        v.quota.as_deref().unwrap_or("default for its kind")
+    );
     if v.revoked_at.is_some() {
         println!("revoked:     {}", time(v.revoked_at));
     }

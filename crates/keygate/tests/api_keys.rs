@@ -856,3 +856,90 @@ async fn cli_creates_a_personal_key_through_the_gateway() {
     );
     assert_eq!(echo.header("x-auth-username").unwrap(), "alice");
 }
+
+/// One process, no Redis: limits are counted in memory. The kind's default
+/// applies to keys without their own; the CLI changes a key's own limits.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_and_quotas_on_one_gateway_and_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "  rate-limit-service: 2/min burst 2\n";
+    let config_text = keys_config(&dir, "").replace(
+        "  refresh-margin: 1s\n",
+        &format!("  refresh-margin: 1s\n{limits}"),
+    );
+    let stack = Stack::start(&config_text).await;
+    let created = create_service_key(&stack, svc()).await;
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    for left in ["1", "0"] {
+        let resp = with_key(&stack, "GET", "/reports", &key).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["ratelimit-limit"], "2");
+        assert_eq!(resp.headers()["ratelimit-remaining"], left);
+    }
+    let resp = with_key(&stack, "GET", "/reports", &key).await;
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    // A refused request is not forwarded and costs the provider nothing.
+    let before = grant_count(&stack.idp, "client_credentials").await;
+    assert_eq!(
+        with_key(&stack, "GET", "/reports", &key).await.status(),
+        429
+    );
+    assert_eq!(grant_count(&stack.idp, "client_credentials").await, before);
+
+    // The CLI lifts the limit for this key.
+    let config = dir.path().join("keygate.yaml");
+    std::fs::write(
+        &config,
+        base_config(&stack.idp.issuer, &stack.upstream.url(), &config_text)
+            .replace("listen-admin: 127.0.0.1:0\n", ""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "limits", "--config", config.to_str().unwrap(), &id])
+        .args(["--rate-limit", "unlimited", "--quota", "1000/day", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["rate_limit"], "unlimited");
+    assert_eq!(view["quota"], "1000/day");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "limits", "--config", config.to_str().unwrap(), &id])
+        .args(["--quota", "3/week"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a quota"));
+    // SQLite announces nothing: this process sees the change within record-cache-ttl (1 s).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let resp = with_key(&stack, "GET", "/reports", &key).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("ratelimit-limit").is_none());
+    assert_eq!(resp.headers()["x-quota-limit"], "1000");
+    let shown: Value = stack
+        .http
+        .get(admin_url(&stack, &format!("/admin/v1/keys/{id}")))
+        .bearer_auth(stack.idp.token("alice").await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = shown["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "limits");
+    assert!(last["actor"].as_str().unwrap().starts_with("cli:"));
+}

@@ -577,3 +577,202 @@ async fn sessions_wait_out_a_redis_outage_with_503_and_survive_it() {
     }
     assert_eq!(cluster.with_session(0, &cookie).await.0, 200);
 }
+
+/// Fires requests with `key` at the replicas in turn, `concurrency` at a
+/// time, for `length`; the statuses seen and the time taken.
+async fn hammer(
+    cluster: &Cluster,
+    key: &str,
+    concurrency: usize,
+    length: Duration,
+) -> (Vec<u16>, Duration) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let http = cluster.http.clone();
+            let urls: Vec<String> = cluster
+                .replicas
+                .iter()
+                .map(|r| r.url("/api/data"))
+                .collect();
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut i = worker;
+                while start.elapsed() < length {
+                    let resp = http
+                        .get(&urls[i % urls.len()])
+                        .header("X-API-Key", &key)
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(resp.status().as_u16());
+                    i += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (all, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_across_replicas() {
+    let cluster = Cluster::start(3, "").await;
+    let admin = cluster.idp.token("alice").await;
+    let mut body = svc();
+    body["rate_limit"] = json!("20/s burst 10");
+    let (_, key) = cluster.create_key(0, &admin, body).await;
+    // Requests spread over three replicas; the shared counter in Redis lets
+    // through the burst plus 20 per second, whichever replica counts.
+    let (statuses, took) = hammer(&cluster, &key, 6, Duration::from_secs(4)).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count() as f64;
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok as usize + limited, statuses.len(), "only 200 and 429");
+    let expected = 10.0 + 20.0 * took.as_secs_f64();
+    eprintln!(
+        "rate limit 20/s burst 10 over 3 replicas: {ok} of {} requests let through in {:.2} s (expected {expected:.0})",
+        statuses.len(),
+        took.as_secs_f64()
+    );
+    // Tolerance: the last interval in flight, and nothing more.
+    assert!(
+        ok <= expected + 2.0 && ok >= expected * 0.9,
+        "{ok} allowed, expected about {expected:.0}"
+    );
+    assert!(limited > 0, "the load exceeded the limit");
+
+    // A refusal says when to come back, with the limit's headers.
+    let resp = loop {
+        let resp = cluster
+            .http
+            .get(cluster.replicas[1].url("/api/data"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            break resp;
+        }
+    };
+    let h = resp.headers();
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(h["ratelimit-limit"], "10");
+    assert_eq!(h["ratelimit-remaining"], "0");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("20/s burst 10")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quotas_and_limit_changes_apply_on_every_replica() {
+    let cluster =
+        Cluster::start(3, "  rate-limit-service: 1000/s\n  record-cache-ttl: 60s\n").await;
+    let admin = cluster.idp.token("alice").await;
+    let mut body = svc();
+    body["quota"] = json!("5/day");
+    let (id, key) = cluster.create_key(0, &admin, body).await;
+    let mut ok = 0;
+    for i in 0..9 {
+        let resp = cluster
+            .http
+            .get(cluster.replicas[i % 3].url("/api/data"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => {
+                ok += 1;
+                assert_eq!(resp.headers()["x-quota-limit"], "5");
+                assert_eq!(
+                    resp.headers()["x-quota-remaining"],
+                    (5 - ok).to_string().as_str()
+                );
+                assert_eq!(
+                    resp.headers()["ratelimit-limit"],
+                    "1000",
+                    "the kind's default"
+                );
+            }
+            429 => {
+                let retry: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=86_400).contains(&retry));
+                let body: Value = resp.json().await.unwrap();
+                assert!(
+                    body["error_description"]
+                        .as_str()
+                        .unwrap()
+                        .contains("quota")
+                );
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(ok, 5, "five a day, across the replicas");
+    // Raising the quota on one replica applies on all at once (announced
+    // by PostgreSQL; records are otherwise trusted for a minute).
+    let resp = cluster
+        .http
+        .post(cluster.admin(2, &format!("/admin/v1/keys/{id}/limits")))
+        .bearer_auth(&admin)
+        .json(&json!({"quota": "unlimited", "rate_limit": "2/s burst 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let view: Value = resp.json().await.unwrap();
+    assert_eq!(view["key"]["quota"], "unlimited");
+    assert_eq!(view["key"]["rate_limit"], "2/s burst 1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cluster.with_key(0, &key).await, 200);
+    assert_eq!(cluster.with_key(1, &key).await, 429, "burst 1, shared");
+    // Bad limits are refused with the reason.
+    let resp = cluster
+        .http
+        .post(cluster.admin(0, &format!("/admin/v1/keys/{id}/limits")))
+        .bearer_auth(&admin)
+        .json(&json!({"rate_limit": "lots"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("not a rate limit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_are_kept_per_replica_while_redis_is_down() {
+    let mut cluster = Cluster::start(2, "").await;
+    let admin = cluster.idp.token("alice").await;
+    let mut body = svc();
+    body["rate_limit"] = json!("1/min burst 2");
+    let (_, key) = cluster.create_key(0, &admin, body).await;
+    assert_eq!(cluster.with_key(0, &key).await, 200);
+    assert_eq!(cluster.with_key(1, &key).await, 200);
+    assert_eq!(
+        cluster.with_key(0, &key).await,
+        429,
+        "shared: the burst is used up"
+    );
+    cluster.redis.stop_server();
+    // Each replica now counts alone — still limited, never unlimited.
+    let statuses = [
+        cluster.with_key(0, &key).await,
+        cluster.with_key(0, &key).await,
+        cluster.with_key(0, &key).await,
+    ];
+    assert_eq!(statuses, [200, 200, 429]);
+}

@@ -283,6 +283,8 @@ async fn api_key_source_through_the_gateway() {
                 allowed_prefixes: vec![],
                 allowed_cidrs: vec![],
                 verify: true,
+                rate_limit: None,
+                quota: None,
             },
             "test",
         )
