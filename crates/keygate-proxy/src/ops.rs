@@ -32,7 +32,7 @@ pub async fn serve(
         "/oauth/backchannel-logout" if req.method() == Method::POST => {
             crate::sessions::backchannel_logout(gw, req).await
         }
-        "/oauth/health" if read_only => Ok(health(gw)),
+        "/oauth/health" if read_only => Ok(health(gw).await),
         "/oauth/ready" if read_only => Ok(ready(gw)),
         "/oauth/metrics" if read_only => Ok(respond::text(
             StatusCode::OK,
@@ -43,22 +43,26 @@ pub async fn serve(
     }
 }
 
-/// Liveness and provider state: always 200 while the process serves.
-fn health(gw: &Gateway) -> Response<Body> {
+/// Liveness and the state of what keygate depends on: always 200 while the
+/// process serves (a liveness probe must not restart keygate because the
+/// provider or Redis is down); `status` is `degraded` when one is.
+async fn health(gw: &Gateway) -> Response<Body> {
     let provider = gw.verifier.provider().health();
-    let status = if provider.keys_loaded {
-        "ok"
-    } else {
-        "degraded"
-    };
-    respond::json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "status": status,
-            "version": env!("CARGO_PKG_VERSION"),
-            "provider": provider,
-        }),
-    )
+    let mut body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "provider": provider,
+    });
+    let mut degraded = !provider.keys_loaded;
+    if let Some(redis) = &gw.redis {
+        let reachable = redis.ping().await.is_ok();
+        degraded |= !reachable;
+        body["redis"] = serde_json::json!({ "reachable": reachable });
+    }
+    if degraded {
+        body["status"] = "degraded".into();
+    }
+    respond::json(StatusCode::OK, &body)
 }
 
 /// Readiness: 200 once the provider's keys are loaded, 503 before.

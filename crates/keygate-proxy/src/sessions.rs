@@ -268,28 +268,41 @@ impl Sessions {
 
     /// Whether a back-channel logout ended this cookie session: its `sid`,
     /// or its user since it began. Looked up here, and with Redis in the
-    /// markers every replica leaves there. (Server-side sessions are deleted
-    /// by the logout instead.)
+    /// markers every replica leaves there (one round trip). Server-side
+    /// sessions are deleted by the logout instead, so they need no lookup.
     async fn logged_out(&self, state: &SessionState) -> Result<bool, Refused> {
-        let sid = state.sid.as_ref().map(|sid| format!("sid:{sid}"));
-        let sub = format!("sub:{}", state.subject);
-        let ends = |at_ms: u64| at_ms >= state.created_at_ms;
-        if sid.as_ref().is_some_and(|k| self.ended.contains_key(k))
-            || self.ended.get(&sub).is_some_and(ends)
+        if self.server_side {
+            return Ok(false);
+        }
+        let mut markers = vec![format!("sub:{}", state.subject)];
+        if let Some(sid) = &state.sid {
+            markers.push(format!("sid:{sid}"));
+        }
+        // A logout by sid ends that session; by sub, the user's sessions
+        // that began before it.
+        let ends =
+            |marker: &str, at_ms: u64| marker.starts_with("sid:") || at_ms >= state.created_at_ms;
+        if markers
+            .iter()
+            .any(|m| self.ended.get(m).is_some_and(|at| ends(m, at)))
         {
             return Ok(true);
         }
         let Some(redis) = &self.redis else {
             return Ok(false);
         };
-        for marker in sid.iter().chain(std::iter::once(&sub)) {
-            let at = redis
-                .get(&redis.key(&format!("ended:{marker}")))
-                .await
-                .map_err(|_| store_unavailable())?;
+        let keys: Vec<String> = markers
+            .iter()
+            .map(|m| redis.key(&format!("ended:{m}")))
+            .collect();
+        let found = redis
+            .get_many(&keys)
+            .await
+            .map_err(|_| store_unavailable())?;
+        for (marker, at) in markers.iter().zip(found) {
             if let Some(at) = at.and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok()) {
                 self.ended.insert(marker.clone(), at);
-                if marker.starts_with("sid:") || ends(at) {
+                if ends(marker, at) {
                     return Ok(true);
                 }
             }

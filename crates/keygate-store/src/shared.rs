@@ -265,6 +265,14 @@ impl Redis {
         self.run(redis::cmd("GET").arg(key)).await
     }
 
+    /// The values under several keys, in one round trip (`MGET`).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, SharedError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(redis::cmd("MGET").arg(keys)).await
+    }
+
     /// Stores `value` under `key` for `ttl` (at least 1 ms).
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), SharedError> {
         let ms = ttl.as_millis().max(1) as u64;

@@ -307,28 +307,25 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
     ("verbose", "use `log-level: debug`"),
     (
         "enable-session-cookies",
-        "browser sessions are not implemented yet; ignored",
+        "keygate's session cookie lives as long as the session; ignored",
     ),
     (
         "enable-login-handler",
-        "browser sessions are not implemented yet; ignored",
+        "browser login is on when `encryption-key` is set; ignored",
     ),
     ("http-only-cookie", "keygate's cookies are always HttpOnly"),
     (
         "same-site-cookie",
-        "browser sessions are not implemented yet; ignored",
+        "keygate's session cookie is always SameSite=Lax; ignored",
     ),
-    (
-        "cookie-domain",
-        "browser sessions are not implemented yet; ignored",
-    ),
+    ("cookie-domain", "keygate's cookies are host-only; ignored"),
     (
         "cookie-access-name",
-        "browser sessions are not implemented yet; ignored",
+        "keygate's session cookie is kg_session; ignored",
     ),
     (
         "cookie-refresh-name",
-        "browser sessions are not implemented yet; ignored",
+        "keygate keeps the refresh token in its session (cookie or Redis); ignored",
     ),
     ("ingress.enabled", "not a keygate setting; ignored"),
     (

@@ -39,7 +39,8 @@ impl Cluster {
     async fn start_with(n: usize, idp_args: &[&str], extra: &str) -> Cluster {
         // Hold the replicas' ports while the other servers pick theirs: the
         // provider must know their callback URLs.
-        let reserved: Vec<std::net::TcpListener> = (0..n)
+        // One more than the in-process replicas: for a replica process.
+        let reserved: Vec<std::net::TcpListener> = (0..n + 1)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
         let ports: Vec<u16> = reserved
@@ -387,7 +388,26 @@ async fn redis_outage_keeps_jwts_and_cached_keys_and_recovers() {
     assert_eq!(cluster.with_key(0, &key).await, 200);
     let jwt = cluster.idp.token("alice").await;
 
+    let health = |r: usize| {
+        let url = cluster.replicas[r].url("/oauth/health");
+        let http = cluster.http.clone();
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "health is for liveness: always 200");
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let h = health(0).await;
+    assert_eq!(
+        (h["status"].as_str(), h["redis"]["reachable"].as_bool()),
+        (Some("ok"), Some(true))
+    );
     cluster.redis.stop_server();
+    let h = health(0).await;
+    assert_eq!(
+        (h["status"].as_str(), h["redis"]["reachable"].as_bool()),
+        (Some("degraded"), Some(false))
+    );
     assert_eq!(cluster.with_token(0, &jwt).await, 200);
     assert_eq!(cluster.with_token(1, &jwt).await, 200);
     assert_eq!(cluster.with_key(0, &key).await, 200, "cached locally");
@@ -775,4 +795,184 @@ async fn rate_limits_are_kept_per_replica_while_redis_is_down() {
         cluster.with_key(0, &key).await,
     ];
     assert_eq!(statuses, [200, 200, 429]);
+}
+
+/// keygate as a process of its own (the real binary), on the cluster's
+/// spare port, sharing the cluster's servers: a replica that can be killed.
+struct ReplicaProcess {
+    child: std::process::Child,
+    base: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ReplicaProcess {
+    async fn spawn(cluster: &Cluster, extra: &str) -> ReplicaProcess {
+        let port = *cluster.ports.last().unwrap();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keygate.yaml");
+        std::fs::write(
+            &config,
+            cluster.config(port, extra).replace(
+                "listen-admin: 127.0.0.1:0",
+                &format!("listen-admin: 127.0.0.1:{admin_port}"),
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KEYGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let replica = ReplicaProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = cluster
+                .http
+                .get(format!("{}/oauth/ready", replica.base))
+                .send()
+                .await
+                && resp.status() == 200
+            {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the keygate process did not get ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_traffic_loses_no_key_session_or_audit_record() {
+    let cluster = Cluster::start(1, REDIS_SESSIONS).await;
+    let mut doomed = ReplicaProcess::spawn(&cluster, REDIS_SESSIONS).await;
+    let admin = cluster.idp.token("alice").await;
+    // A session created through the process that will die.
+    let mut browser = Browser::new();
+    login_at(
+        &mut browser,
+        &doomed.base,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let cookie = format!("kg_session={}", browser.cookies["kg_session"]);
+    // Keys created through it, one after another, while requests flow; it
+    // is killed (SIGKILL, no shutdown) in the middle.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creator = {
+        let (http, url, admin, stop) = (
+            cluster.http.clone(),
+            format!("{}/admin/v1/keys", doomed.admin),
+            admin.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(resp) = http
+                    .post(&url)
+                    .bearer_auth(&admin)
+                    .json(&svc())
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                if resp.status() != 201 {
+                    break;
+                }
+                let Ok(created) = resp.json::<Value>().await else {
+                    break;
+                };
+                acknowledged.push((
+                    created["id"].as_str().unwrap().to_owned(),
+                    created["key"].as_str().unwrap().to_owned(),
+                ));
+            }
+            acknowledged
+        })
+    };
+    let traffic = {
+        let (http, url, cookie) = (
+            cluster.http.clone(),
+            format!("{}/api/data", doomed.base),
+            cookie.clone(),
+        );
+        tokio::spawn(async move {
+            let mut served = 0;
+            while http
+                .get(&url)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                served += 1;
+            }
+            served
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = creator.await.unwrap();
+    let served = traffic.await.unwrap();
+    assert!(
+        acknowledged.len() >= 3,
+        "only {} keys created",
+        acknowledged.len()
+    );
+    assert!(served > 10, "only {served} requests before the kill");
+
+    // The surviving replica has every key the dead one acknowledged, with
+    // its audit record, and they work.
+    for (id, key) in &acknowledged {
+        let shown: Value = cluster
+            .http
+            .get(cluster.admin(0, &format!("/admin/v1/keys/{id}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(shown["key"]["status"], "active", "{id}");
+        assert_eq!(shown["audit"][0]["action"], "create");
+        assert_eq!(shown["audit"][0]["actor"], "alice");
+        assert_eq!(cluster.with_key(0, key).await, 200, "{id}");
+    }
+    // And the session goes on.
+    let (status, echo) = cluster.with_session(0, &cookie).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        echo.unwrap().header("x-auth-username").as_deref(),
+        Some("alice")
+    );
 }
