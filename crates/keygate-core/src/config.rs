@@ -163,6 +163,10 @@ pub struct Config {
     /// Redis for state shared by replicas: `redis://…` or `rediss://…` (TLS).
     #[serde(default)]
     pub redis_url: Option<StoreUrl>,
+    /// PEM file of the CA that issues the Redis server's certificate (`rediss://`);
+    /// default: the public web roots.
+    #[serde(default)]
+    pub redis_ca: Option<PathBuf>,
     /// Prefix of every Redis key keygate writes (several deployments may share one Redis).
     #[serde(default = "default_redis_prefix")]
     pub redis_key_prefix: String,
@@ -588,6 +592,17 @@ impl Config {
                     ),
                 });
             }
+        }
+        if self.redis_ca.is_some()
+            && !self
+                .redis_url
+                .as_ref()
+                .is_some_and(|u| u.0.trim().starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "redis-ca",
+                message: "needs a rediss:// redis-url (TLS)".into(),
+            });
         }
         if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(30) {
             return Err(ConfigError::Invalid {

@@ -398,7 +398,7 @@ impl ApiKeys {
         if let Some(refused) = self.negative.get(&hash).await {
             return Err(refused.refusal());
         }
-        let found = self.record(&hash).await?;
+        let (found, store_down) = self.record(&hash).await?;
         let record = &found.record;
         if let Err(refused) = check_validity(record) {
             self.remember_refusal(hash, refused.clone()).await;
@@ -414,14 +414,30 @@ impl ApiKeys {
                     l.reason,
                 )
             })?;
-        let exchanged = match self
-            .tokens
-            .try_get_with(
-                record.id.clone(),
-                self.exchange_shared(key, &hash, &found, verifier),
-            )
-            .await
-        {
+        // While the store is down a key is honoured only as long as the
+        // token it was exchanged for stays cached: never exchanged anew on
+        // a record the store could not confirm.
+        let cached = match store_down {
+            true => Some(
+                self.tokens
+                    .get(&record.id)
+                    .await
+                    .ok_or_else(store_unavailable)?,
+            ),
+            false => None,
+        };
+        let exchanged = match cached {
+            Some(exchanged) => Ok(exchanged),
+            None => {
+                self.tokens
+                    .try_get_with(
+                        record.id.clone(),
+                        self.exchange_shared(key, &hash, &found, verifier),
+                    )
+                    .await
+            }
+        };
+        let exchanged = match exchanged {
             Ok(exchanged) => exchanged,
             Err(e) => {
                 // A key the provider no longer honours is remembered as such,
@@ -441,8 +457,9 @@ impl ApiKeys {
     /// The record a key's hash names: from the record cache, else (unless
     /// the shared negative cache knows the key as refused) from the store.
     /// While the store cannot be reached, the record as last read is used for
-    /// a key whose exchanged token is still cached; anything else is 503.
-    async fn record(&self, hash: &[u8; 32]) -> Result<Arc<Found>, KeyError> {
+    /// a key whose exchanged token is still cached (then `true`); anything
+    /// else is 503.
+    async fn record(&self, hash: &[u8; 32]) -> Result<(Arc<Found>, bool), KeyError> {
         let store = &self.store;
         let found = self
             .records
@@ -468,7 +485,7 @@ impl ApiKeys {
         match found {
             Ok(found) => {
                 self.stale.insert(*hash, Arc::clone(&found)).await;
-                Ok(found)
+                Ok((found, false))
             }
             Err(e) => match &*e {
                 Lookup::Refused(refused) => {
@@ -480,15 +497,10 @@ impl ApiKeys {
                         && self.tokens.contains_key(&stale.record.id)
                     {
                         tracing::debug!(error = %e, key_id = %stale.record.id, "API-key store unavailable; using the cached record and token");
-                        return Ok(stale);
+                        return Ok((stale, true));
                     }
                     tracing::warn!(error = %e, "API-key store lookup failed");
-                    Err((
-                        Refusal::Unavailable(
-                            "the API-key store is unavailable; try again shortly".into(),
-                        ),
-                        "store_unavailable",
-                    ))
+                    Err(store_unavailable())
                 }
             },
         }
@@ -1343,9 +1355,9 @@ impl ApiKeys {
         let identity = self
             .authenticate(key, "GET", "/oauth/token", client_ip, verifier, headers)
             .await?;
-        // The raw provider token would escape the key's restrictions: only
-        // unrestricted keys may hand it out.
-        let found = self.record(&self.crypto.hash(key)).await?;
+        // The raw provider token would escape the key's restrictions and
+        // limits: only keys with neither may hand it out.
+        let (found, _) = self.record(&self.crypto.hash(key)).await?;
         let r = &found.record;
         if !(r.allowed_methods.is_empty()
             && r.allowed_prefixes.is_empty()
@@ -1356,6 +1368,14 @@ impl ApiKeys {
                     "a restricted API key cannot hand out its provider token".into(),
                 ),
                 "api_key_restricted",
+            ));
+        }
+        if found.rate.is_some() || found.quota.is_some() {
+            return Err((
+                Refusal::Forbidden(
+                    "a rate-limited API key cannot hand out its provider token (requests with it would not be counted)".into(),
+                ),
+                "api_key_limited",
             ));
         }
         Ok((
@@ -1439,6 +1459,13 @@ fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+fn store_unavailable() -> KeyError {
+    (
+        Refusal::Unavailable("the API-key store is unavailable; try again shortly".into()),
+        "store_unavailable",
+    )
 }
 
 /// Why a record lookup gave no record.

@@ -37,6 +37,9 @@ pub async fn handle(
     ctx.method = method;
     ctx.path = path;
     ctx.query = query;
+    // The Origin check of cookie-authenticated writes, on the original
+    // method (the auth request itself is a GET).
+    pipeline::csrf_check(gw, ctx, &credential, req.headers())?;
     let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
     ctx.route = route.label().to_owned();
     let identity = pipeline::authenticate(gw, &route, &credential, ctx).await?;

@@ -83,9 +83,21 @@ pub fn shared_redis(config: &Config) -> Result<Option<keygate_store::Redis>, Gat
     let Some(url) = &config.redis_url else {
         return Ok(None);
     };
-    keygate_store::Redis::connect(&url.0, &config.redis_key_prefix, config.redis_timeout)
-        .map(Some)
-        .map_err(|e| GatewayError::config("redis-url", e))
+    let ca =
+        match &config.redis_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                GatewayError::config("redis-ca", format!("{}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+    keygate_store::Redis::connect(
+        &url.0,
+        &config.redis_key_prefix,
+        config.redis_timeout,
+        ca.as_deref(),
+    )
+    .map(Some)
+    .map_err(|e| GatewayError::config("redis-url", e))
 }
 
 impl Gateway {

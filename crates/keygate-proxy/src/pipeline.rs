@@ -346,7 +346,7 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
 /// come from this gateway's own pages — its `Origin` must name this host
 /// (the `Host` the browser used). Bearer tokens and API keys are not sent
 /// by browsers on their own, so they need no such check.
-fn csrf_check(
+pub(crate) fn csrf_check(
     gw: &Gateway,
     ctx: &RequestCtx,
     credential: &Credential,

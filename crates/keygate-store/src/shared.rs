@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Script};
 
+use crate::store::redact_password;
+
 /// How long calls fail fast after Redis failed, before one is let through
 /// to try again.
 pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
@@ -127,22 +129,44 @@ impl Redis {
     ///
     /// Must be called within a tokio runtime (the connection is kept by a
     /// background task); outside one it is an error, not a panic.
-    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, SharedError> {
+    /// With `ca_pem` (`rediss://` only) the server's certificate must be
+    /// issued by that CA instead of a public one.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, SharedError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(SharedError::Unavailable(
                 "the Redis client needs a tokio runtime".into(),
             ));
         }
-        let client = redis::Client::open(url.trim())
-            .map_err(|e| SharedError::InvalidUrl(redact(&e.to_string(), url)))?;
+        let invalid =
+            |e: redis::RedisError| SharedError::InvalidUrl(redact_password(&e.to_string(), url));
+        let client = match ca_pem {
+            None => redis::Client::open(url.trim()).map_err(invalid)?,
+            Some(_) if !url.trim().starts_with("rediss://") => {
+                return Err(SharedError::InvalidUrl(
+                    "a CA (redis-ca) needs a rediss:// URL".into(),
+                ));
+            }
+            Some(pem) => redis::Client::build_with_tls(
+                url.trim(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            )
+            .map_err(invalid)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| SharedError::InvalidUrl(redact(&e.to_string(), url)))?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
         Ok(Redis {
             inner: Arc::new(Inner {
                 conn,
@@ -413,19 +437,6 @@ impl Redis {
     }
 }
 
-/// `message` with the password of `url` (if any) replaced.
-fn redact(message: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .map(|(userinfo, _)| userinfo.split_once(':').map_or(userinfo, |(_, p)| p))
-        .filter(|p| !p.is_empty());
-    match password {
-        Some(p) => message.replace(p, "[redacted]"),
-        None => message.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,7 +444,7 @@ mod tests {
     #[tokio::test]
     async fn bad_urls_do_not_echo_the_password() {
         for url in ["http://:hunter2@x", "redis://:hunter2@host:notaport"] {
-            let err = Redis::connect(url, "k:", Duration::from_millis(100))
+            let err = Redis::connect(url, "k:", Duration::from_millis(100), None)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();

@@ -759,7 +759,7 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 /// `message` with the password of `url` (if any, and if it appears) replaced.
-fn redact_password(message: &str, url: &str) -> String {
+pub(crate) fn redact_password(message: &str, url: &str) -> String {
     let password = url
         .split_once("://")
         .and_then(|(_, rest)| rest.split_once('@'))

@@ -355,11 +355,43 @@ pub struct RedisServer {
     stdin: Option<ChildStdin>,
     stopped: Vec<(Child, Option<ChildStdin>)>,
     dir: tempfile::TempDir,
+    /// With TLS only: the server's certificate, key and the CA that signed it.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl RedisServer {
     /// Starts a server (panics with instructions when Redis is missing).
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(None).await
+    }
+
+    /// Starts a server that speaks TLS only (`rediss://`), with a
+    /// certificate for 127.0.0.1 issued by a CA of its own: its PEM file is
+    /// [`RedisServer::ca`].
+    pub async fn start_tls() -> RedisServer {
+        let certs = tempfile::Builder::new()
+            .prefix("keygate-redis-tls-")
+            .tempdir()
+            .unwrap();
+        let files = make_test_certificates(certs.path());
+        // The certificates stay in the server's own directory.
+        let mut server = RedisServer::start_with(Some(files.clone())).await;
+        let dir = server.dir.path().to_owned();
+        let moved = files.map(|f| {
+            let to = dir.join(f.file_name().unwrap());
+            std::fs::copy(&f, &to).unwrap();
+            to
+        });
+        server.tls = Some(moved);
+        server
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|[_, _, ca]| ca.as_path())
+    }
+
+    async fn start_with(tls: Option<[PathBuf; 3]>) -> RedisServer {
         let mut last_log = String::new();
         // A port picked free may be taken before redis binds it: retry.
         for _attempt in 0..3 {
@@ -368,13 +400,14 @@ impl RedisServer {
                 .tempdir()
                 .unwrap();
             let port = free_port();
-            let child = spawn_redis(dir.path(), port);
+            let child = spawn_redis(dir.path(), port, tls.as_ref());
             let mut server = RedisServer {
                 port,
                 child,
                 stdin: None,
                 stopped: Vec::new(),
                 dir,
+                tls: tls.clone(),
             };
             server.stdin = server.child.stdin.take();
             if server.wait_ready().await {
@@ -386,9 +419,14 @@ impl RedisServer {
         panic!("redis-server did not start:\n{last_log}");
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The server's port.
@@ -402,7 +440,17 @@ impl RedisServer {
             if self.child.try_wait().unwrap().is_some() {
                 return false;
             }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+            if let Some([_, _, ca]) = &self.tls {
+                let pong = Command::new("redis-cli")
+                    .args(["--tls", "--cacert"])
+                    .arg(ca)
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "PING"])
+                    .output()
+                    .is_ok_and(|o| o.stdout.starts_with(b"PONG"));
+                if pong {
+                    return true;
+                }
+            } else if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::Write as _;
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                 if s.write_all(b"PING\r\n").is_ok() {
@@ -431,7 +479,7 @@ impl RedisServer {
     /// Starts the server again on the same port with the same data.
     pub async fn start_again(&mut self) {
         let _ = self.child.wait();
-        self.child = spawn_redis(self.dir.path(), self.port);
+        self.child = spawn_redis(self.dir.path(), self.port, self.tls.as_ref());
         self.stdin = self.child.stdin.take();
         assert!(self.wait_ready().await, "redis-server did not start again");
     }
@@ -463,18 +511,30 @@ impl Drop for RedisServer {
 
 /// redis-server on 127.0.0.1:`port` with its files in `dir`, under a
 /// watchdog that stops it (SIGTERM) when the watchdog's stdin closes.
-fn spawn_redis(dir: &Path, port: u16) -> Child {
+fn spawn_redis(dir: &Path, port: u16, tls: Option<&[PathBuf; 3]>) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("redis.log"))
         .unwrap();
-    Command::new("/bin/sh")
-        .arg("-c")
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(REDIS_WATCHDOG)
         .arg("sh")
-        .arg(redis_server_bin())
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg(redis_server_bin());
+    match tls {
+        None => cmd.args(["--port", &port.to_string()]),
+        Some([cert, key, ca]) => cmd
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca)
+            .args(["--tls-auth-clients", "no"]),
+    };
+    cmd.args(["--bind", "127.0.0.1"])
         .args([
             "--save",
             "",
@@ -492,6 +552,79 @@ fn spawn_redis(dir: &Path, port: u16) -> Child {
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with
+/// openssl in `dir`: `[server cert, server key, CA cert]`.
+fn make_test_certificates(dir: &Path) -> [PathBuf; 3] {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed to make test certificates (./dev/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "1", "-subj", "/CN=keygate test CA"],
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    ["server.pem", "server.key", "ca.pem"].map(|f| dir.join(f))
 }
 
 /// Runs `"$@"` (redis-server) in the background and stops it with SIGTERM

@@ -10,7 +10,7 @@ use keygate_store::{Redis, SharedError};
 use std::time::{Duration, Instant};
 
 fn connect(server: &RedisServer) -> Redis {
-    Redis::connect(&server.url(), "kgtest:", Duration::from_millis(300)).unwrap()
+    Redis::connect(&server.url(), "kgtest:", Duration::from_millis(300), None).unwrap()
 }
 
 #[tokio::test]
@@ -191,4 +191,40 @@ async fn a_stopped_redis_fails_fast_and_is_used_again_when_it_returns() {
         }
     }
     assert!(redis.is_up());
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let server = RedisServer::start_tls().await;
+    assert!(server.url().starts_with("rediss://"));
+    let ca = std::fs::read(server.ca().unwrap()).unwrap();
+    let redis =
+        Redis::connect(&server.url(), "kgtest:", Duration::from_secs(2), Some(&ca)).unwrap();
+    let key = redis.key("tls");
+    redis
+        .set(&key, b"over TLS", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        redis.get(&key).await.unwrap().as_deref(),
+        Some(&b"over TLS"[..])
+    );
+    // Without the CA the server's certificate is not trusted: no connection.
+    let untrusting =
+        Redis::connect(&server.url(), "kgtest:", Duration::from_secs(2), None).unwrap();
+    assert!(matches!(
+        untrusting.get(&key).await,
+        Err(SharedError::Unavailable(_))
+    ));
+    // A CA with a plain redis:// URL is a configuration error.
+    assert!(matches!(
+        Redis::connect(
+            "redis://127.0.0.1:1",
+            "k:",
+            Duration::from_secs(1),
+            Some(&ca)
+        ),
+        Err(SharedError::InvalidUrl(_))
+    ));
 }

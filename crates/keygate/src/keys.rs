@@ -158,6 +158,26 @@ fn fail(message: String) -> ExitCode {
 async fn dispatch(m: &ArgMatches) -> Result<(), String> {
     let (name, sub) = m.subcommand().ok_or("a keys subcommand is required")?;
     if name == "create" && sub.get_one::<String>("kind").map(String::as_str) == Some("personal") {
+        if let Some(flag) = [
+            "client-id",
+            "client-secret-file",
+            "owner",
+            "scopes",
+            "allowed-methods",
+            "allowed-prefixes",
+            "allowed-cidrs",
+            "rate-limit",
+            "quota",
+        ]
+        .into_iter()
+        .find(|f| {
+            sub.contains_id(f)
+                && sub.value_source(f) == Some(clap::parser::ValueSource::CommandLine)
+        }) {
+            return Err(format!(
+                "--{flag} does not apply to personal keys (an operator sets a personal key's limits with `keygate keys limits`)"
+            ));
+        }
         return create_personal(sub).await;
     }
     let config = load_config(sub)?;
@@ -314,14 +334,7 @@ async fn dispatch(m: &ArgMatches) -> Result<(), String> {
                 .set_limits(id, rate.map(Some), quota.map(Some), &actor)
                 .await
                 .map_err(|e| e.to_string())?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&view).unwrap_or_default()
-                );
-            } else {
-                print_view(&view);
-            }
+            print_view_as(&view, json);
         }
         "renew" => {
             let id = sub.get_one::<String>("id").ok_or("ID is required")?;
@@ -334,14 +347,7 @@ async fn dispatch(m: &ArgMatches) -> Result<(), String> {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&view).unwrap_or_default()
-                );
-            } else {
-                print_view(&view);
-            }
+            print_view_as(&view, json);
         }
         other => return Err(format!("unknown keys subcommand `{other}`")),
     }
@@ -504,6 +510,14 @@ fn print_created(created: &CreatedKey, json: bool) {
             created.prefix,
             time(created.expires_at)
         );
+    }
+}
+
+/// A key as JSON or as text.
+fn print_view_as(v: &KeyView, json: bool) {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        false => print_view(v),
     }
 }
 

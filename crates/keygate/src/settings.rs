@@ -279,6 +279,11 @@ pub const KEYS: &[Key] = &[
         secret: true,
     },
     key(
+        "redis-ca",
+        Kind::Str,
+        "PEM file of the CA of Redis's certificate (rediss://) [default: public roots]",
+    ),
+    key(
         "redis-key-prefix",
         Kind::Str,
         "prefix of every Redis key keygate writes [default: keygate:]",

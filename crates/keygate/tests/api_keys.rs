@@ -66,16 +66,6 @@ async fn with_key(stack: &Stack, method: &str, path: &str, key: &str) -> reqwest
         .unwrap()
 }
 
-async fn grant_count(idp: &Idp, grant: &str) -> u64 {
-    let stats: Value = reqwest::get(format!("{}/admin/stats", idp.base()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stats["by_grant"][grant].as_u64().unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn service_key_is_exchanged_for_a_provider_token_and_never_forwarded() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,7 +170,7 @@ async fn a_thousand_concurrent_first_uses_make_one_provider_call() {
     let stack = Stack::start(&keys_config(&dir, "")).await;
     let created = create_service_key(&stack, svc()).await;
     let key = created["key"].as_str().unwrap().to_owned();
-    let before = grant_count(&stack.idp, "client_credentials").await;
+    let before = stack.idp.grant_count("client_credentials").await;
     // One HTTP/2 connection carries all 1,000 requests at once.
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -204,7 +194,7 @@ async fn a_thousand_concurrent_first_uses_make_one_provider_call() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    let after = grant_count(&stack.idp, "client_credentials").await;
+    let after = stack.idp.grant_count("client_credentials").await;
     assert_eq!(
         after - before,
         1,
@@ -218,7 +208,7 @@ async fn bad_checksum_and_unknown_keys_are_refused_without_provider_calls() {
     let stack = Stack::start(&keys_config(&dir, "")).await;
     let created = create_service_key(&stack, svc()).await;
     let key = created["key"].as_str().unwrap().to_owned();
-    let before = grant_count(&stack.idp, "client_credentials").await;
+    let before = stack.idp.grant_count("client_credentials").await;
     let mut typo: Vec<char> = key.chars().collect();
     typo[10] = if typo[10] == 'a' { 'b' } else { 'a' };
     let typo: String = typo.into_iter().collect();
@@ -245,7 +235,7 @@ async fn bad_checksum_and_unknown_keys_are_refused_without_provider_calls() {
             .contains("unknown"),
         "{body}"
     );
-    assert_eq!(grant_count(&stack.idp, "client_credentials").await, before);
+    assert_eq!(stack.idp.grant_count("client_credentials").await, before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -887,13 +877,17 @@ async fn rate_limits_and_quotas_on_one_gateway_and_through_the_cli() {
         .parse()
         .unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
+    // A limited key does not hand out its provider token: requests with it
+    // would escape the counters.
+    let resp = with_key(&stack, "GET", "/oauth/token", &key).await;
+    assert!(resp.status() == 403 || resp.status() == 429, "{}", resp.status());
     // A refused request is not forwarded and costs the provider nothing.
-    let before = grant_count(&stack.idp, "client_credentials").await;
+    let before = stack.idp.grant_count("client_credentials").await;
     assert_eq!(
         with_key(&stack, "GET", "/reports", &key).await.status(),
         429
     );
-    assert_eq!(grant_count(&stack.idp, "client_credentials").await, before);
+    assert_eq!(stack.idp.grant_count("client_credentials").await, before);
 
     // The CLI lifts the limit for this key.
     let config = dir.path().join("keygate.yaml");
@@ -929,6 +923,9 @@ async fn rate_limits_and_quotas_on_one_gateway_and_through_the_cli() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("ratelimit-limit").is_none());
     assert_eq!(resp.headers()["x-quota-limit"], "1000");
+    let resp = with_key(&stack, "GET", "/oauth/token", &key).await;
+    assert_eq!(resp.status(), 403, "a quota is a limit too");
+    assert!(resp.text().await.unwrap().contains("rate-limited"));
     let shown: Value = stack
         .http
         .get(admin_url(&stack, &format!("/admin/v1/keys/{id}")))

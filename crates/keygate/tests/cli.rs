@@ -290,3 +290,18 @@ async fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
     );
     assert!(lines.iter().any(|l| l.contains("keygate stopped")));
 }
+
+#[test]
+fn personal_keys_refuse_service_key_options() {
+    let f = write_config(MINIMAL);
+    let out = keygate()
+        .args(["keys", "create", "--config"])
+        .arg(f.path())
+        .args(["--kind", "personal", "--gateway", "http://127.0.0.1:1"])
+        .args(["--rate-limit", "1/s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--rate-limit does not apply to personal keys"), "{err}");
+}

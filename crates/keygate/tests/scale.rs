@@ -37,6 +37,15 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra arguments for the provider.
     async fn start_with(n: usize, idp_args: &[&str], extra: &str) -> Cluster {
+        Cluster::start_full(n, idp_args, extra, false).await
+    }
+
+    /// Like [`Cluster::start`], with Redis over TLS (`rediss://`, a private CA).
+    async fn start_tls(n: usize, extra: &str) -> Cluster {
+        Cluster::start_full(n, &[], extra, true).await
+    }
+
+    async fn start_full(n: usize, idp_args: &[&str], extra: &str, tls: bool) -> Cluster {
         // Hold the replicas' ports while the other servers pick theirs: the
         // provider must know their callback URLs.
         // One more than the in-process replicas: for a replica process.
@@ -60,7 +69,10 @@ impl Cluster {
         let upstream = Upstream::start().await;
         let pg = PgServer::start().await;
         let store_url = pg.create_database("keygate").await;
-        let redis = RedisServer::start().await;
+        let redis = match tls {
+            true => RedisServer::start_tls().await,
+            false => RedisServer::start().await,
+        };
         let mut cluster = Cluster {
             idp,
             upstream,
@@ -93,12 +105,17 @@ impl Cluster {
              listen-admin: 127.0.0.1:0\n\
              encryption-key: {ENCRYPTION_KEY}\n\
              secure-cookie: false\n\
+             {}\
              api-keys:\n  server-secret: {SERVER_SECRET}\n  admin-role: admin\n\
              {extra}",
             self.idp.issuer,
             self.upstream.url(),
             self.store_url,
-            self.redis.url()
+            self.redis.url(),
+            self.redis
+                .ca()
+                .map(|ca| format!("redis-ca: {}\n", ca.display()))
+                .unwrap_or_default(),
         )
     }
 
@@ -227,16 +244,6 @@ impl Cluster {
         }
         dump
     }
-}
-
-async fn grant_count(idp: &Idp, grant: &str) -> u64 {
-    let stats: Value = reqwest::get(format!("{}/admin/stats", idp.base()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stats["by_grant"][grant].as_u64().unwrap_or(0)
 }
 
 fn svc() -> Value {
@@ -536,7 +543,7 @@ async fn expired_sessions_are_refreshed_once_across_replicas() {
     let cookie = cluster.login(0, "alice").await;
     let first = cluster.with_session(1, &cookie).await.1.unwrap();
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let before = grant_count(&cluster.idp, "refresh_token").await;
+    let before = cluster.idp.grant_count("refresh_token").await;
     // Twelve requests at once, four per replica: the provider rotates
     // refresh tokens, so a second refresh would be refused and end the session.
     let tasks: Vec<_> = (0..12)
@@ -559,7 +566,7 @@ async fn expired_sessions_are_refreshed_once_across_replicas() {
         assert_ne!(echo.header("authorization"), first.header("authorization"));
     }
     assert_eq!(
-        grant_count(&cluster.idp, "refresh_token").await - before,
+        cluster.idp.grant_count("refresh_token").await - before,
         1,
         "one refresh for the session, whichever replica"
     );
@@ -975,4 +982,18 @@ async fn a_replica_killed_mid_traffic_loses_no_key_session_or_audit_record() {
         echo.unwrap().header("x-auth-username").as_deref(),
         Some("alice")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls_with_a_private_ca() {
+    let cluster = Cluster::start_tls(2, REDIS_SESSIONS).await;
+    assert!(cluster.redis.url().starts_with("rediss://"));
+    let cookie = cluster.login(0, "alice").await;
+    assert_eq!(cluster.with_session(1, &cookie).await.0, 200, "the session is in Redis");
+    let admin = cluster.idp.token("alice").await;
+    let mut body = svc();
+    body["rate_limit"] = json!("1/min burst 1");
+    let (_, key) = cluster.create_key(0, &admin, body).await;
+    assert_eq!(cluster.with_key(0, &key).await, 200);
+    assert_eq!(cluster.with_key(1, &key).await, 429, "the counter is shared over TLS");
 }

@@ -741,7 +741,22 @@ async fn forward_auth_gets_401_not_a_redirect_and_accepts_sessions() {
     )
     .await;
     let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
-    let resp = ask(Some(cookie)).await.unwrap();
+    let resp = ask(Some(cookie.clone())).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-auth-method"], "session");
+    // A cookie-authenticated write reported by the front proxy is checked
+    // for this site's Origin like any other, though the auth request is a GET.
+    let write = |origin: &'static str| {
+        http.get(format!("{}/oauth/auth", web.base))
+            .header("cookie", cookie.clone())
+            .header("x-forwarded-method", "POST")
+            .header("x-forwarded-uri", "/app/items")
+            .header("x-forwarded-host", "app.example.com")
+            .header("origin", origin)
+            .send()
+    };
+    let resp = write("https://evil.example").await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("cross-site"));
+    assert_eq!(write("https://app.example.com").await.unwrap().status(), 200);
 }

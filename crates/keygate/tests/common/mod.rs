@@ -211,6 +211,20 @@ impl Idp {
             .unwrap()
     }
 
+    /// How many token requests with `grant` the provider has answered.
+    pub async fn grant_count(&self, grant: &str) -> u64 {
+        let stats: Value = self
+            .http
+            .get(format!("{}/admin/stats", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["by_grant"][grant].as_u64().unwrap_or(0)
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -410,6 +424,8 @@ impl Keygate {
     }
 
     pub async fn start_yaml(yaml: &str) -> Keygate {
+        // As the binary does: one crypto provider for rustls' process default.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut config: keygate_core::config::Config =
             serde_yaml::from_str(yaml).expect("test config parses");
         config.validate().expect("test config is valid");
