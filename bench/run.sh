@@ -20,6 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 export PATH="$PATH:/usr/sbin:/sbin"
 
 WRK_THREADS=${WRK_THREADS:-1}
@@ -33,8 +35,6 @@ APACHE_PROCS=${APACHE_PROCS:-2}
 APACHE_THREADS=${APACHE_THREADS:-32}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- cleanup
 WORK=""
@@ -118,17 +118,6 @@ chmod 755 "$WORK"   # nginx/apache workers run unprivileged when we are root
 
 # ---------------------------------------------------------------- helpers
 USED_PORTS=" "
-free_port() {
-  local p
-  while :; do
-    p=$(( 20000 + RANDOM % 30000 ))
-    case "$USED_PORTS" in *" $p "*) continue ;; esac
-    port_listening "$p" && continue
-    USED_PORTS+="$p "
-    echo "$p"; return
-  done
-}
-
 # Start a command in the background in its own process group; record its pid.
 spawn() {  # spawn OUTFILE ERRFILE cmd...
   local out=$1 err=$2; shift 2
@@ -185,30 +174,6 @@ JWK_N_HEX=$(b64url_decode "$JWKS_N" | od -An -v -tx1 | tr -d ' \n' | tr a-f A-F 
 [ "${PEM_N#00}" = "$JWK_N_HEX" ] || die "realm public_key is not the key with kid $KID"
 
 # ---------------------------------------------------------------- upstream nginx
-nginx_common() {  # nginx_common DIR WORKERS
-  cat <<EOF
-daemon off;
-master_process on;
-worker_processes $2;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 8192; multi_accept on; }
-EOF
-}
-nginx_http_common() {  # nginx_http_common DIR
-  cat <<EOF
-    access_log off;
-    client_body_temp_path $1/client_body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
-    default_type text/plain;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-EOF
-}
-
 UP_PORT=$(free_port)
 UP_DIR=$WORK/upstream; mkdir -p "$UP_DIR"
 {
@@ -379,15 +344,6 @@ for n in "${NAMES[@]}"; do
 done
 
 # ---------------------------------------------------------------- wrk
-to_ms() {  # wrk latency like 512.00us / 1.23ms / 1.01s -> ms
-  awk -v v="$1" 'BEGIN{
-    if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 }
-    else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v }
-    else if (v ~ /m$/) { sub(/m$/,"",v); printf "%.3f", v*60000 }
-    else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 }
-    else printf "nan" }'
-}
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
 # CPU used by processes that are not ours (someone compiling, say), so that a
 # noisy run can be recognised: the user+system time, own and of reaped children,
@@ -455,7 +411,6 @@ for n in "${NAMES[@]}"; do
   # shellcheck disable=SC2086
   MRPS[$n]=$(median ${RPS[$n]}); MP50[$n]=$(median ${P50[$n]}); MP99[$n]=$(median ${P99[$n]})
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f×", a/b; else print "–" }'; }
 report() {
   echo "wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION --latency, median of $RUNS runs;" \
        "one RS256 bearer token for alice; upstream nginx \`return 200 \"ok\"\`."

@@ -58,6 +58,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 export PATH="$PATH:/usr/sbin:/sbin"
 
 WRK_THREADS=${WRK_THREADS:-1}
@@ -77,8 +79,6 @@ NGINX_CPUS=${NGINX_CPUS:-$MY_CPUS}
 KEYGATE_CPUS=${KEYGATE_CPUS:-$MY_CPUS}
 STATE_CPUS=${STATE_CPUS:-$MY_CPUS}
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- cleanup
 WORK=""
@@ -169,22 +169,6 @@ chmod 755 "$WORK"   # nginx workers and postgres run unprivileged when we are ro
 # before the servers bind them (the provider must know the load balancers'
 # callback URLs), and meanwhile any outgoing connection, ours or the test
 # suite's, could take a port from the ephemeral range.
-port_in_use() { [ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]; }   # any socket, any state
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-PORT_MIN=10000; PORT_MAX=$(( EPHEMERAL_LOW - 1 ))
-[ "$PORT_MAX" -gt $(( PORT_MIN + 1000 )) ] || { PORT_MIN=20000; PORT_MAX=29999; }
-USED_PORTS=" "
-free_port() {
-  local p
-  while :; do
-    p=$(( PORT_MIN + (RANDOM * 32768 + RANDOM) % (PORT_MAX - PORT_MIN + 1) ))
-    case "$USED_PORTS" in *" $p "*) continue ;; esac
-    port_in_use "$p" && continue
-    USED_PORTS+="$p "
-    echo "$p"; return
-  done
-}
-
 # Start a command in the background in its own session and process group,
 # pinned to CPUS; record its pid (setsid and taskset exec, so it is the pid of
 # the command itself).
@@ -239,30 +223,6 @@ TOKEN=$(curl -fsS -d grant_type=password -d username=alice -d password=alice \
 log "access token for alice: ${#TOKEN} bytes"
 
 # ---------------------------------------------------------------- nginx
-nginx_common() {  # nginx_common DIR WORKERS
-  cat <<EOF
-daemon off;
-master_process on;
-worker_processes $2;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 8192; multi_accept on; }
-EOF
-}
-nginx_http_common() {  # nginx_http_common DIR
-  cat <<EOF
-    access_log off;
-    client_body_temp_path $1/client_body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
-    default_type text/plain;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-EOF
-}
-
 UP_PORT=$(free_port)
 UP_DIR=$WORK/upstream; mkdir -p "$UP_DIR"
 {
@@ -464,15 +424,6 @@ done
 [ "$(redis --scan --pattern 'keygate:s:*' | wc -l)" -ge 1 ] || die "no session in Redis after B's login"
 
 # ---------------------------------------------------------------- measuring
-to_ms() {  # wrk latency like 512.00us / 1.23ms / 1.01s -> ms
-  awk -v v="$1" 'BEGIN{
-    if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 }
-    else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v }
-    else if (v ~ /m$/) { sub(/m$/,"",v); printf "%.3f", v*60000 }
-    else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 }
-    else printf "nan" }'
-}
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
 # Where the CPU goes during a run: one pass over /proc summing the user+system
 # time (own and of reaped children) of the processes of each role's sessions,
@@ -574,7 +525,6 @@ median_cores() {  # median cores of role ROLE over the runs of SIDE/CRED
   # shellcheck disable=SC2086
   median ${CPU[$1/$2]}
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f×", a/b; else print "–" }'; }
 trim() { local s=$1; s=${s% }; echo "${s// /, }"; }   # "1 2 3 " -> "1, 2, 3"
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 report() {

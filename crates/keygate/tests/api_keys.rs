@@ -880,7 +880,11 @@ async fn rate_limits_and_quotas_on_one_gateway_and_through_the_cli() {
     // A limited key does not hand out its provider token: requests with it
     // would escape the counters.
     let resp = with_key(&stack, "GET", "/oauth/token", &key).await;
-    assert!(resp.status() == 403 || resp.status() == 429, "{}", resp.status());
+    assert!(
+        resp.status() == 403 || resp.status() == 429,
+        "{}",
+        resp.status()
+    );
     // A refused request is not forwarded and costs the provider nothing.
     let before = stack.idp.grant_count("client_credentials").await;
     assert_eq!(

@@ -303,5 +303,8 @@ fn personal_keys_refuse_service_key_options() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--rate-limit does not apply to personal keys"), "{err}");
+    assert!(
+        err.contains("--rate-limit does not apply to personal keys"),
+        "{err}"
+    );
 }

@@ -989,11 +989,19 @@ async fn redis_over_tls_with_a_private_ca() {
     let cluster = Cluster::start_tls(2, REDIS_SESSIONS).await;
     assert!(cluster.redis.url().starts_with("rediss://"));
     let cookie = cluster.login(0, "alice").await;
-    assert_eq!(cluster.with_session(1, &cookie).await.0, 200, "the session is in Redis");
+    assert_eq!(
+        cluster.with_session(1, &cookie).await.0,
+        200,
+        "the session is in Redis"
+    );
     let admin = cluster.idp.token("alice").await;
     let mut body = svc();
     body["rate_limit"] = json!("1/min burst 1");
     let (_, key) = cluster.create_key(0, &admin, body).await;
     assert_eq!(cluster.with_key(0, &key).await, 200);
-    assert_eq!(cluster.with_key(1, &key).await, 429, "the counter is shared over TLS");
+    assert_eq!(
+        cluster.with_key(1, &key).await,
+        429,
+        "the counter is shared over TLS"
+    );
 }

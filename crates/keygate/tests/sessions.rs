@@ -758,5 +758,8 @@ async fn forward_auth_gets_401_not_a_redirect_and_accepts_sessions() {
     let resp = write("https://evil.example").await.unwrap();
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("cross-site"));
-    assert_eq!(write("https://app.example.com").await.unwrap().status(), 200);
+    assert_eq!(
+        write("https://app.example.com").await.unwrap().status(),
+        200
+    );
 }
