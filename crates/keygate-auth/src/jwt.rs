@@ -16,7 +16,7 @@ use keygate_core::{AuthMethod, Identity, Secret};
 use moka::sync::Cache;
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Settings for [`JwtVerifier`].
 #[derive(Clone, Debug)]
@@ -242,10 +242,7 @@ fn sha256(data: &[u8]) -> TokenHash {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    keygate_core::unix_now()
 }
 
 #[cfg(test)]

@@ -15,3 +15,11 @@ pub mod secret;
 
 pub use identity::{AuthMethod, Identity};
 pub use secret::Secret;
+
+/// The current time in Unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

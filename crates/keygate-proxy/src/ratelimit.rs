@@ -16,10 +16,11 @@
 
 use http::{HeaderName, HeaderValue};
 use keygate_core::limits::{Quota, RateLimit};
+use keygate_core::unix_now;
 use keygate_store::Redis;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Response headers describing a key's limits.
 pub type LimitHeaders = Vec<(HeaderName, HeaderValue)>;
@@ -226,13 +227,6 @@ fn push(headers: &mut LimitHeaders, name: &'static str, value: u64) {
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_micros().div_ceil(1_000_000) as u64
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
