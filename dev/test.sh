@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (Node packages of the
-# test provider; Debian's nginx, PostgreSQL, Redis, Chromium and openssl), then runs every test. Every test runs:
+# test provider; Debian's nginx, PostgreSQL, Redis, Chromium and openssl;
+# Hypercorn from PyPI), then runs every test. Every test runs:
 # one that needs a server which cannot be found fails, it never skips.
 #
 #   ./dev/test.sh            # everything
@@ -33,6 +34,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || $SUDO service redis-server stop >/dev/null 2>&1 || true
 fi
 command -v node >/dev/null 2>&1 || { echo "error: Node.js is required (for dev/idp)"; exit 1; }
+# Hypercorn: the h2c-capable upstream of the h2c-smuggling test (PyPI).
+if ! python3 -c 'import hypercorn, h2' >/dev/null 2>&1; then
+  echo "==> pip install (dev/h2c-upstream)"
+  python3 -m pip install --quiet --disable-pip-version-check -r dev/h2c-upstream/requirements.txt
+fi
 
 if [ ! -d dev/idp/node_modules/oidc-provider ] || [ dev/idp/package-lock.json -nt dev/idp/node_modules/.package-lock.json ]; then
   echo "==> npm ci (dev/idp)"

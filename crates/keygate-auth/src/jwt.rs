@@ -60,11 +60,15 @@ impl moka::Expiry<TokenHash, Arc<Identity>> for UntilExp {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct RawHeader {
-    alg: String,
+/// The parts of a JWT header keygate reads before verifying: the algorithm
+/// (checked against the allow-list) and the key id.
+#[derive(Debug, serde::Deserialize)]
+pub struct RawHeader {
+    /// `alg`, as written.
+    pub alg: String,
+    /// `kid`, when present.
     #[serde(default)]
-    kid: Option<String>,
+    pub kid: Option<String>,
 }
 
 impl JwtVerifier {
@@ -213,7 +217,9 @@ fn map_error(kind: &ErrorKind) -> AuthError {
     }
 }
 
-fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
+/// Splits a compact JWT into its three parts and decodes the header only
+/// (nothing of the payload is read before the signature is verified).
+pub fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

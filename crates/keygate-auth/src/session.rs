@@ -75,6 +75,11 @@ pub struct SessionState {
     /// before keygate recorded it): a back-channel logout of the user ends
     /// the sessions that began before it, not later ones.
     pub created_at_ms: u64,
+    /// keygate's own random id of this login (empty for sessions sealed
+    /// before keygate gave them one): a logout remembers it, so that no
+    /// copy of the session's cookie opens the session again.
+    #[serde(default)]
+    pub id: String,
 }
 
 /// The plaintext form inside the sealed cookie, with the secrets as plain
@@ -97,6 +102,8 @@ struct SealedState {
     session_expires_at: u64,
     #[serde(rename = "cms", default)]
     created_at_ms: u64,
+    #[serde(rename = "jti", default, skip_serializing_if = "String::is_empty")]
+    id: String,
 }
 
 impl SealedState {
@@ -110,6 +117,7 @@ impl SealedState {
             access_expires_at: state.access_expires_at,
             session_expires_at: state.session_expires_at,
             created_at_ms: state.created_at_ms,
+            id: state.id.clone(),
         }
     }
 
@@ -123,6 +131,7 @@ impl SealedState {
             access_expires_at: self.access_expires_at,
             session_expires_at: self.session_expires_at,
             created_at_ms: self.created_at_ms,
+            id: self.id,
         }
     }
 }
@@ -478,6 +487,7 @@ mod tests {
             access_expires_at: 1_700_000_300,
             session_expires_at: 1_700_036_000,
             created_at_ms: 1_700_000_000_000,
+            id: "login-789".to_owned(),
         }
     }
 
@@ -496,6 +506,7 @@ mod tests {
         assert_eq!(a.access_expires_at, b.access_expires_at);
         assert_eq!(a.session_expires_at, b.session_expires_at);
         assert_eq!(a.created_at_ms, b.created_at_ms);
+        assert_eq!(a.id, b.id);
     }
 
     fn large_state() -> SessionState {

@@ -112,6 +112,13 @@ pub struct Config {
     /// Time a client has to send its request headers.
     #[serde(default = "default_read_header_timeout", with = "duration")]
     pub server_read_header_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    #[serde(default = "default_server_idle", with = "duration")]
+    pub server_idle_timeout: Duration,
+    /// Most client connections open at once (per listener); more are
+    /// closed as soon as they are accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Time in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_shutdown", with = "duration")]
     pub shutdown_grace_period: Duration,
@@ -124,6 +131,19 @@ pub struct Config {
     /// Match resource URIs case-insensitively (for case-insensitive upstreams).
     #[serde(default)]
     pub case_insensitive_paths: bool,
+    /// Accept `%25` (an encoded `%`) in request paths. Off: an upstream that
+    /// decodes twice could see another path than the one authorized.
+    #[serde(default)]
+    pub allow_encoded_percent: bool,
+    /// Accept percent-escapes that do not decode to UTF-8 (`%FF`, `%C0%AE`).
+    #[serde(default)]
+    pub allow_non_utf8_paths: bool,
+    /// Method- or URL-override headers (`X-HTTP-Method-Override`,
+    /// `X-Original-URL`, …) let through to the upstream; every other one is
+    /// removed. A request carrying one is authorized for the overriding
+    /// method or URL too.
+    #[serde(default)]
+    pub pass_override_headers: Vec<String>,
     /// `text` or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -554,6 +574,24 @@ impl Config {
                 message: "`tls-cert` and `tls-private-key` must be given together".into(),
             });
         }
+        if self.server_idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "server-idle-timeout",
+                message: "must be more than 0".into(),
+            });
+        }
+        if self.server_read_header_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "server-read-header-timeout",
+                message: "must be more than 0".into(),
+            });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max-connections",
+                message: "must be at least 1".into(),
+            });
+        }
         if self.max_token_size < 512 {
             return Err(ConfigError::Invalid {
                 key: "max-token-size",
@@ -705,6 +743,12 @@ fn default_idle() -> Duration {
 }
 fn default_read_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_server_idle() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 fn default_shutdown() -> Duration {
     Duration::from_secs(30)

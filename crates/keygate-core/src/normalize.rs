@@ -16,9 +16,17 @@
 //! 3. percent-decodes only the unreserved characters (`A–Z a–z 0–9 - . _ ~`)
 //!    and re-emits every other escape with upper-case hex, so `%7e` becomes
 //!    `~` and `%3a` becomes `%3A`;
-//! 4. when `merge_slashes` is on, collapses runs of `/` into one;
-//! 5. removes `.` and `..` segments (RFC 3986 §5.2.4), including those spelled
-//!    `%2e`, after steps 3 and 4, so neither encoding nor `//` can hide a dot
+//! 4. rejects, unless told otherwise, what an upstream that decodes the path
+//!    a second time would read differently from keygate: an encoded `%`
+//!    (`%25`, so `%252e%252e` cannot become `..` behind keygate) and escapes
+//!    that do not decode to UTF-8 (`%FF`, the overlong `%C0%AE` some
+//!    decoders turn into `.`). Spring Security's `StrictHttpFirewall` refuses
+//!    the same paths by default. [`NormalizeOptions::allow_encoded_percent`]
+//!    and [`NormalizeOptions::allow_non_utf8`] loosen this; the escapes are
+//!    then forwarded as written (upper-case hex), never decoded;
+//! 5. when `merge_slashes` is on, collapses runs of `/` into one;
+//! 6. removes `.` and `..` segments (RFC 3986 §5.2.4), including those spelled
+//!    `%2e`, after steps 3 and 5, so neither encoding nor `//` can hide a dot
 //!    segment. A `..` that would climb above the root is rejected, never
 //!    clamped. A dot segment carrying a `;` parameter (`..;`, `.;x`) is
 //!    rejected too: servlet containers treat `/a/..;/b` as `/b`.
@@ -26,14 +34,31 @@
 //! A trailing slash is kept as given (`/admin/` stays `/admin/`). Paths that
 //! need none of this (the common case) are returned unchanged after one scan.
 //!
-//! Path parameters other than on dot segments are not interpreted: `/admin;x`
-//! is forwarded as is and matched literally.
+//! Path parameters other than on dot segments are forwarded as is; the rules
+//! (`crate::rules`) match the path without them, as servlet containers read it.
 
-/// Options for [`normalize_path`].
-#[derive(Clone, Copy, Debug)]
+/// Options for [`normalize_path`]. The default is the strict behaviour.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct NormalizeOptions {
     /// Collapse runs of `/` into one before dot segments are removed.
     pub merge_slashes: bool,
+    /// Accept `%25` (an encoded `%`) in paths. Off by default: an upstream
+    /// that decodes twice would see another path than the one authorized.
+    pub allow_encoded_percent: bool,
+    /// Accept escapes whose bytes are not UTF-8 (`%FF`, overlong `%C0%AE`).
+    /// Off by default.
+    pub allow_non_utf8: bool,
+}
+
+impl NormalizeOptions {
+    /// The strict options with `merge_slashes` as given.
+    pub const fn strict(merge_slashes: bool) -> Self {
+        NormalizeOptions {
+            merge_slashes,
+            allow_encoded_percent: false,
+            allow_non_utf8: false,
+        }
+    }
 }
 
 /// Why a request path was rejected. Each message is short and safe to send
@@ -65,6 +90,13 @@ pub enum PathError {
     /// A `.` or `..` segment followed by a `;` parameter, such as `..;`.
     #[error("a dot segment with a `;` parameter is not allowed in the path")]
     DotSegmentParameter,
+    /// `%25`: an encoded `%`, which an upstream that decodes twice reads as
+    /// another escape.
+    #[error("an encoded `%` (%25) is not allowed in the path")]
+    EncodedPercent,
+    /// Percent-escapes whose bytes are not valid UTF-8.
+    #[error("percent-escapes in the path must decode to UTF-8")]
+    NonUtf8Escape,
 }
 
 /// Normalizes the path component of a request target as described in the
@@ -72,9 +104,10 @@ pub enum PathError {
 ///
 /// ```
 /// use keygate_core::normalize::{normalize_path, NormalizeOptions, PathError};
-/// let opts = NormalizeOptions { merge_slashes: true };
+/// let opts = NormalizeOptions::strict(true);
 /// assert_eq!(normalize_path("/public/%2e%2e//admin/", opts).as_deref(), Ok("/admin/"));
 /// assert_eq!(normalize_path("/public/..%2fadmin", opts), Err(PathError::EncodedSlash));
+/// assert_eq!(normalize_path("/public/%252e%252e/admin", opts), Err(PathError::EncodedPercent));
 /// ```
 pub fn normalize_path(raw: &str, opts: NormalizeOptions) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
@@ -84,7 +117,7 @@ pub fn normalize_path(raw: &str, opts: NormalizeOptions) -> Result<String, PathE
     if !needs_rewrite(bytes, opts)? {
         return Ok(raw.to_owned());
     }
-    let decoded = decode(bytes)?;
+    let decoded = decode(bytes, opts)?;
     remove_dot_segments(&decoded, opts)
 }
 
@@ -145,13 +178,17 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// Validates every byte, decodes escapes of unreserved characters and
-/// rewrites the others with upper-case hex.
-fn decode(bytes: &[u8]) -> Result<String, PathError> {
+/// rewrites the others with upper-case hex. Runs of escaped non-ASCII bytes
+/// must form UTF-8 unless `opts.allow_non_utf8`.
+fn decode(bytes: &[u8], opts: NormalizeOptions) -> Result<String, PathError> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(bytes.len());
+    // The bytes of the current run of escaped non-ASCII bytes.
+    let mut run: Vec<u8> = Vec::new();
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b != b'%' {
+            check_utf8_run(&mut run, opts)?;
             if b != b'/' {
                 check_raw(b)?;
             }
@@ -164,10 +201,17 @@ fn decode(bytes: &[u8]) -> Result<String, PathError> {
         let (Some(hi), Some(lo)) = (hi, lo) else {
             return Err(PathError::BadPercentEncoding);
         };
-        match (hi << 4) | lo {
+        let v = (hi << 4) | lo;
+        if v >= 0x80 {
+            run.push(v);
+        } else {
+            check_utf8_run(&mut run, opts)?;
+        }
+        match v {
             0 => return Err(PathError::Nul),
             b'/' => return Err(PathError::EncodedSlash),
             b'\\' => return Err(PathError::Backslash),
+            b'%' if !opts.allow_encoded_percent => return Err(PathError::EncodedPercent),
             v if is_unreserved(v) => out.push(char::from(v)),
             _ => {
                 out.push('%');
@@ -177,7 +221,23 @@ fn decode(bytes: &[u8]) -> Result<String, PathError> {
         }
         i += 3;
     }
+    check_utf8_run(&mut run, opts)?;
     Ok(out)
+}
+
+/// Ends a run of escaped non-ASCII bytes: it must be UTF-8 (strictly: no
+/// overlong forms, no surrogates) unless `opts.allow_non_utf8`.
+fn check_utf8_run(run: &mut Vec<u8>, opts: NormalizeOptions) -> Result<(), PathError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let valid = std::str::from_utf8(run).is_ok();
+    run.clear();
+    if valid || opts.allow_non_utf8 {
+        Ok(())
+    } else {
+        Err(PathError::NonUtf8Escape)
+    }
 }
 
 /// Merges slashes (when asked) and removes dot segments from a decoded path
@@ -221,12 +281,8 @@ fn remove_dot_segments(path: &str, opts: NormalizeOptions) -> Result<String, Pat
 mod tests {
     use super::*;
 
-    const MERGE: NormalizeOptions = NormalizeOptions {
-        merge_slashes: true,
-    };
-    const KEEP: NormalizeOptions = NormalizeOptions {
-        merge_slashes: false,
-    };
+    const MERGE: NormalizeOptions = NormalizeOptions::strict(true);
+    const KEEP: NormalizeOptions = NormalizeOptions::strict(false);
 
     fn norm(raw: &str) -> Result<String, PathError> {
         normalize_path(raw, MERGE)
@@ -361,12 +417,45 @@ mod tests {
         assert_eq!(norm("/%61%2D%5f%30").as_deref(), Ok("/a-_0"));
         assert_eq!(norm("/%3a").as_deref(), Ok("/%3A"));
         assert_eq!(norm("/%c3%a9").as_deref(), Ok("/%C3%A9"));
-        assert_eq!(norm("/%20%23%3F%25").as_deref(), Ok("/%20%23%3F%25"));
-        // A decoded `%` is not decoded again.
+        assert_eq!(norm("/%20%23%3F").as_deref(), Ok("/%20%23%3F"));
+    }
+
+    #[test]
+    fn rejects_encoded_percent_that_a_second_decoding_would_read() {
+        assert_eq!(norm("/%252e%252e/admin"), Err(PathError::EncodedPercent));
+        assert_eq!(norm("/a%25"), Err(PathError::EncodedPercent));
+        assert_eq!(norm("/public/%25%32%65"), Err(PathError::EncodedPercent));
+        // Loosened explicitly: forwarded as written, never decoded again.
+        let loose = NormalizeOptions {
+            allow_encoded_percent: true,
+            ..MERGE
+        };
         assert_eq!(
-            norm("/%252e%252e/admin").as_deref(),
+            normalize_path("/%252e%252e/admin", loose).as_deref(),
             Ok("/%252e%252e/admin")
         );
+    }
+
+    #[test]
+    fn rejects_escapes_that_are_not_utf8() {
+        for p in [
+            "/%FF",
+            "/a%C0%AE/x",
+            "/%C0%AE%C0%AE/admin",
+            "/%C3",
+            "/%C3/%A9",
+            "/%ED%A0%80",
+            "/%E9t%E9",
+        ] {
+            assert_eq!(norm(p), Err(PathError::NonUtf8Escape), "{p}");
+        }
+        assert_eq!(norm("/caf%C3%A9").as_deref(), Ok("/caf%C3%A9"));
+        assert_eq!(norm("/%F0%9F%94%91").as_deref(), Ok("/%F0%9F%94%91"));
+        let loose = NormalizeOptions {
+            allow_non_utf8: true,
+            ..MERGE
+        };
+        assert_eq!(normalize_path("/%c0%ae", loose).as_deref(), Ok("/%C0%AE"));
     }
 
     #[test]

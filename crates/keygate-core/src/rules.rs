@@ -313,12 +313,7 @@ fn compile_uri(uri: &str) -> Result<(Pattern, String), String> {
     }
     // Requests are matched after normalization, so a rule spelled any other
     // way could never match what it seems to say.
-    match normalize_path(
-        path,
-        NormalizeOptions {
-            merge_slashes: true,
-        },
-    ) {
+    match normalize_path(path, NormalizeOptions::strict(true)) {
         Ok(normal) if normal == path => {}
         Ok(normal) => {
             return Err(format!(

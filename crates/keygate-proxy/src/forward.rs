@@ -3,8 +3,9 @@
 //! after the upstream answers 101; SSE and chunked responses stream as they come.
 
 use crate::gateway::GatewayError;
+use crate::hygiene::strip_response_hop_by_hop;
 use crate::respond::{Body, Refusal};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
@@ -13,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate_core::config::Config;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -23,7 +26,7 @@ pub struct Upstream {
     authority: Authority,
     /// Base path without a trailing slash ("" for `/`).
     base_path: String,
-    client: Client<Connector, Incoming>,
+    client: Client<Connector, ClientBody>,
     response_timeout: Duration,
 }
 
@@ -93,19 +96,24 @@ impl Upstream {
 
     /// Sends the prepared request and returns the upstream's response,
     /// splicing an upgraded connection when the upstream switches protocols.
+    /// The request carries no hop-by-hop header any more (phase 1 removed
+    /// the client's); `Connection: upgrade` and `Upgrade: websocket` are
+    /// added back for an authorized websocket upgrade only.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, Refusal> {
-        let upgrade_type = client_upgrade
-            .as_ref()
-            .and(req.headers().get(header::UPGRADE).cloned());
-        strip_hop_by_hop(req.headers_mut());
-        if let Some(proto) = &upgrade_type {
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let mut req = req.map(|body| ClientBody {
+            inner: body,
+            failed: Arc::clone(&client_failed),
+        });
+        if client_upgrade.is_some() {
             req.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            req.headers_mut().insert(header::UPGRADE, proto.clone());
+            req.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
         let mut resp = match sent {
@@ -113,6 +121,14 @@ impl Upstream {
                 metrics::counter!("keygate_upstream_errors_total", "kind" => "timeout")
                     .increment(1);
                 return Err(Refusal::GatewayTimeout);
+            }
+            Ok(Err(_)) if client_failed.load(Ordering::Relaxed) => {
+                // The client's body broke off or was malformed: its error,
+                // not the upstream's.
+                metrics::counter!("keygate_client_errors_total", "kind" => "body").increment(1);
+                return Err(Refusal::BadRequest(
+                    "the request body was malformed or ended early".into(),
+                ));
             }
             Ok(Err(e)) => {
                 metrics::counter!("keygate_upstream_errors_total", "kind" => "connect")
@@ -122,9 +138,23 @@ impl Upstream {
             }
             Ok(Ok(resp)) => resp,
         };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                // Nothing was asked to upgrade: an upstream that switches
+                // anyway is broken, and its bytes are not passed on.
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "unrequested_upgrade")
+                    .increment(1);
+                return Err(Refusal::BadGateway);
+            };
+            let upgrade = resp.headers().get(header::UPGRADE).cloned();
+            if !upgrade
+                .as_ref()
+                .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+            {
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "unrequested_upgrade")
+                    .increment(1);
+                return Err(Refusal::BadGateway);
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -136,17 +166,51 @@ impl Upstream {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            let upgrade = resp.headers().get(header::UPGRADE).cloned();
-            strip_hop_by_hop(resp.headers_mut());
+            strip_response_hop_by_hop(resp.headers_mut());
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(u) = upgrade {
-                resp.headers_mut().insert(header::UPGRADE, u);
-            }
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             return Ok(resp.map(Either::Left));
         }
-        strip_hop_by_hop(resp.headers_mut());
+        strip_response_hop_by_hop(resp.headers_mut());
         Ok(resp.map(Either::Left))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client's request body on its way upstream; remembers whether it
+    /// failed, so that a broken or malformed upload is answered as the
+    /// client's error (400), not the upstream's (502).
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        failed: Arc<AtomicBool>,
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            this.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -176,34 +240,4 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, GatewayError> {
         .map_err(|e| GatewayError::config("upstream-ca", e))?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Removes hop-by-hop headers (RFC 9110 7.6.1), including those the
-/// `Connection` header names, and `Upgrade` (re-added for upgrades).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-    headers.remove(header::PROXY_AUTHORIZATION);
 }

@@ -5,6 +5,7 @@
 //! are believed only from `trusted-proxies`.
 
 use crate::gateway::Gateway;
+use crate::hygiene;
 use crate::pipeline::{self, Credential, Decision, Refused, RequestCtx};
 use crate::respond::{self, Body, Refusal};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -21,12 +22,7 @@ pub async fn handle(
     // The front proxy expects 401/403, never a redirect to login: it cannot
     // follow one (nginx turns it into a 500).
     ctx.browser = false;
-    let trusted = gw
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(ctx.peer.ip()));
-    if !trusted {
+    if !gw.trusted_peer(ctx.peer.ip()) {
         return Err(Refused {
             refusal: Refusal::Forbidden("forward-auth is answered only to trusted-proxies".into()),
             reason: Cow::Borrowed("untrusted_proxy"),
@@ -40,10 +36,17 @@ pub async fn handle(
     // The Origin check of cookie-authenticated writes, on the original
     // method (the auth request itself is a GET).
     pipeline::csrf_check(gw, ctx, &credential, req.headers())?;
-    let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
-    ctx.route = route.label().to_owned();
-    let identity = pipeline::authenticate(gw, &route, &credential, ctx).await?;
-    pipeline::authorize(gw, &route, identity.as_deref())?;
+    // The front proxy forwards the client's request itself, override
+    // headers included, and keygate cannot remove them: every one present is
+    // authorized as the upstream would read it.
+    let mut headers = req.headers().clone();
+    let overrides = hygiene::take_overrides(&mut headers, &all_override_headers()).map_err(
+        |hygiene::BadOverride(why)| Refused {
+            refusal: Refusal::BadRequest(why.into()),
+            reason: Cow::Borrowed("bad_override_header"),
+        },
+    )?;
+    let identity = pipeline::route_and_check(gw, ctx, &credential, &overrides).await?;
     let mut resp = respond::empty(StatusCode::OK);
     if let Some(identity) = &identity {
         pipeline::identity_headers(gw, identity, resp.headers_mut());
@@ -57,7 +60,19 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused> {
+fn all_override_headers() -> Vec<http::HeaderName> {
+    hygiene::METHOD_OVERRIDE_HEADERS
+        .iter()
+        .chain(hygiene::URL_OVERRIDE_HEADERS)
+        .map(|h| http::HeaderName::from_static(h))
+        .collect()
+}
+
+/// The original method and request target a front proxy reports, from
+/// `X-Forwarded-Method`/`-Uri` or `X-Original-Method`/`-URI` (both pairs
+/// present and disagreeing is refused). A full URL is cut to its path and
+/// query.
+pub fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (fm, fu) = (get("x-forwarded-method"), get("x-forwarded-uri"));
     let (om, ou) = (get("x-original-method"), get("x-original-uri"));

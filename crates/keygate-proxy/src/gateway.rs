@@ -75,6 +75,8 @@ pub struct Gateway {
     pub sessions: Option<crate::sessions::Sessions>,
     /// The Redis shared by replicas, when `redis-url` is set.
     pub redis: Option<keygate_store::Redis>,
+    /// `pass-override-headers`, parsed: the override headers let through.
+    pub override_headers: Vec<HeaderName>,
 }
 
 /// The Redis named by `redis-url`, if any. Connects lazily: keygate starts
@@ -185,6 +187,26 @@ impl Gateway {
             debug_assert!(is_identity_header(name.as_str()));
             claim_headers.push((claim.clone(), name));
         }
+        let mut override_headers = Vec::new();
+        for name in &config.pass_override_headers {
+            if !crate::hygiene::is_override_header(name) {
+                return Err(GatewayError::config(
+                    "pass-override-headers",
+                    format!(
+                        "`{name}` is not a method- or URL-override header keygate knows ({})",
+                        crate::hygiene::METHOD_OVERRIDE_HEADERS
+                            .iter()
+                            .chain(crate::hygiene::URL_OVERRIDE_HEADERS)
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            let name = HeaderName::try_from(name.to_ascii_lowercase())
+                .map_err(|e| GatewayError::config("pass-override-headers", e))?;
+            override_headers.push(name);
+        }
         let tls = config.tls_cert.is_some();
         let redis = shared_redis(&config)?;
         let sessions = crate::sessions::Sessions::from_config(
@@ -203,7 +225,14 @@ impl Gateway {
             api_keys: None,
             sessions,
             redis,
+            override_headers,
         })
+    }
+
+    /// Whether the TCP peer is one of `trusted-proxies`, whose forwarding
+    /// headers (`X-Forwarded-*`, `X-Original-*`) keygate believes.
+    pub fn trusted_peer(&self, ip: std::net::IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
     /// Starts the background work: the provider's key loading and refresh,

@@ -4,7 +4,9 @@
 //! [`pipeline::RequestCtx`] (see `docs/architecture.md` for the chart):
 //!
 //! 1. **normalize** ([`pipeline::normalize`]) — parse the path once; strip
-//!    client-sent identity headers;
+//!    client-sent identity headers, and everything else [`hygiene`] removes
+//!    (hop-by-hop headers, upgrades other than websocket, forwarding and
+//!    override headers, keygate's own cookies);
 //! 2. **route** ([`pipeline::route`]) — find the resource rule;
 //! 3. **authenticate** ([`pipeline::authenticate`]) — verify the credential;
 //! 4. **authorize** ([`pipeline::authorize`]) — evaluate the rule;
@@ -19,6 +21,7 @@ pub mod apikeys;
 pub mod forward;
 pub mod forward_auth;
 pub mod gateway;
+pub mod hygiene;
 pub mod keypage;
 pub mod ops;
 pub mod pipeline;

@@ -4,6 +4,7 @@
 //! original method and URI that the front proxy reports.
 
 use crate::gateway::Gateway;
+use crate::hygiene;
 use crate::ops;
 use crate::respond::{Body, Refusal};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,7 +29,9 @@ pub enum Decision {
     Public,
     /// Refused: 401 or 403.
     Deny,
-    /// Refused: bad request (400) or keygate/provider/upstream trouble (5xx).
+    /// Refused as the client's error: a malformed or ambiguous request (400).
+    Invalid,
+    /// Refused: keygate/provider/upstream trouble (5xx).
     Error,
     /// One of keygate's own endpoints (`/oauth/health`, …).
     Internal,
@@ -41,6 +44,7 @@ impl Decision {
             Decision::Allow => "allow",
             Decision::Public => "public",
             Decision::Deny => "deny",
+            Decision::Invalid => "invalid",
             Decision::Error => "error",
             Decision::Internal => "internal",
         }
@@ -106,6 +110,7 @@ impl RequestCtx {
             | Refusal::Forbidden(_)
             | Refusal::MethodNotAllowed(_)
             | Refusal::TooManyRequests(..) => Decision::Deny,
+            Refusal::BadRequest(_) | Refusal::NotFound => Decision::Invalid,
             _ => Decision::Error,
         };
         self.reason = reason;
@@ -193,6 +198,7 @@ async fn run(
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
+    check_framing(&req)?;
     let target = req
         .uri()
         .path_and_query()
@@ -201,25 +207,101 @@ async fn run(
     let (path, query) = normalize(gw, target)?;
     ctx.path = path;
     ctx.query = query;
+    // Request hygiene, before keygate adds a single header of its own.
+    let hop = hygiene::strip_client_hop_by_hop(&ctx.method, req.headers_mut());
+    if !gw.trusted_peer(ctx.peer.ip()) {
+        hygiene::strip_untrusted_forwarding(req.headers_mut());
+    }
     strip_client_identity_headers(req.headers_mut());
     let credential = take_credential(gw, req.headers_mut());
     csrf_check(gw, ctx, &credential, req.headers())?;
     if ctx.path.starts_with("/oauth/") {
+        // keygate's own endpoints forward nothing; forward-auth reads the
+        // override headers the front proxy will pass on.
         ctx.decision = Decision::Internal;
         ctx.route = "/oauth".into();
         return ops::serve(gw, ctx, req, credential).await;
     }
-    let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
-    ctx.route = route.label().to_owned();
-    let identity = authenticate(gw, &route, &credential, ctx).await?;
-    authorize(gw, &route, identity.as_deref())?;
+    let overrides = hygiene::take_overrides(req.headers_mut(), &gw.override_headers)
+        .map_err(|hygiene::BadOverride(why)| bad_request(why, "bad_override_header"))?;
+    let identity = route_and_check(gw, ctx, &credential, &overrides).await?;
     ctx.decision = if identity.is_some() {
         Decision::Allow
     } else {
         Decision::Public
     };
     ctx.identity = identity;
-    forward(gw, ctx, req).await
+    forward(gw, ctx, req, hop.websocket).await
+}
+
+/// Phases 2–4 for `ctx`'s method and path, and, when an override header
+/// that is let through names another method or URL, for that one too: the
+/// request must be allowed as the upstream will read it.
+pub(crate) async fn route_and_check(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    credential: &Credential,
+    overrides: &hygiene::Overrides,
+) -> Result<Option<Arc<Identity>>, Refused> {
+    let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
+    ctx.route = route.label().to_owned();
+    let overridden = match (&overrides.method, &overrides.target) {
+        (None, None) => None,
+        (method, target) => {
+            let path = match target {
+                Some(t) => normalize(gw, t)?.0,
+                None => ctx.path.clone(),
+            };
+            let method = method.clone().unwrap_or_else(|| ctx.method.clone());
+            Some((method, path))
+        }
+    };
+    let other = overridden
+        .as_ref()
+        .map(|(m, p)| gw.rules.route(m.as_str(), p));
+    let needs = gw.rules.needs_credential(&route)
+        || other.as_ref().is_some_and(|r| gw.rules.needs_credential(r));
+    let identity = match needs {
+        true => Some(verify_credential(gw, credential, ctx).await?),
+        false => None,
+    };
+    authorize(gw, &route, identity.as_deref())?;
+    if let Some(other) = &other {
+        authorize(gw, other, identity.as_deref())?;
+    }
+    Ok(identity)
+}
+
+fn bad_request(why: &'static str, reason: &'static str) -> Refused {
+    Refused {
+        refusal: Refusal::BadRequest(why.into()),
+        reason: Cow::Borrowed(reason),
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one `Host`; an
+/// absolute-form target (or HTTP/2's `:authority`) must name the host its
+/// `Host` names (RFC 9113 §8.3.1). Anything else is the client's error,
+/// answered 400 before any phase reads the request.
+fn check_framing(req: &Request<Incoming>) -> Result<(), Refused> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(bad_request("more than one Host header", "bad_host")),
+        (host, None) => host,
+    };
+    match (host, req.uri().authority()) {
+        (None, None) if req.version() == Version::HTTP_11 => Err(bad_request(
+            "an HTTP/1.1 request needs a Host header",
+            "bad_host",
+        )),
+        (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
+            Err(bad_request(
+                "the Host header and the request target name different hosts",
+                "bad_host",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Phase 1: splits the request target, normalizes the path (once) and keeps
@@ -231,6 +313,8 @@ pub fn normalize(gw: &Gateway, target: &str) -> Result<(String, Option<String>),
     };
     let opts = NormalizeOptions {
         merge_slashes: gw.config.merge_slashes,
+        allow_encoded_percent: gw.config.allow_encoded_percent,
+        allow_non_utf8: gw.config.allow_non_utf8_paths,
     };
     match normalize_path(raw_path, opts) {
         Ok(path) => Ok((path, query)),
@@ -357,11 +441,7 @@ pub(crate) fn csrf_check(
     {
         return Ok(());
     }
-    let trusted = gw
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(ctx.peer.ip()));
+    let trusted = gw.trusted_peer(ctx.peer.ip());
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let host = if trusted {
         get("x-forwarded-host").or(get("host"))
@@ -605,13 +685,16 @@ fn safe_header_value(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(value.as_bytes()).ok()
 }
 
-/// Phase 5: prepares the upstream request and streams it.
+/// Phase 5: prepares the upstream request and streams it. The client's
+/// hop-by-hop, forwarding and override headers are already gone (phase 1);
+/// keygate's cookies are removed here, then keygate's headers are set.
 async fn forward(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
+    websocket: bool,
 ) -> Result<Response<Body>, Refused> {
-    let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     *req.uri_mut() = gw.upstream.uri_for(&ctx.path, ctx.query.as_deref())?;
     *req.version_mut() = Version::HTTP_11;
     let original_host = req.headers_mut().remove(header::HOST).or_else(|| {
@@ -620,6 +703,7 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let headers = req.headers_mut();
+    hygiene::strip_keygate_cookies(headers);
     forwarded_headers(gw, ctx, headers, original_host);
     headers.insert("x-request-id", ctx.request_id.clone());
     for (name, value) in &gw.static_headers {
@@ -634,18 +718,6 @@ async fn forward(
         .map_err(Refused::from)
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
 /// `X-Forwarded-For/Proto/Host`: extended when the peer is a trusted proxy,
 /// replaced otherwise, so clients cannot forge their address.
 fn forwarded_headers(
@@ -654,11 +726,7 @@ fn forwarded_headers(
     headers: &mut HeaderMap,
     host: Option<HeaderValue>,
 ) {
-    let trusted = gw
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(ctx.peer.ip()));
+    let trusted = gw.trusted_peer(ctx.peer.ip());
     let peer_ip = ctx.peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if trusted => format!("{prev}, {peer_ip}"),

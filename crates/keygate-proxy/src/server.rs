@@ -1,17 +1,20 @@
 //! The listener: HTTP/1.1 and HTTP/2 (h2c by prior knowledge, h2 over TLS by
-//! ALPN) on one port, graceful shutdown that lets in-flight requests finish.
+//! ALPN) on one port, graceful shutdown that lets in-flight requests finish,
+//! and the bounds on every connection: a cap on open connections, a header
+//! timeout, and an idle timeout.
 
 use crate::gateway::{Gateway, GatewayError};
 use crate::pipeline;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -81,13 +84,30 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight requests finish for up to `shutdown-grace-period`, and returns.
+    ///
+    /// Each connection is bounded: at most `max-connections` are open at
+    /// once (more are closed as soon as they are accepted, and counted); a
+    /// connection that sends no request within `server-read-header-timeout`,
+    /// or stays idle for `server-idle-timeout` between requests, is closed
+    /// (gracefully: a response being sent is finished first).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let graceful = GracefulShutdown::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let open = Arc::new(OpenConnections::default());
+        let listener_label = if self.admin { "admin" } else { "public" };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.serve_connection(stream, peer, &graceful),
+                    Ok((stream, peer)) => {
+                        if open.count() >= self.gateway.config.max_connections {
+                            metrics::counter!("keygate_connections_refused_total", "listener" => listener_label)
+                                .increment(1);
+                            drop(stream);
+                            continue;
+                        }
+                        let guard = OpenConnection::new(&open, listener_label);
+                        self.serve_connection(stream, peer, guard, stop_rx.clone());
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -99,10 +119,11 @@ impl Server {
         drop(self.listener);
         let grace = self.gateway.config.shutdown_grace_period;
         tracing::info!(
-            in_flight = graceful.count(),
+            in_flight = open.count(),
             "shutting down; finishing in-flight requests"
         );
-        if tokio::time::timeout(grace, graceful.shutdown())
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(grace, open.all_closed())
             .await
             .is_err()
         {
@@ -110,12 +131,21 @@ impl Server {
         }
     }
 
-    fn serve_connection(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+    fn serve_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        guard: OpenConnection,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let _ = stream.set_nodelay(true);
         let gateway = Arc::clone(&self.gateway);
         let admin = self.admin;
+        let activity = Arc::new(Activity::new());
+        let requests = Arc::clone(&activity);
         let service = service_fn(move |req| {
             let gateway = Arc::clone(&gateway);
+            requests.request_started();
             async move {
                 let resp = if admin {
                     crate::admin::handle(gateway, req, peer).await
@@ -126,41 +156,274 @@ impl Server {
             }
         });
         let builder = Arc::clone(&self.builder);
-        match &self.tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
+        let limits = ConnLimits {
+            header_timeout: self.gateway.config.server_read_header_timeout,
+            idle_timeout: self.gateway.config.server_idle_timeout,
+        };
+        let acceptor = self.tls.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let stream = Tracked {
+                inner: stream,
+                activity: Arc::clone(&activity),
+            };
+            let result = match acceptor {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watch_connection(conn, &activity, limits, stop).await
+                }
+                Some(acceptor) => {
+                    let tls =
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    watch_connection(conn, &activity, limits, stop).await
+                }
+            };
+            if let Err(e) = result {
+                // A request hyper could not parse is the client's error
+                // (hyper has answered it 400 or 431 itself).
+                let parse = e
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(|e| e.is_parse() || e.is_parse_too_large());
+                if parse {
+                    metrics::counter!("keygate_client_errors_total", "kind" => "malformed")
+                        .increment(1);
+                }
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                let handshake_timeout = self.gateway.config.server_read_header_timeout;
-                tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
+        });
+    }
+}
+
+/// The time bounds of one client connection.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Drives a connection until it ends, shutting it down gracefully when the
+/// server stops, when no first request arrives within the header timeout,
+/// or when it has been idle (no byte read or written) for the idle timeout.
+async fn watch_connection<C>(
+    conn: C,
+    activity: &Activity,
+    limits: ConnLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConn,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let bound = match activity.requests() {
+            0 => limits.header_timeout,
+            _ => limits.idle_timeout,
+        };
+        let deadline = activity.last() + bound;
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            changed = stop.changed(), if !closing => {
+                if changed.is_err() || *stop.borrow() {
+                    conn.as_mut().shutdown_gracefully();
+                    closing = true;
+                }
             }
+            () = tokio::time::sleep_until(deadline), if !closing => {
+                if activity.last() + bound <= tokio::time::Instant::now() {
+                    let kind = if activity.requests() == 0 { "no_request" } else { "idle" };
+                    metrics::counter!("keygate_connections_timed_out_total", "kind" => kind)
+                        .increment(1);
+                    conn.as_mut().shutdown_gracefully();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish what it is doing and close.
+trait GracefulConn {
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConn for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// When a connection last moved a byte, and how many requests it began.
+struct Activity {
+    last_ms: AtomicU64,
+    requests: AtomicU64,
+    base: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            last_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client stream that records when it last read or wrote a byte.
+    struct Tracked<S> {
+        #[pin]
+        inner: S,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Tracked<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, data);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// The connections a listener has open, for the cap and the gauge.
+#[derive(Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+impl OpenConnections {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One open connection; dropping it closes the books on it.
+struct OpenConnection {
+    open: Arc<OpenConnections>,
+    listener: &'static str,
+}
+
+impl OpenConnection {
+    fn new(open: &Arc<OpenConnections>, listener: &'static str) -> Self {
+        open.count.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("keygate_connections_open", "listener" => listener).increment(1.0);
+        OpenConnection {
+            open: Arc::clone(open),
+            listener,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("keygate_connections_open", "listener" => self.listener).decrement(1.0);
+        if self.open.count.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.open.closed.notify_waiters();
         }
     }
 }

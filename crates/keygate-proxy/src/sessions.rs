@@ -54,6 +54,9 @@ pub struct Sessions {
     /// with the time of the logout (Unix ms), kept for the longest a session cookie
     /// can live. With Redis they are also kept there, for every replica.
     ended: moka::sync::Cache<String, u64>,
+    /// The `jti`s of accepted back-channel logout tokens (hashed with the
+    /// issuer), kept as long as such a token is accepted.
+    seen_jti: moka::sync::Cache<String, ()>,
     /// `session-store: redis`: sessions live there, the cookie holds an id.
     server_side: bool,
     redis: Option<Redis>,
@@ -122,6 +125,12 @@ impl Sessions {
             ended: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(std::time::Duration::from_secs(MAX_SESSION_SECS))
+                .build(),
+            seen_jti: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(std::time::Duration::from_secs(
+                    LOGOUT_TOKEN_MAX_AGE + 2 * config.clock_skew.as_secs() + 60,
+                ))
                 .build(),
             server_side,
             redis,
@@ -257,12 +266,27 @@ impl Sessions {
         ))
     }
 
-    /// Forgets a session on logout (server-side: deletes it from Redis).
-    async fn end(&self, cookie: &SessionCookie) {
-        if let (SessionCookie::Id(id), Some(redis)) = (cookie, &self.redis)
-            && let Err(e) = redis.del(&[redis.key(&session_key(id))]).await
-        {
-            tracing::warn!(error = %e, "cannot delete a session from Redis; it ends when it expires");
+    /// Ends a session on logout, so that no copy of its cookie opens it
+    /// again: a server-side session is deleted from Redis; a cookie session's
+    /// login is remembered as ended (here, and in Redis for every replica)
+    /// until such a cookie would have expired. An error means the logout
+    /// could not be recorded where every replica sees it.
+    async fn end(&self, cookie: &SessionCookie) -> Result<(), Refused> {
+        match cookie {
+            SessionCookie::Id(id) => {
+                let redis = self.redis_or_unavailable()?;
+                redis
+                    .del(&[redis.key(&session_key(id))])
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "cannot delete a session from Redis at logout");
+                        store_unavailable()
+                    })?;
+                Ok(())
+            }
+            // Remembered here first, so the session ends on this replica
+            // even when Redis cannot be told.
+            SessionCookie::State(state) => self.end_by(&login_marker(state), now_ms()).await,
         }
     }
 
@@ -274,14 +298,17 @@ impl Sessions {
         if self.server_side {
             return Ok(false);
         }
-        let mut markers = vec![format!("sub:{}", state.subject)];
+        let mut markers = vec![format!("sub:{}", state.subject), login_marker(state)];
         if let Some(sid) = &state.sid {
             markers.push(format!("sid:{sid}"));
         }
-        // A logout by sid ends that session; by sub, the user's sessions
-        // that began before it.
-        let ends =
-            |marker: &str, at_ms: u64| marker.starts_with("sid:") || at_ms >= state.created_at_ms;
+        // A logout of this login or by sid ends that session; by sub, the
+        // user's sessions that began before it.
+        let ends = |marker: &str, at_ms: u64| {
+            marker.starts_with("sid:")
+                || marker.starts_with("login:")
+                || at_ms >= state.created_at_ms
+        };
         if markers
             .iter()
             .any(|m| self.ended.get(m).is_some_and(|at| ends(m, at)))
@@ -310,9 +337,42 @@ impl Sessions {
         Ok(false)
     }
 
-    /// Ends the sessions a back-channel logout names (`sid:…` or `sub:…`).
-    async fn end_by(&self, marker: &str) -> Result<(), Refused> {
-        let now = now_ms();
+    /// Whether this is the first time a logout token with this `jti` (from
+    /// this issuer) arrives: remembered here and, with Redis, for every
+    /// replica, for as long as such a token is accepted. When Redis cannot
+    /// be asked, the local memory decides.
+    async fn first_use_of_jti(&self, issuer: &str, jti: &str) -> bool {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("{issuer}\n{jti}").as_bytes(),
+        );
+        let mut id = String::with_capacity(4 + 64);
+        id.push_str("jti:");
+        for b in digest.as_ref() {
+            use std::fmt::Write as _;
+            let _ = write!(id, "{b:02x}");
+        }
+        if self.seen_jti.get(&id).is_some() {
+            return false;
+        }
+        self.seen_jti.insert(id.clone(), ());
+        if let Some(redis) = &self.redis {
+            let ttl = std::time::Duration::from_secs(LOGOUT_TOKEN_MAX_AGE + 2 * self.leeway + 60);
+            match redis.set_nx(&redis.key(&id), b"1", ttl).await {
+                Ok(first) => return first,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check a logout token's jti in Redis; checked on this replica only");
+                }
+            }
+        }
+        true
+    }
+
+    /// Ends the sessions a logout names (`sid:…`, `sub:…` or `login:…`);
+    /// `at_ms` is when the logout happened (a logout by `sub` ends the
+    /// sessions that began before it).
+    async fn end_by(&self, marker: &str, at_ms: u64) -> Result<(), Refused> {
+        let now = at_ms;
         if self.server_side {
             let redis = self.redis_or_unavailable()?;
             let n = redis
@@ -334,6 +394,17 @@ impl Sessions {
                 .map_err(|_| store_unavailable())?;
         }
         Ok(())
+    }
+}
+
+/// The marker a logout leaves for one login of a cookie session: its own
+/// id, or for sessions sealed before keygate gave them one, the subject and
+/// the time of the login.
+fn login_marker(state: &SessionState) -> String {
+    if state.id.is_empty() {
+        format!("login:{}@{}", state.subject, state.created_at_ms)
+    } else {
+        format!("login:{}", state.id)
     }
 }
 
@@ -612,11 +683,7 @@ fn redirect_uri(
     if let Some(url) = &sessions.redirection_url {
         return Some(url.clone());
     }
-    let trusted = gw
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|c| c.contains(ctx.peer.ip()));
+    let trusted = gw.trusted_peer(ctx.peer.ip());
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let host = if trusted {
         get("x-forwarded-host").or(get("host"))
@@ -800,6 +867,10 @@ pub async fn callback(
         access_expires_at: identity.expires_at,
         session_expires_at: now + session_lifetime,
         created_at_ms: now_ms(),
+        id: new_session_id()
+            .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "session_failed"))?
+            .expose()
+            .to_owned(),
     };
     let mut set = sessions.save(&state, None).await?;
     set.extend(session::clear_cookie_headers(
@@ -831,8 +902,19 @@ pub async fn logout(
         Some(c) => sessions.load(c).await.unwrap_or(None),
         None => None,
     };
-    if let Some(c) = &cookie {
-        sessions.end(c).await;
+    if let Some(c) = &cookie
+        && let Err(refused) = sessions.end(c).await
+    {
+        // The cookie is cleared, but another copy of it could still open
+        // the session on another replica: say so rather than pretend.
+        tracing::warn!("logout could not be recorded in the session store");
+        let mut resp = refused.refusal.into_response();
+        for value in clear {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        return Ok(resp);
     }
     let keys = gw.verifier.provider().keys();
     if let Some(refresh) = state.as_ref().and_then(|s| s.refresh_token.clone()) {
@@ -871,11 +953,23 @@ pub async fn logout(
     Ok(redirect(&target, &clear))
 }
 
-/// `POST /oauth/backchannel-logout` (OpenID Back-Channel Logout 1.0): the
-/// provider posts a signed logout token; the sessions it names (by `sid`,
-/// or every session of `sub`) end on this process at once. With
-/// cookie-only sessions the ended `sid`s are remembered until such cookies
-/// would have expired.
+/// How old (by `iat`) a logout token may be. The `jti` replay cache keeps
+/// every accepted token at least this long (plus the leeway), so a captured
+/// token cannot be replayed to log a user out again.
+const LOGOUT_TOKEN_MAX_AGE: u64 = 10 * 60;
+
+/// `POST /oauth/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0,
+/// §2.5–2.8): the provider posts a signed logout token
+/// (`application/x-www-form-urlencoded`, `logout_token=…`). It is validated
+/// as §2.6 requires — signature by the provider's key with an allowed
+/// algorithm (never `none`, HMAC or an encrypted token), `iss`, `aud`,
+/// `iat` and `exp` as for an ID token, `jti` present and not seen before
+/// (shared through Redis when configured), `sub` or `sid` present, the
+/// back-channel logout event as a JSON object, no `nonce`, and an explicit
+/// `typ` header, when present, of `logout+jwt` — and the sessions it names
+/// (by `sid`, or every session of `sub` that began before the token was
+/// issued) end at once. 200 with `Cache-Control: no-store` on success, 400
+/// with a JSON error otherwise (§2.8).
 pub async fn backchannel_logout(
     gw: &Gateway,
     req: Request<Incoming>,
@@ -887,6 +981,23 @@ pub async fn backchannel_logout(
             "bad_logout_token",
         )
     };
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form_type {
+        return Err(refused(
+            Refusal::BadRequest(
+                "a back-channel logout request must be application/x-www-form-urlencoded".into(),
+            ),
+            "bad_logout_request",
+        ));
+    }
     use http_body_util::BodyExt as _;
     let body = http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
@@ -896,20 +1007,22 @@ pub async fn backchannel_logout(
     let form = String::from_utf8_lossy(&body);
     let token = query_param(Some(&form), "logout_token").ok_or_else(|| bad("no logout_token"))?;
     let keys = provider_keys(gw)?;
-    let header = jsonwebtoken::decode_header(&token).map_err(|_| bad("malformed"))?;
-    let allowed = [
-        jsonwebtoken::Algorithm::RS256,
-        jsonwebtoken::Algorithm::RS384,
-        jsonwebtoken::Algorithm::RS512,
-        jsonwebtoken::Algorithm::PS256,
-        jsonwebtoken::Algorithm::PS384,
-        jsonwebtoken::Algorithm::PS512,
-        jsonwebtoken::Algorithm::ES256,
-        jsonwebtoken::Algorithm::ES384,
-        jsonwebtoken::Algorithm::EdDSA,
-    ];
+    let header = jsonwebtoken::decode_header(&token).map_err(|_| bad("malformed or encrypted"))?;
+    let allowed: Vec<jsonwebtoken::Algorithm> = gw
+        .config
+        .signing_algorithms
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
     if !allowed.contains(&header.alg) {
         return Err(bad("algorithm"));
+    }
+    if let Some(typ) = &header.typ {
+        let typ = typ.to_ascii_lowercase();
+        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+        if typ != "logout+jwt" && typ != "jwt" {
+            return Err(bad("typ is not logout+jwt"));
+        }
     }
     let key = keys
         .by_kid
@@ -919,40 +1032,76 @@ pub async fn backchannel_logout(
         return Err(bad("algorithm"));
     }
     let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.algorithms = vec![header.alg];
     validation.set_issuer(&[keys.metadata.issuer.as_str()]);
     validation.set_audience(&[sessions.id_audience.as_str()]);
-    validation.set_required_spec_claims(&["iss", "aud", "iat"]);
-    validation.validate_exp = false;
+    validation.set_required_spec_claims(&["iss", "aud", "iat", "exp"]);
+    validation.validate_exp = true;
     validation.leeway = sessions.leeway;
     let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
         &token,
         &key.key,
         &validation,
     )
-    .map_err(|_| bad("signature, issuer or audience"))?
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => bad("expired"),
+        jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+            "exp" => bad("no exp"),
+            "iat" => bad("no iat"),
+            _ => bad("a required claim is missing"),
+        },
+        _ => bad("signature, issuer or audience"),
+    })?
     .claims;
-    if let Some(exp) = claims.get("exp").and_then(|v| v.as_u64())
-        && exp + sessions.leeway < now()
-    {
-        return Err(bad("expired"));
+    let now = now();
+    let iat = claims
+        .get("iat")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| bad("iat is not a number"))?;
+    if iat > now + sessions.leeway {
+        return Err(bad("issued in the future"));
     }
-    if claims
+    if iat + LOGOUT_TOKEN_MAX_AGE + sessions.leeway < now {
+        return Err(bad("issued too long ago"));
+    }
+    let jti = claims
+        .get("jti")
+        .and_then(|v| v.as_str())
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| bad("no jti"))?;
+    let event = claims
         .get("events")
         .and_then(|e| e.get(BACKCHANNEL_EVENT))
-        .is_none()
-    {
-        return Err(bad("no back-channel logout event"));
+        .ok_or_else(|| bad("no back-channel logout event"))?;
+    if !event.is_object() {
+        return Err(bad("the back-channel logout event must be a JSON object"));
     }
     if claims.contains_key("nonce") {
         return Err(bad("a logout token must not carry a nonce"));
     }
     let sid = claims.get("sid").and_then(|v| v.as_str());
     let sub = claims.get("sub").and_then(|v| v.as_str());
-    match (sid, sub) {
-        (Some(sid), _) => sessions.end_by(&format!("sid:{sid}")).await?,
-        (None, Some(sub)) => sessions.end_by(&format!("sub:{sub}")).await?,
+    let marker = match (sid, sub) {
+        (Some(sid), _) => format!("sid:{sid}"),
+        (None, Some(sub)) => format!("sub:{sub}"),
         (None, None) => return Err(bad("neither sid nor sub")),
+    };
+    if !sessions.first_use_of_jti(&keys.metadata.issuer, jti).await {
+        return Err(bad("replayed (this jti was seen before)"));
     }
+    // `iat` is the issue time rounded down: a logout by `sub` ends the
+    // sessions that began up to a second after it, never one that began
+    // before it and survived.
+    let at_ms = iat.saturating_add(1).saturating_mul(1000).min(now_ms());
+    sessions.end_by(&marker, at_ms).await.map_err(|_| {
+        // §2.8: a logout that failed is answered 400, too.
+        refused(
+            Refusal::BadRequest(
+                "the logout could not be recorded; the session store is unavailable".into(),
+            ),
+            "logout_failed",
+        )
+    })?;
     let mut resp = respond::empty(StatusCode::OK);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -195,6 +195,16 @@ pub const KEYS: &[Key] = &[
         "time a client has to send its headers [default: 10s]",
     ),
     key(
+        "server-idle-timeout",
+        Kind::Duration,
+        "idle keep-alive client connections closed after [default: 75s]",
+    ),
+    key(
+        "max-connections",
+        Kind::Num,
+        "most client connections open at once, per listener [default: 10000]",
+    ),
+    key(
         "shutdown-grace-period",
         Kind::Duration,
         "time in-flight requests get after SIGTERM [default: 30s]",
@@ -213,6 +223,21 @@ pub const KEYS: &[Key] = &[
         "case-insensitive-paths",
         Kind::Bool,
         "match resource URIs ignoring ASCII case [default: false]",
+    ),
+    key(
+        "allow-encoded-percent",
+        Kind::Bool,
+        "accept %25 in paths (unsafe with upstreams that decode twice) [default: false]",
+    ),
+    key(
+        "allow-non-utf8-paths",
+        Kind::Bool,
+        "accept percent-escapes that are not UTF-8, e.g. %FF [default: false]",
+    ),
+    key(
+        "pass-override-headers",
+        Kind::List,
+        "method/URL-override headers let through (and authorized), e.g. X-HTTP-Method-Override",
     ),
     key("log-format", Kind::Str, "text or json [default: text]"),
     key(
@@ -360,7 +385,6 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
         "server-write-timeout",
         "not supported (responses stream); ignored",
     ),
-    ("server-idle-timeout", "not supported; ignored"),
     (
         "cors-origins",
         "CORS is not supported yet; answer CORS in the upstream",

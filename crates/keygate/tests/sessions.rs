@@ -459,7 +459,7 @@ async fn backchannel_logout_ends_the_users_sessions() {
     // Refused: wrong audience, no event, a nonce, no sid/sub.
     let base = |extra: Value| {
         let mut c = serde_json::json!({"typ": "Logout", "aud": "APP-frontend", "events": event, "realm_access": null,
-            "resource_access": null, "scope": null, "exp": null, "azp": null});
+            "resource_access": null, "scope": null, "azp": null});
         for (k, v) in extra.as_object().unwrap() {
             c[k] = v.clone();
         }
@@ -762,4 +762,238 @@ async fn forward_auth_gets_401_not_a_redirect_and_accepts_sessions() {
         write("https://app.example.com").await.unwrap().status(),
         200
     );
+}
+
+/// CWE-613: after `/oauth/logout` a copy of the old session cookie (kept by
+/// an attacker, a proxy log, another tab) no longer opens the session, also
+/// with cookie sessions, whose cookie carries the tokens itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_makes_every_copy_of_the_cookie_session_useless() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let http = client();
+    let api = || {
+        http.get(format!("{}/api/items", web.base))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    assert_eq!(api().await.unwrap().status(), 200);
+    let resp = http
+        .get(format!("{}/oauth/logout", web.base))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let resp = api().await.unwrap();
+    assert_eq!(resp.status(), 401, "the old cookie still opens the session");
+    // Another login of the same user is a new session and works.
+    let mut again = Browser::new();
+    login(&mut again, &web, "/oauth/authorize?return_to=/app", "alice").await;
+    let fresh = format!("kg_session={}", again.cookies.get("kg_session").unwrap());
+    let resp = http
+        .get(format!("{}/api/items", web.base))
+        .header("cookie", fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// keygate's own cookies (the session and its chunks, the pending login)
+/// are credentials for keygate, not for the upstream: they never reach it;
+/// the application's cookies pass unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn keygate_cookies_never_reach_the_upstream() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let session = browser.cookies.get("kg_session").unwrap().clone();
+    let resp = client()
+        .get(format!("{}/api/items", web.base))
+        .header(
+            "cookie",
+            format!("theme=dark; kg_session={session}; kg_login=pending; lang=en"),
+        )
+        .header("cookie", "kg_login-1=more; csrftoken=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo = Echo(resp.json().await.unwrap());
+    let cookies: Vec<String> = echo.0["headers"]["cookie"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        cookies,
+        vec!["theme=dark; lang=en; csrftoken=abc".to_owned()]
+    );
+    // A request with only keygate's cookies reaches the upstream with none.
+    let resp = client()
+        .get(format!("{}/api/items", web.base))
+        .header("cookie", format!("kg_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(Echo(resp.json().await.unwrap()).header("cookie").is_none());
+}
+
+/// OpenID Connect Back-Channel Logout 1.0 §2.4–2.8, every MUST the receiver
+/// has: a token without `exp`, `iat` or `jti`, with the event not a JSON
+/// object, with a `typ` other than `logout+jwt`, signed with HS256 or
+/// `none`, sent as JSON instead of a form, or replayed, is refused with 400;
+/// a valid one is answered 200 with `Cache-Control: no-store`.
+#[tokio::test(flavor = "multi_thread")]
+async fn backchannel_logout_refuses_replayed_and_incomplete_logout_tokens() {
+    let web = start(SEED_001).await;
+    let mut browser = Browser::new();
+    login(&mut browser, &web, "/oauth/authorize?return_to=/app", "bob").await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let http = client();
+    let api = || {
+        http.get(format!("{}/api/items", web.base))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    let event = serde_json::json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+    let claims = |extra: Value| {
+        let mut c = serde_json::json!({"typ": "Logout", "aud": "APP-frontend", "events": event,
+            "realm_access": null, "resource_access": null, "scope": null, "azp": null,
+            "sid": null, "sub": "b0b00000-0000-4000-a000-000000000002"});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let post = |token: String| {
+        http.post(format!("{}/oauth/backchannel-logout", web.base))
+            .form(&[("logout_token", token)])
+            .send()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let refused = [
+        (
+            "no exp",
+            claims(serde_json::json!({"exp": null})),
+            serde_json::json!({}),
+        ),
+        (
+            "no iat",
+            claims(serde_json::json!({"iat": null})),
+            serde_json::json!({}),
+        ),
+        (
+            "no jti",
+            claims(serde_json::json!({"jti": null})),
+            serde_json::json!({}),
+        ),
+        (
+            "expired",
+            claims(serde_json::json!({"exp": now - 600, "iat": now - 900})),
+            serde_json::json!({}),
+        ),
+        (
+            "too old",
+            claims(serde_json::json!({"iat": now - 3600, "exp": now + 600})),
+            serde_json::json!({}),
+        ),
+        (
+            "future iat",
+            claims(serde_json::json!({"iat": now + 3600})),
+            serde_json::json!({}),
+        ),
+        (
+            "event not an object",
+            claims(
+                serde_json::json!({"events": {"http://schemas.openid.net/event/backchannel-logout": "yes"}}),
+            ),
+            serde_json::json!({}),
+        ),
+        (
+            "typ at+jwt",
+            claims(serde_json::json!({})),
+            serde_json::json!({"typ": "at+jwt"}),
+        ),
+        (
+            "wrong issuer",
+            claims(serde_json::json!({"iss": "https://evil.example"})),
+            serde_json::json!({}),
+        ),
+    ];
+    for (what, c, header) in refused {
+        let resp = post(web.idp.sign(c, header).await).await.unwrap();
+        assert_eq!(resp.status(), 400, "{what}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{what}");
+    }
+    // Unsigned and HMAC-signed tokens, built by hand.
+    let payload = b64(claims(
+        serde_json::json!({"iss": web.idp.issuer, "iat": now, "exp": now + 60, "jti": "x"}),
+    )
+    .to_string()
+    .as_bytes());
+    for header in [r#"{"alg":"none"}"#, r#"{"alg":"HS256","kid":"k"}"#] {
+        let token = format!("{}.{payload}.{}", b64(header.as_bytes()), b64(b"sig"));
+        assert_eq!(post(token).await.unwrap().status(), 400, "{header}");
+    }
+    // Not a form.
+    let valid = web
+        .idp
+        .sign(
+            claims(serde_json::json!({})),
+            serde_json::json!({"typ": "logout+jwt"}),
+        )
+        .await;
+    let resp = http
+        .post(format!("{}/oauth/backchannel-logout", web.base))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"logout_token": valid}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        api().await.unwrap().status(),
+        200,
+        "refused tokens end nothing"
+    );
+    // The valid token ends bob's session.
+    let resp = post(valid.clone()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(api().await.unwrap().status(), 401);
+    // Replayed after bob logged in again: refused, the new session lives.
+    let mut again = Browser::new();
+    login(&mut again, &web, "/oauth/authorize?return_to=/app", "bob").await;
+    let fresh = format!("kg_session={}", again.cookies.get("kg_session").unwrap());
+    let resp = post(valid).await.unwrap();
+    assert_eq!(resp.status(), 400, "a replayed logout token was accepted");
+    let resp = http
+        .get(format!("{}/api/items", web.base))
+        .header("cookie", fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
