@@ -73,6 +73,7 @@ echo "|---:|---:|---:|---:|---:|---:|"
 for n in $IDLE_COUNTS; do
   HOLD_PID=""
   if [ "$n" -gt 0 ]; then
+    : > "$WORK/hold.out"
     python3 bench/hold.py 127.0.0.1 "$KG_PORT" "$n" > "$WORK/hold.out" 2>&1 &
     HOLD_PID=$!
     for _ in $(seq 300); do grep -q "HOLDING" "$WORK/hold.out" && break; sleep 0.1; done

@@ -144,6 +144,11 @@ pub struct Config {
     /// method or URL too.
     #[serde(default)]
     pub pass_override_headers: Vec<String>,
+    /// Pass client headers whose names hold `_` (nginx's option of the same
+    /// name). Off: they are removed, since WSGI, CGI and Rack read `_` as
+    /// `-`. On: only those that would read as a header keygate manages are.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
     /// `text` or `json`.
     #[serde(default)]
     pub log_format: LogFormat,

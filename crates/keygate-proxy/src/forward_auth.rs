@@ -29,6 +29,7 @@ pub async fn handle(
         });
     }
     let (method, uri) = original_request(req.headers())?;
+    pipeline::check_method(&method)?;
     let (path, query) = pipeline::normalize(gw, &uri)?;
     ctx.method = method;
     ctx.path = path;

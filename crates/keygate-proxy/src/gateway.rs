@@ -229,6 +229,13 @@ impl Gateway {
         })
     }
 
+    /// Whether keygate sets or reads a header of this (lower-case) name
+    /// because of its config: a `headers:` entry or the API-key header.
+    pub fn is_configured_header(&self, name: &str) -> bool {
+        self.static_headers.iter().any(|(n, _)| n.as_str() == name)
+            || self.config.api_keys.header.eq_ignore_ascii_case(name)
+    }
+
     /// Whether the TCP peer is one of `trusted-proxies`, whose forwarding
     /// headers (`X-Forwarded-*`, `X-Original-*`) keygate believes.
     pub fn trusted_peer(&self, ip: std::net::IpAddr) -> bool {

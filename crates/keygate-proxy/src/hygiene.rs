@@ -17,6 +17,8 @@
 //!   …), unless `pass-override-headers` names them; those let through are
 //!   authorized too.
 //! - keygate's own cookies (the session and its chunks, the pending login).
+//! - Header names with `_` (which WSGI, CGI and Rack read as `-`), as nginx
+//!   drops them by default.
 
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -151,6 +153,44 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Header names with `_`: WSGI, CGI, PHP and Rack map `X_Forwarded_For`
+/// and `X-Forwarded-For` to the same variable, so a client could pose as a
+/// header keygate writes. Removed like nginx does by default
+/// (`underscores_in_headers off`); with `underscores-in-headers` only those
+/// that would read as a header keygate manages (`managed`, given the name
+/// with `-` for `_`) are removed.
+pub fn strip_underscore_headers(
+    headers: &mut HeaderMap,
+    allow: bool,
+    managed: impl Fn(&str) -> bool,
+) {
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| !allow || managed(&n.as_str().replace('_', "-")))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Whether keygate itself reads or writes a header of this (lower-case,
+/// `-`-separated) name on the way to the upstream.
+pub fn is_managed_header(name: &str) -> bool {
+    FORWARDING_HEADERS.contains(&name)
+        || is_override_header(name)
+        || HOP_BY_HOP.iter().any(|h| h.as_str() == name)
+        || matches!(
+            name,
+            "authorization" | "cookie" | "host" | "x-request-id" | "content-length"
+        )
+        || keygate_core::config::is_identity_header(name)
 }
 
 /// Removes the forwarding headers of a peer that is not a trusted proxy.

@@ -199,6 +199,7 @@ async fn run(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
     check_framing(&req)?;
+    check_method(&ctx.method)?;
     let target = req
         .uri()
         .path_and_query()
@@ -213,6 +214,11 @@ async fn run(
         hygiene::strip_untrusted_forwarding(req.headers_mut());
     }
     strip_client_identity_headers(req.headers_mut());
+    hygiene::strip_underscore_headers(
+        req.headers_mut(),
+        gw.config.underscores_in_headers,
+        |name| hygiene::is_managed_header(name) || gw.is_configured_header(name),
+    );
     let credential = take_credential(gw, req.headers_mut());
     csrf_check(gw, ctx, &credential, req.headers())?;
     if ctx.path.starts_with("/oauth/") {
@@ -270,6 +276,26 @@ pub(crate) async fn route_and_check(
         authorize(gw, other, identity.as_deref())?;
     }
     Ok(identity)
+}
+
+/// `TRACE` (and IIS's `TRACK`) would have the upstream echo the request
+/// back, with the `Authorization` and identity headers keygate added: a
+/// holder of a restricted API key could read the provider token it stands
+/// for (cross-site tracing). `CONNECT` asks for a tunnel a reverse proxy
+/// never opens. All three are refused with 405, in gateway and forward-auth
+/// mode alike.
+pub(crate) fn check_method(method: &Method) -> Result<(), Refused> {
+    // Compared ignoring case, as the rules compare methods.
+    let refused = ["TRACE", "TRACK", "CONNECT"]
+        .iter()
+        .any(|m| method.as_str().eq_ignore_ascii_case(m));
+    if refused {
+        return Err(Refused {
+            refusal: Refusal::MethodNotAllowed(format!("{method} is not passed through keygate")),
+            reason: Cow::Borrowed("method_refused"),
+        });
+    }
+    Ok(())
 }
 
 fn bad_request(why: &'static str, reason: &'static str) -> Refused {

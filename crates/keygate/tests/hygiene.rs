@@ -725,3 +725,79 @@ async fn encoded_percent_passes_only_when_allowed_and_undecoded() {
         "/public/%C0%AE"
     );
 }
+
+// ------------------------------------------------------------ found in review
+
+/// Cross-site tracing: `TRACE` would have the upstream echo back the
+/// `Authorization` keygate adds, so a restricted API key could read the
+/// provider token it stands for. `TRACE`, `TRACK` and `CONNECT` get 405.
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_and_connect_cannot_reflect_or_tunnel_past_keygate() {
+    let stack = Stack::start("resources:\n  - uri: /public/*\n    white-listed: true\n").await;
+    let bob = stack.idp.token("bob").await;
+    for method in ["TRACE", "TRACK", "trace"] {
+        let response = raw(
+            stack.keygate.addr,
+            &format!(
+                "{method} /api HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bob}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(status_of(&response), 405, "{method}: {response}");
+        assert!(
+            !response.contains(&bob[bob.len() - 20..]),
+            "{method} echoed the token"
+        );
+    }
+    let response = raw(
+        stack.keygate.addr,
+        "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        [400, 405].contains(&status_of(&response)),
+        "CONNECT: {response}"
+    );
+}
+
+/// Header names with `_`: WSGI, CGI, PHP and Rack read `X_Forwarded_For`
+/// as `X-Forwarded-For`, so a client could pose as a header keygate writes.
+/// Removed by default, as nginx does; with `underscores-in-headers` only
+/// the ones posing as keygate's headers are.
+#[tokio::test(flavor = "multi_thread")]
+async fn underscore_headers_cannot_pose_as_the_headers_keygate_sets() {
+    for (extra, custom_passes) in [("", false), ("underscores-in-headers: true\n", true)] {
+        let stack = Stack::start(&format!("headers:\n  X-Team: blue\n{extra}")).await;
+        let bob = stack.idp.token("bob").await;
+        let (code, body) = raw_get(
+            stack.keygate.addr,
+            "/api",
+            &[
+                ("Authorization", &format!("Bearer {bob}")),
+                ("X_Forwarded_For", "10.0.0.1"),
+                ("X_Real_IP", "10.0.0.1"),
+                ("X_HTTP_Method_Override", "DELETE"),
+                ("X_Request_Id", "forged"),
+                ("X_Team", "red"),
+                ("X_Custom", "1"),
+            ],
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let echo = Echo(serde_json::from_str(&body).unwrap());
+        for name in [
+            "x_forwarded_for",
+            "x_real_ip",
+            "x_http_method_override",
+            "x_request_id",
+            "x_team",
+        ] {
+            assert!(
+                echo.header(name).is_none(),
+                "{extra}: {name} reached the upstream"
+            );
+        }
+        assert_eq!(echo.header("x-team").unwrap(), "blue");
+        assert_eq!(echo.header("x_custom").is_some(), custom_passes, "{extra}");
+    }
+}
