@@ -764,6 +764,25 @@ async fn forward_auth_gets_401_not_a_redirect_and_accepts_sessions() {
     );
 }
 
+/// Logs `user` in through a fresh browser; the session's `Cookie` header.
+async fn session_of(web: &Web, user: &str) -> String {
+    let mut browser = Browser::new();
+    login(&mut browser, web, "/oauth/authorize?return_to=/app", user).await;
+    format!("kg_session={}", browser.cookies.get("kg_session").unwrap())
+}
+
+/// The status of an API call with a session cookie.
+async fn api_status(web: &Web, cookie: &str) -> u16 {
+    client()
+        .get(format!("{}/api/items", web.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// CWE-613: after `/oauth/logout` a copy of the old session cookie (kept by
 /// an attacker, a proxy log, another tab) no longer opens the session, also
 /// with cookie sessions, whose cookie carries the tokens itself.
@@ -864,15 +883,8 @@ async fn keygate_cookies_never_reach_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backchannel_logout_refuses_replayed_and_incomplete_logout_tokens() {
     let web = start(SEED_001).await;
-    let mut browser = Browser::new();
-    login(&mut browser, &web, "/oauth/authorize?return_to=/app", "bob").await;
-    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let cookie = session_of(&web, "bob").await;
     let http = client();
-    let api = || {
-        http.get(format!("{}/api/items", web.base))
-            .header("cookie", cookie.clone())
-            .send()
-    };
     let event = serde_json::json!({"http://schemas.openid.net/event/backchannel-logout": {}});
     let claims = |extra: Value| {
         let mut c = serde_json::json!({"typ": "Logout", "aud": "APP-frontend", "events": event,
@@ -974,7 +986,7 @@ async fn backchannel_logout_refuses_replayed_and_incomplete_logout_tokens() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(
-        api().await.unwrap().status(),
+        api_status(&web, &cookie).await,
         200,
         "refused tokens end nothing"
     );
@@ -982,18 +994,10 @@ async fn backchannel_logout_refuses_replayed_and_incomplete_logout_tokens() {
     let resp = post(valid.clone()).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
-    assert_eq!(api().await.unwrap().status(), 401);
+    assert_eq!(api_status(&web, &cookie).await, 401);
     // Replayed after bob logged in again: refused, the new session lives.
-    let mut again = Browser::new();
-    login(&mut again, &web, "/oauth/authorize?return_to=/app", "bob").await;
-    let fresh = format!("kg_session={}", again.cookies.get("kg_session").unwrap());
+    let fresh = session_of(&web, "bob").await;
     let resp = post(valid).await.unwrap();
     assert_eq!(resp.status(), 400, "a replayed logout token was accepted");
-    let resp = http
-        .get(format!("{}/api/items", web.base))
-        .header("cookie", fresh)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(api_status(&web, &fresh).await, 200);
 }
