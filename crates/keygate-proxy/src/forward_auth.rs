@@ -74,9 +74,25 @@ fn all_override_headers() -> Vec<http::HeaderName> {
 /// present and disagreeing is refused). A full URL is cut to its path and
 /// query.
 pub fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (fm, fu) = (get("x-forwarded-method"), get("x-forwarded-uri"));
-    let (om, ou) = (get("x-original-method"), get("x-original-uri"));
+    // Each header at most once and readable: a second value (one the client
+    // sent, one the proxy added) or bytes that are not visible ASCII would
+    // make the header count as absent and let the other pair decide.
+    let get = |name: &'static str| -> Result<Option<&str>, Refused> {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v.to_str().map(Some).map_err(|_| Refused {
+                refusal: Refusal::BadRequest(format!("{name} is not visible ASCII")),
+                reason: Cow::Borrowed("bad_original_request"),
+            }),
+            (Some(_), Some(_)) => Err(Refused {
+                refusal: Refusal::BadRequest(format!("{name} appears more than once")),
+                reason: Cow::Borrowed("bad_original_request"),
+            }),
+        }
+    };
+    let (fm, fu) = (get("x-forwarded-method")?, get("x-forwarded-uri")?);
+    let (om, ou) = (get("x-original-method")?, get("x-original-uri")?);
     // A front proxy sets one pair and passes the client's other headers
     // through; a client that adds the other pair must not choose what is
     // authorized. Both pairs present and disagreeing: refuse.
@@ -148,6 +164,24 @@ mod tests {
             ("x-original-uri", "/public/x"),
         ]);
         assert!(original_request(&spoofed).is_err());
+    }
+
+    #[test]
+    fn a_repeated_or_unreadable_header_cannot_hand_the_decision_to_the_other_pair() {
+        let mut h = headers(&[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/public/x"),
+        ]);
+        h.insert(
+            "x-forwarded-uri",
+            HeaderValue::from_bytes(b"/admin/\xff").unwrap(),
+        );
+        h.insert("x-forwarded-method", HeaderValue::from_static("GET"));
+        assert!(original_request(&h).is_err());
+        let mut h = headers(&[("x-forwarded-method", "GET")]);
+        h.append("x-forwarded-uri", HeaderValue::from_static("/public/x"));
+        h.append("x-forwarded-uri", HeaderValue::from_static("/admin/x"));
+        assert!(original_request(&h).is_err());
     }
 
     #[test]

@@ -801,3 +801,39 @@ async fn underscore_headers_cannot_pose_as_the_headers_keygate_sets() {
         assert_eq!(echo.header("x_custom").is_some(), custom_passes, "{extra}");
     }
 }
+
+/// Forward-auth: a client adds its own `X-Forwarded-Uri` next to the
+/// proxy's, or makes the proxy's unreadable (non-ASCII), hoping keygate
+/// reads the other header pair, which the client chose. Refused with 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_auth_headers_sent_twice_or_unreadable_cannot_choose_the_authorized_uri() {
+    let stack = Stack::start(
+        "trusted-proxies: [127.0.0.1]\nresources:\n  - uri: /public/*\n    white-listed: true\n",
+    )
+    .await;
+    let ask = |extra: &str| {
+        let addr = stack.keygate.addr;
+        let request = format!(
+            "GET /oauth/auth HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Forwarded-Method: GET\r\n{extra}\r\n"
+        );
+        async move { status_of(&raw(addr, &request).await) }
+    };
+    // The controls: the proxy's URI alone decides.
+    assert_eq!(ask("X-Forwarded-Uri: /public/x\r\n").await, 200);
+    assert_eq!(ask("X-Forwarded-Uri: /admin/x\r\n").await, 401);
+    // Sent twice, in either order.
+    assert_eq!(
+        ask("X-Forwarded-Uri: /public/x\r\nX-Forwarded-Uri: /admin/x\r\n").await,
+        400
+    );
+    assert_eq!(
+        ask("X-Forwarded-Uri: /admin/x\r\nX-Forwarded-Uri: /public/x\r\n").await,
+        400
+    );
+    // The proxy's unreadable, the client's X-Original-URI white-listed.
+    assert_eq!(
+        ask("X-Forwarded-Uri: /admin/é\r\nX-Original-Method: GET\r\nX-Original-URI: /public/x\r\n")
+            .await,
+        400
+    );
+}
