@@ -61,3 +61,11 @@ else
   echo "==> cargo test"
   cargo test --workspace --all-targets "$@"
 fi
+
+# The fuzz targets' committed corpora, each input once (docs/fuzzing.md):
+# a crash found once can never come back unnoticed.
+# Skipped when only some tests were asked for (extra arguments).
+if [ $# -eq 0 ]; then
+  echo "==> fuzz corpus replay (fuzz/replay.sh)"
+  ./fuzz/replay.sh
+fi

@@ -151,6 +151,12 @@ fn is_dot_like(segment: &[u8]) -> bool {
     )
 }
 
+/// `.%3B…` or `..%3B…` (after [`decode`], hex is upper-case): an upstream
+/// that decodes `%3B` before it reads path parameters sees `..;`.
+fn is_dot_with_encoded_parameter(segment: &str) -> bool {
+    segment.starts_with(".%3B") || segment.starts_with("..%3B")
+}
+
 /// Accepts the raw (not percent-encoded) bytes allowed in a path, other
 /// than `%` and `/` which the callers handle.
 fn check_raw(b: u8) -> Result<(), PathError> {
@@ -259,7 +265,9 @@ fn remove_dot_segments(path: &str, opts: NormalizeOptions) -> Result<String, Pat
                     kept.push("");
                 }
             }
-            s if is_dot_like(s.as_bytes()) => return Err(PathError::DotSegmentParameter),
+            s if is_dot_like(s.as_bytes()) || is_dot_with_encoded_parameter(s) => {
+                return Err(PathError::DotSegmentParameter);
+            }
             // An empty segment is a `//`; the empty last one is the
             // trailing slash, kept as given.
             "" if opts.merge_slashes && !last => {}
@@ -477,6 +485,10 @@ mod tests {
             "/public/%2e%2e;/admin",
             "/.;/admin",
             "/a/..;",
+            "/a/..%3B/b",
+            "/a/.%3b/b",
+            "/a/%2e%2e%3b/b",
+            "/a/..%3Bx=1",
         ] {
             assert_eq!(norm(p), Err(PathError::DotSegmentParameter), "{p}");
         }
