@@ -235,14 +235,14 @@ pub const KEYS: &[Key] = &[
         "accept percent-escapes that are not UTF-8, e.g. %FF [default: false]",
     ),
     key(
-        "underscores-in-headers",
-        Kind::Bool,
-        "pass client headers whose names hold _ (never those posing as keygate's) [default: false]",
-    ),
-    key(
         "pass-override-headers",
         Kind::List,
         "method/URL-override headers let through (and authorized), e.g. X-HTTP-Method-Override",
+    ),
+    key(
+        "underscores-in-headers",
+        Kind::Bool,
+        "pass client headers whose names hold _ (never those posing as keygate's) [default: false]",
     ),
     key("log-format", Kind::Str, "text or json [default: text]"),
     key(
