@@ -20,6 +20,10 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgres
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 # kubectl: the deployment test renders deploy/kubernetes with `kubectl kustomize`.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+# Java, Maven and unzip: dev/keycloak fetches and runs the real Keycloak.
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 # Chromium: the browser test drives it with Playwright (dev/browser).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -49,8 +53,32 @@ if [ ! -d dev/browser/node_modules/playwright-core ] || [ dev/browser/package-lo
   npm ci --prefix dev/browser --no-audit --no-fund --loglevel=error
 fi
 
+# The real Keycloak of the conformance tests: one for the whole run (it
+# starts slowly), fetched through Maven on the first run, stopped when this
+# script ends. A single test run by hand (extra arguments) starts its own.
+KC_PID=""
+if [ $# -eq 0 ]; then
+  echo "==> Keycloak (dev/keycloak, in the background)"
+  KC_OUT=$(mktemp)
+  ./dev/keycloak/keycloak.sh start --exit-with $$ >"$KC_OUT" &
+  KC_PID=$!
+  trap 'kill -TERM "$KC_PID" 2>/dev/null || true; wait "$KC_PID" 2>/dev/null || true; rm -f "$KC_OUT"' EXIT
+fi
+
 echo "==> dev/idp smoke tests"
 node --test dev/idp/test/ 2>&1 | tail -n 12
+
+if [ -n "$KC_PID" ]; then
+  for _ in $(seq 1 1200); do
+    grep -q '^READY ' "$KC_OUT" && break
+    kill -0 "$KC_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  KEYGATE_KEYCLOAK_URL=$(sed -n 's/^READY //p' "$KC_OUT" | head -n1)
+  [ -n "$KEYGATE_KEYCLOAK_URL" ] || { echo "error: Keycloak did not start (dev/keycloak/keycloak.sh); its output is above"; exit 1; }
+  export KEYGATE_KEYCLOAK_URL
+  echo "==> Keycloak ready at $KEYGATE_KEYCLOAK_URL"
+fi
 
 if cargo nextest --version >/dev/null 2>&1; then
   echo "==> doc tests"

@@ -4,11 +4,13 @@
 # started in development mode on loopback with the committed realm imported.
 #
 #   dev/keycloak/keycloak.sh [start] [--port N] [--management-port N]
-#                            [--realm FILE] [--log FILE]
+#                            [--realm FILE] [--log FILE] [--exit-with PID]
 #       Fetches and unpacks Keycloak on the first run, starts it with a fresh
 #       in-memory database (so every start imports the realm anew), waits
 #       until /realms/acme answers, prints one line `READY <base-url>` on
 #       stdout and stays in the foreground; SIGTERM/SIGINT stop Keycloak.
+#       With --exit-with PID it also stops when process PID ends (the test
+#       harness passes its own pid, so no Keycloak outlives a test run).
 #   dev/keycloak/keycloak.sh stop [PIDFILE|PORT]
 #       Stops a running one. Each start writes a pid file
 #       $KEYGATE_CACHE/keycloak/run/<port>.pid (and a copy in its run dir);
@@ -143,7 +145,7 @@ cleanup() {
 }
 
 start() {
-  local port="" mport="" realm="$HERE/realm-acme.json" logfile=""
+  local port="" mport="" realm="$HERE/realm-acme.json" logfile="" exit_with=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --port) port="${2:?--port needs a number}"; shift 2 ;;
@@ -154,6 +156,8 @@ start() {
       --realm=*) realm="${1#*=}"; shift ;;
       --log) logfile="${2:?--log needs a file}"; shift 2 ;;
       --log=*) logfile="${1#*=}"; shift ;;
+      --exit-with) exit_with="${2:?--exit-with needs a pid}"; shift 2 ;;
+      --exit-with=*) exit_with="${1#*=}"; shift ;;
       -h|--help) usage; exit 0 ;;
       *) die "unknown option $1 (see --help)" ;;
     esac
@@ -231,7 +235,15 @@ start() {
   echo "READY $base"
   log "admin console: $base/admin/ (admin/admin); health: http://127.0.0.1:$mport/health/ready; pid file: $PIDFILE_GLOBAL"
 
-  # In the foreground until Keycloak ends or we are stopped.
+  # In the foreground until Keycloak ends or we are stopped (or, with
+  # --exit-with, the process we serve ends).
+  if [ -n "$exit_with" ]; then
+    while kill -0 "$exit_with" 2>/dev/null && kill -0 "$KC_PID" 2>/dev/null; do sleep 1; done
+    if kill -0 "$KC_PID" 2>/dev/null; then
+      log "process $exit_with ended; stopping Keycloak"
+      exit 0
+    fi
+  fi
   local rc=0
   wait "$KC_PID" || rc=$?
   if [ -z "$STOPPING" ]; then

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod browser;
+pub mod keycloak;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
