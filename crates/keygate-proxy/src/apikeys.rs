@@ -273,9 +273,28 @@ pub enum ManageError {
     /// The store failed.
     #[error("key store: {0}")]
     Store(String),
-    /// The provider refused or could not be reached.
+    /// The provider could not be reached or gave no usable answer (the
+    /// cause, for the log).
     #[error("provider: {0}")]
     Provider(String),
+    /// The provider refused the credentials (the OAuth error code, e.g.
+    /// `unauthorized_client` for a wrong client secret).
+    #[error("the provider refused the client's credentials ({0})")]
+    ProviderRefused(String),
+}
+
+/// A grant failure as a management error: refused (the caller's mistake)
+/// or unavailable (the provider's).
+fn grant_failure(e: keygate_auth::grants::GrantError) -> ManageError {
+    match e.oauth_error() {
+        Some(code) if !e.is_unavailable() => ManageError::ProviderRefused(
+            code.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(40)
+                .collect(),
+        ),
+        _ => ManageError::Provider(e.to_string()),
+    }
 }
 
 /// The API-key service.
@@ -894,7 +913,7 @@ impl ApiKeys {
             self.grants
                 .client_credentials(&new.client_id, &new.client_secret, &new.scopes)
                 .await
-                .map_err(|e| ManageError::Provider(e.to_string()))?;
+                .map_err(grant_failure)?;
         }
         let owner = if new.owner.is_empty() {
             new.client_id.clone()
@@ -961,7 +980,7 @@ impl ApiKeys {
                 "openid offline_access",
             )
             .await
-            .map_err(|e| ManageError::Provider(e.to_string()))?;
+            .map_err(grant_failure)?;
         let flow_id = apikey::generate(KeyKind::Personal)
             .map_err(|e| ManageError::Invalid(e.to_string()))?
             .expose()[4..36]

@@ -203,9 +203,20 @@ pub fn manage_error(e: ManageError) -> Refused {
                 "store_unavailable",
             )
         }
-        ManageError::Provider(why) => (
-            Refusal::Unavailable(format!("the OpenID provider refused or failed: {why}")),
-            "provider_error",
+        ManageError::Provider(why) => {
+            tracing::warn!(error = %why, "the OpenID provider failed");
+            (
+                Refusal::Unavailable(
+                    "the OpenID provider is unavailable; try again shortly".into(),
+                ),
+                "provider_unavailable",
+            )
+        }
+        ManageError::ProviderRefused(code) => (
+            Refusal::BadRequest(format!(
+                "the OpenID provider refused the client's credentials ({code}): check client_id and client_secret"
+            )),
+            "provider_refused",
         ),
     };
     Refused {

@@ -210,3 +210,93 @@ async fn keycloak_seed_000_gatekeeper_config_file_serves_with_the_binary() {
     assert!(ready, "keygate with the gatekeeper file never became ready");
     assert_eq!(resp.unwrap().status(), 200);
 }
+
+/// Seeds 002 and 003: a service key bound to a third party's
+/// service-account client (`partner-acme`, whose audience client scope adds
+/// `gatekeeper`), created through the admin API with a Keycloak admin's
+/// token, used with Kong's `apikey` header and with `X-API-Key`; keygate runs
+/// the client-credentials grant at Keycloak and forwards Keycloak's token,
+/// never the key; revoked, refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn keycloak_seeds_002_003_service_key_for_a_partner_client() {
+    let kc = Keycloak::shared().await;
+    let upstream = Upstream::start().await;
+    let admin = kc
+        .access_token("my_client_app", "my_client_app-secret", "alice")
+        .await;
+    for header in ["apikey", "X-API-Key"] {
+        let dir = tempfile::tempdir().unwrap();
+        let keygate = gatekeeper(
+            &kc,
+            &upstream,
+            &format!(
+                "store-url: sqlite://{}/keys.db\nlisten-admin: 127.0.0.1:0\n\
+                 api-keys:\n  server-secret: test-server-secret-0123456789abcdef-0123456789\n  \
+                 admin-role: admin\n  header: {header}\n",
+                dir.path().display()
+            ),
+        )
+        .await;
+        let admin_api = format!("http://{}", keygate.admin_addr.unwrap());
+        let resp = client()
+            .post(format!("{admin_api}/admin/v1/keys"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({
+                "client_id": "partner-acme",
+                "client_secret": "partner-acme-secret",
+                "description": "ACME's integration"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{header}: {:?}", resp.text().await);
+        let created: serde_json::Value = resp.json().await.unwrap();
+        let key = created["key"].as_str().unwrap().to_owned();
+        let use_key = || {
+            client()
+                .get(keygate.url("/partner/orders"))
+                .header(header, &key)
+                .send()
+        };
+        let resp = use_key().await.unwrap();
+        assert_eq!(resp.status(), 200, "{header}");
+        let echo = Echo(resp.json().await.unwrap());
+        let token = echo.header("authorization").unwrap()["Bearer ".len()..].to_owned();
+        let claims = claims_of(&token);
+        assert_eq!(claims["iss"], kc.issuer().as_str());
+        assert_eq!(claims["azp"], "partner-acme");
+        assert_eq!(
+            echo.header("x-auth-username").unwrap(),
+            "service-account-partner-acme"
+        );
+        assert!(
+            !echo.0.to_string().contains(&key),
+            "the key reached the upstream"
+        );
+        // A wrong secret is refused at creation, by Keycloak.
+        let resp = client()
+            .post(format!("{admin_api}/admin/v1/keys"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"client_id": "partner-acme", "client_secret": "wrong"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        assert!(
+            status.is_client_error(),
+            "{header}: {status} {:?}",
+            resp.text().await
+        );
+        // Revoked: refused.
+        let id = created["id"].as_str().unwrap();
+        let resp = client()
+            .post(format!("{admin_api}/admin/v1/keys/{id}/revoke"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(use_key().await.unwrap().status(), 401, "{header}");
+    }
+}
