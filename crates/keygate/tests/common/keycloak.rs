@@ -101,27 +101,16 @@ impl Keycloak {
 
     /// An admin access token (master realm, `admin-cli`).
     pub async fn admin_token(&self) -> String {
-        let resp: Value = reqwest::Client::new()
-            .post(format!(
-                "{}/realms/master/protocol/openid-connect/token",
-                self.base
-            ))
-            .form(&[
+        super::access_token(
+            &format!("{}/realms/master/protocol/openid-connect/token", self.base),
+            &[
                 ("grant_type", "password"),
                 ("client_id", "admin-cli"),
                 ("username", "admin"),
                 ("password", "admin"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        resp["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no admin token: {resp}"))
-            .to_owned()
+            ],
+        )
+        .await
     }
 
     /// `method` on the admin REST API of the realm (`path` after

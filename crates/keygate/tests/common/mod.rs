@@ -122,49 +122,31 @@ impl Idp {
     }
 
     pub async fn token_with_scope(&self, user: &str, scope: &str) -> String {
-        let resp: Value = self
-            .http
-            .post(self.token_endpoint())
-            .form(&[
+        access_token(
+            &self.token_endpoint(),
+            &[
                 ("grant_type", "password"),
                 ("username", user),
                 ("password", user),
                 ("client_id", "keygate"),
                 ("client_secret", "keygate-secret"),
                 ("scope", scope),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        resp["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no token: {resp}"))
-            .to_owned()
+            ],
+        )
+        .await
     }
 
     /// A service account's token from the client-credentials grant.
     pub async fn client_credentials(&self, client: &str, secret: &str) -> String {
-        let resp: Value = self
-            .http
-            .post(self.token_endpoint())
-            .form(&[
+        access_token(
+            &self.token_endpoint(),
+            &[
                 ("grant_type", "client_credentials"),
                 ("client_id", client),
                 ("client_secret", secret),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        resp["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no token: {resp}"))
-            .to_owned()
+            ],
+        )
+        .await
     }
 
     /// A token signed by the provider's current key with alice's claims
@@ -519,6 +501,23 @@ impl Stack {
         }
         req.send().await.unwrap()
     }
+}
+
+/// The access token a token endpoint answers to `form` (any provider).
+pub async fn access_token(token_endpoint: &str, form: &[(&str, &str)]) -> String {
+    let resp: Value = reqwest::Client::new()
+        .post(token_endpoint)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    resp["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token from {token_endpoint}: {resp}"))
+        .to_owned()
 }
 
 pub fn client() -> reqwest::Client {
