@@ -1,7 +1,8 @@
 //! Why a credential was not accepted.
 
 /// A credential that could not be verified. The `Display` text is short and
-/// safe to send to the client; it never contains the token or a claim value.
+/// safe to send to the client; it never contains the token, and claim values
+/// only of a token whose signature verified (its `aud` and `azp`, shortened).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuthError {
@@ -29,9 +30,31 @@ pub enum AuthError {
     /// `iss` is not the provider's issuer.
     #[error("token issuer is not the configured provider")]
     WrongIssuer,
-    /// `aud` holds none of `access-token-audience`.
-    #[error("token audience is not accepted")]
-    WrongAudience,
+    /// `aud` holds none of `access-token-audience`. Names what keygate
+    /// accepts and what the (signature-verified) token carries.
+    #[error(
+        "token audience is not accepted: keygate accepts {accepted}, the token has aud {aud} \
+         and azp {azp}; the token's client needs an Audience mapper \
+         (docs/keycloak.md#the-audience-mapper)"
+    )]
+    WrongAudience {
+        /// `access-token-audience`, as a list.
+        accepted: String,
+        /// The token's `aud`, as a list.
+        aud: String,
+        /// The token's `azp`, or `-`.
+        azp: String,
+    },
+    /// A token without `aud` or `sub` that keygate could not introspect
+    /// (`token-introspection: never`, or no `client-secret`).
+    #[error(
+        "token has no `{0}` claim: a lightweight access token, which keygate introspects \
+         when `token-introspection` is `auto` or `always` and `client-secret` is set"
+    )]
+    Lightweight(&'static str),
+    /// The provider's introspection says the token is not active.
+    #[error("the provider says the token is not active (revoked, or its session ended)")]
+    Inactive,
     /// `azp` is not one of `access-token-azp`.
     #[error("token was issued to a client that is not accepted (azp)")]
     WrongAuthorizedParty,
@@ -58,7 +81,9 @@ impl AuthError {
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::WrongIssuer => "wrong_issuer",
-            AuthError::WrongAudience => "wrong_audience",
+            AuthError::WrongAudience { .. } => "wrong_audience",
+            AuthError::Lightweight(_) => "lightweight_token",
+            AuthError::Inactive => "inactive_token",
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::WrongAuthorizedParty => "wrong_azp",
             AuthError::WrongTokenType => "wrong_token_type",

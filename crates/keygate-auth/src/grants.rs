@@ -128,6 +128,7 @@ enum Endpoint {
     Token,
     DeviceAuthorization,
     Revocation,
+    Introspection,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +327,31 @@ impl Grants {
         result
     }
 
+    /// Asks the provider about an access token (RFC 7662). The answer's
+    /// members, `active` among them; [`GrantError::Rejected`] when the
+    /// provider refused keygate's client credentials.
+    pub async fn introspect(
+        &self,
+        client_id: &str,
+        client_secret: &Secret,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, GrantError> {
+        let form = [("token", token), ("token_type_hint", "access_token")];
+        let result = self
+            .post(Endpoint::Introspection, client_id, client_secret, &form)
+            .await
+            .and_then(|answer| match answer {
+                Answer::Ok(body) => serde_json::from_slice(&body).map_err(|_| {
+                    GrantError::Unavailable(
+                        "the introspection endpoint's answer is not a JSON object".into(),
+                    )
+                }),
+                Answer::OAuth(e) => Err(rejected(e, "introspection")),
+            });
+        count("introspection", &result);
+        result
+    }
+
     async fn token_grant(
         &self,
         client_id: &str,
@@ -390,6 +416,7 @@ impl Grants {
                 "device authorization endpoint",
             ),
             Endpoint::Revocation => (&m.revocation_endpoint, "revocation endpoint"),
+            Endpoint::Introspection => (&m.introspection_endpoint, "introspection endpoint"),
         };
         url.clone().ok_or(GrantError::NotSupported(name))
     }

@@ -1,17 +1,28 @@
 //! Bearer JWT validation, exactly in this order:
 //! size limit → header parse → algorithm allow-list → key by `kid` →
-//! signature → `iss` → `aud` → `exp`/`nbf`/`iat` (with leeway) → token type.
+//! signature → `iss` → `exp`/`nbf`/`iat` (with leeway) → introspection when
+//! due → `sub` → `aud` → `azp` → token type.
 //! No claim is read before the signature verifies.
+//!
+//! Keycloak's lightweight access tokens carry no `aud`, `sub`, roles or
+//! names: with `token-introspection: auto` (the default) keygate asks the
+//! provider's introspection endpoint (RFC 7662) about such a token, with its
+//! own client credentials, and checks and uses the claims of the answer.
+//! `always` does so for every token; `never` refuses lightweight tokens.
+//! Answers are cached by token until its `exp`, and concurrent requests with
+//! the same token wait for one introspection.
 //!
 //! Verified identities are cached by the SHA-256 of the token until the
 //! token's `exp`, in a bounded in-memory cache, so steady traffic pays one
 //! signature check per token rather than per request.
 
 use crate::error::AuthError;
+use crate::grants::{GrantError, Grants};
 use crate::provider::{Keys, Provider};
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
+pub use keygate_core::config::TokenIntrospection;
 use keygate_core::{AuthMethod, Identity, Secret};
 use moka::sync::Cache;
 use serde_json::{Map, Value};
@@ -33,6 +44,12 @@ pub struct VerifierSettings {
     pub cache_size: u64,
     /// Accepted `azp` values; empty accepts any.
     pub authorized_parties: Vec<String>,
+    /// Which tokens are introspected at the provider.
+    pub introspection: TokenIntrospection,
+    /// keygate's client id, for introspection.
+    pub client_id: String,
+    /// keygate's client secret, for introspection (empty: none).
+    pub client_secret: Secret,
 }
 
 type TokenHash = [u8; 32];
@@ -43,9 +60,30 @@ pub struct JwtVerifier {
     settings: VerifierSettings,
     algorithms: Vec<Algorithm>,
     cache: Cache<TokenHash, Arc<Identity>>,
+    grants: Grants,
+    introspections: moka::future::Cache<TokenHash, Arc<Introspected>>,
+}
+
+/// One introspection answer, kept until the token's `exp`.
+struct Introspected {
+    expires_at: u64,
+    answer: Map<String, Value>,
 }
 
 struct UntilExp;
+
+impl moka::Expiry<TokenHash, Arc<Introspected>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Introspected>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            value.expires_at.saturating_sub(now_secs()),
+        ))
+    }
+}
 
 impl moka::Expiry<TokenHash, Arc<Identity>> for UntilExp {
     fn expire_after_create(
@@ -91,11 +129,17 @@ impl JwtVerifier {
             .max_capacity(settings.cache_size)
             .expire_after(UntilExp)
             .build();
+        let introspections = moka::future::Cache::builder()
+            .max_capacity(settings.cache_size)
+            .expire_after(UntilExp)
+            .build();
         Ok(JwtVerifier {
+            grants: Grants::new(Arc::clone(&provider)),
             provider,
             settings,
             algorithms,
             cache,
+            introspections,
         })
     }
 
@@ -144,7 +188,20 @@ impl JwtVerifier {
                 .await
                 .map_err(|()| AuthError::ProviderUnavailable)?
         };
-        let claims = self.check(token, alg, &kid, &keys)?;
+        let signed = self.check_signature(token, alg, &kid, &keys)?;
+        let gap = lightweight_gap(&signed);
+        let can_introspect = !self.settings.client_secret.expose().is_empty();
+        let claims = match (self.settings.introspection, gap) {
+            (TokenIntrospection::Always, _) | (TokenIntrospection::Auto, Some(_))
+                if can_introspect =>
+            {
+                self.introspect(token, &signed, &keys.metadata.issuer)
+                    .await?
+            }
+            (_, Some(claim)) => return Err(AuthError::Lightweight(claim)),
+            (_, None) => signed,
+        };
+        self.check_claims(&claims)?;
         Ok(Identity::from_claims(
             claims,
             Secret::new(token),
@@ -152,7 +209,8 @@ impl JwtVerifier {
         ))
     }
 
-    fn check(
+    /// Signature, `iss`, `exp`/`nbf`/`iat`: what the token proves by itself.
+    fn check_signature(
         &self,
         token: &str,
         alg: Algorithm,
@@ -169,8 +227,10 @@ impl JwtVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_issuer(&[keys.metadata.issuer.as_str()]);
-        validation.set_audience(&self.settings.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // `aud` and `sub` are checked after introspection, which a
+        // lightweight token (it has neither) needs first.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss"]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
             .map_err(|e| map_error(e.kind()))?;
         let claims = data.claims;
@@ -178,6 +238,91 @@ impl JwtVerifier {
             && iat > now_secs() + self.settings.leeway.as_secs()
         {
             return Err(AuthError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// The provider's claims for a token whose signature verified: its
+    /// introspection answer, which must say `active` (and name the same
+    /// issuer, when it names one). Bounded by the token's own `exp`.
+    async fn introspect(
+        &self,
+        token: &str,
+        signed: &Map<String, Value>,
+        issuer: &str,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let exp = signed.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let hash = sha256(token.as_bytes());
+        let introspected = self
+            .introspections
+            .try_get_with(hash, async {
+                let answer = self
+                    .grants
+                    .introspect(
+                        &self.settings.client_id,
+                        &self.settings.client_secret,
+                        token,
+                    )
+                    .await?;
+                let active = answer.get("active") == Some(&Value::Bool(true));
+                metrics::counter!("keygate_introspections_total",
+                    "result" => if active { "active" } else { "inactive" })
+                .increment(1);
+                Ok::<_, GrantError>(Arc::new(Introspected {
+                    expires_at: exp,
+                    answer,
+                }))
+            })
+            .await
+            .map_err(|e| {
+                metrics::counter!("keygate_introspections_total", "result" => "error").increment(1);
+                match &*e {
+                    GrantError::Rejected { .. } => tracing::error!(
+                        client_id = %self.settings.client_id,
+                        error = %e,
+                        "the provider refused keygate's client credentials at its introspection \
+                         endpoint: check client-id and client-secret"
+                    ),
+                    _ => tracing::warn!(error = %e, "token introspection failed"),
+                }
+                AuthError::ProviderUnavailable
+            })?;
+        let answer = &introspected.answer;
+        if answer.get("active") != Some(&Value::Bool(true)) {
+            return Err(AuthError::Inactive);
+        }
+        if let Some(iss) = answer.get("iss").and_then(Value::as_str)
+            && iss != issuer
+        {
+            return Err(AuthError::WrongIssuer);
+        }
+        let mut claims = answer.clone();
+        claims.remove("active");
+        let answer_exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(exp);
+        claims.insert("exp".into(), Value::from(exp.min(answer_exp)));
+        Ok(claims)
+    }
+
+    /// `sub`, `aud`, `azp` and the token type, on the final claims.
+    fn check_claims(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        if !claims.get("sub").is_some_and(Value::is_string) {
+            return Err(AuthError::MissingClaim("sub"));
+        }
+        let aud: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+            _ => return Err(AuthError::MissingClaim("aud")),
+        };
+        if !aud
+            .iter()
+            .any(|a| self.settings.audiences.iter().any(|ok| ok == a))
+        {
+            let azp = claims.get("azp").and_then(Value::as_str).unwrap_or("-");
+            return Err(AuthError::WrongAudience {
+                accepted: list_text(self.settings.audiences.iter().map(String::as_str)),
+                aud: list_text(aud.into_iter()),
+                azp: truncate_to(azp, 64),
+            });
         }
         if !self.settings.authorized_parties.is_empty() {
             let azp = claims.get("azp").and_then(Value::as_str).unwrap_or("");
@@ -192,8 +337,29 @@ impl JwtVerifier {
         {
             return Err(AuthError::WrongTokenType);
         }
-        Ok(claims)
+        Ok(())
     }
+}
+
+/// The claim a lightweight token lacks (`aud` or `sub`), if any.
+fn lightweight_gap(claims: &Map<String, Value>) -> Option<&'static str> {
+    if !claims.contains_key("aud") {
+        Some("aud")
+    } else if !claims.contains_key("sub") {
+        Some("sub")
+    } else {
+        None
+    }
+}
+
+/// `[a, b]`: at most 8 values of at most 64 visible ASCII characters each.
+fn list_text<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut items: Vec<String> = values.take(9).map(|v| truncate_to(v, 64)).collect();
+    if items.len() > 8 {
+        items.truncate(8);
+        items.push("...".into());
+    }
+    format!("[{}]", items.join(", "))
 }
 
 fn map_error(kind: &ErrorKind) -> AuthError {
@@ -202,7 +368,6 @@ fn map_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
-        ErrorKind::InvalidAudience => AuthError::WrongAudience,
         ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
             "exp" => "exp",
             "iss" => "iss",
@@ -234,10 +399,12 @@ pub fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
 
 /// Keeps attacker-chosen text short before it reaches an error message.
 fn truncate(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(16)
-        .collect()
+    truncate_to(s, 16)
+}
+
+/// At most `n` visible ASCII characters of `s` (others dropped).
+fn truncate_to(s: &str, n: usize) -> String {
+    s.chars().filter(|c| c.is_ascii_graphic()).take(n).collect()
 }
 
 fn sha256(data: &[u8]) -> TokenHash {

@@ -636,6 +636,7 @@ mod tests {
             authorization_endpoint: None,
             device_authorization_endpoint: None,
             revocation_endpoint: None,
+            introspection_endpoint: None,
             end_session_endpoint: None,
         };
         (

@@ -49,6 +49,9 @@ pub struct Metadata {
     /// `revocation_endpoint` (RFC 7009).
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
+    /// `introspection_endpoint` (RFC 7662).
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
     /// `end_session_endpoint` (RP-initiated logout).
     #[serde(default)]
     pub end_session_endpoint: Option<String>,

@@ -43,6 +43,11 @@ pub struct Config {
     /// Clients (`azp`) whose access tokens are accepted; empty: any client.
     #[serde(default)]
     pub access_token_azp: Vec<String>,
+    /// Which tokens keygate asks the provider about (RFC 7662 introspection,
+    /// with its own client credentials): `auto` (lightweight tokens, which
+    /// carry no `aud` or `sub`), `always`, or `never`.
+    #[serde(default)]
+    pub token_introspection: TokenIntrospection,
     /// Paths no resource matches need a valid credential.
     #[serde(default = "yes")]
     pub enable_default_deny: bool,
@@ -201,6 +206,21 @@ pub struct Config {
     /// Where browser sessions live: `cookie` (sealed into the cookie) or `redis`.
     #[serde(default)]
     pub session_store: SessionStore,
+}
+
+/// When keygate introspects an access token (RFC 7662) instead of trusting
+/// the claims in it alone.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenIntrospection {
+    /// Only tokens whose signature verifies but that carry no `aud` or no
+    /// `sub`: Keycloak's lightweight access tokens.
+    #[default]
+    Auto,
+    /// Every token whose signature verifies (the provider's claims win).
+    Always,
+    /// Never: a token without `aud` or `sub` is refused.
+    Never,
 }
 
 /// Where browser sessions are kept.
@@ -546,6 +566,14 @@ impl Config {
         }
         if self.access_token_audience.is_empty() {
             self.access_token_audience = vec![self.client_id.clone()];
+        }
+        if self.token_introspection == TokenIntrospection::Always
+            && self.client_secret.expose().is_empty()
+        {
+            return Err(ConfigError::Missing {
+                key: "client-secret",
+                why: "`token-introspection: always` asks the provider about every token with keygate's client credentials",
+            });
         }
         if self.clock_skew > MAX_LEEWAY {
             return Err(ConfigError::Invalid {

@@ -159,6 +159,9 @@ impl Gateway {
                 max_token_size: config.max_token_size,
                 cache_size: config.token_cache_size,
                 authorized_parties: config.access_token_azp.clone(),
+                introspection: config.token_introspection,
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone(),
             },
         )
         .map_err(|e| GatewayError::config("signing-algorithms", e))?;

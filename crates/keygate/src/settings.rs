@@ -88,6 +88,11 @@ pub const KEYS: &[Key] = &[
         "clients (azp) whose access tokens are accepted [default: any]",
     ),
     key(
+        "token-introspection",
+        Kind::Str,
+        "introspect tokens at the provider: auto (lightweight tokens), always or never [default: auto]",
+    ),
+    key(
         "enable-default-deny",
         Kind::Bool,
         "paths no resource matches need a valid credential [default: true]",

@@ -8,6 +8,8 @@ mod common;
 
 use common::keycloak::Keycloak;
 use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 /// keygate as seed 000's gatekeeper: client `gatekeeper`, default deny.
@@ -82,8 +84,32 @@ async fn keycloak_seed_000_token_without_the_audience_mapper_is_refused() {
         .await;
     let resp = get(&keygate, "/api/items", Some(&token)).await;
     assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_token");
+    // The error names what keygate accepts, what the token carries, and the
+    // guide's section on the Audience mapper (which must exist).
+    let text = body["error_description"].as_str().unwrap();
+    let aud = claims_of(&token)["aud"].clone();
+    let first_aud = aud
+        .as_array()
+        .map_or(aud.as_str(), |a| a[0].as_str())
+        .unwrap();
+    for part in [
+        "keygate accepts [gatekeeper]",
+        "azp no_audience_app",
+        first_aud,
+        "docs/keycloak.md#the-audience-mapper",
+    ] {
+        assert!(text.contains(part), "`{part}` missing from: {text}");
+    }
+    assert!(
+        challenge.contains("keygate accepts [gatekeeper]"),
+        "{challenge}"
+    );
     // No credential at all, and a tampered Keycloak token.
     assert_eq!(get(&keygate, "/api/items", None).await.status(), 401);
     let good = kc
@@ -299,4 +325,558 @@ async fn keycloak_seeds_002_003_service_key_for_a_partner_client() {
         assert_eq!(resp.status(), 200);
         assert_eq!(use_key().await.unwrap().status(), 401, "{header}");
     }
+}
+
+/// A name no other test uses: `prefix-<pid>-<nanos>`.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Creates a confidential client with direct access grants in realm acme
+/// (`extra` is merged into its representation); returns its internal id.
+async fn create_client(kc: &Keycloak, client_id: &str, secret: &str, extra: Value) -> String {
+    let mut rep = json!({
+        "clientId": client_id,
+        "secret": secret,
+        "publicClient": false,
+        "directAccessGrantsEnabled": true,
+        "standardFlowEnabled": false,
+        "defaultClientScopes": ["basic", "profile", "email", "roles", "groups", "api"],
+    });
+    if let (Value::Object(rep), Value::Object(extra)) = (&mut rep, extra) {
+        rep.extend(extra);
+    }
+    let (status, body) = kc.admin(Method::POST, "/clients", Some(rep)).await;
+    assert_eq!(status, 201, "creating client {client_id}: {body}");
+    let (_, found) = kc
+        .admin(Method::GET, &format!("/clients?clientId={client_id}"), None)
+        .await;
+    found[0]["id"].as_str().unwrap().to_owned()
+}
+
+/// The sum of a Prometheus counter's samples whose labels contain `labels`.
+async fn counter(keygate: &Keygate, name: &str, labels: &str) -> u64 {
+    let text = client()
+        .get(keygate.url("/oauth/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Item 5: a client with Keycloak's lightweight access tokens (no `aud`,
+/// `sub`, roles, groups or names in the JWT). keygate introspects them with
+/// its own client credentials (`token-introspection: auto`, the default), so
+/// role and group rules and the identity headers still work; concurrent
+/// requests with one new token share one introspection; a token whose
+/// session ended is inactive (401); with `never` they are refused with an
+/// error that says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn keycloak_lightweight_access_tokens_are_introspected() {
+    let kc = Keycloak::shared().await;
+    let upstream = Upstream::start().await;
+    let name = unique("lightweight");
+    let uuid = create_client(
+        &kc,
+        &name,
+        "lightweight-secret",
+        json!({"attributes": {"client.use.lightweight.access.token.enabled": "true"}}),
+    )
+    .await;
+    let keygate = gatekeeper(
+        &kc,
+        &upstream,
+        "resources:\n\
+         \x20 - uri: /admin/*\n    roles: [admin]\n\
+         \x20 - uri: /oncall/*\n    groups: [/ops/oncall]\n",
+    )
+    .await;
+    let alice = kc.access_token(&name, "lightweight-secret", "alice").await;
+    let lightweight = claims_of(&alice);
+    assert!(
+        lightweight.get("aud").is_none() && lightweight.get("realm_access").is_none(),
+        "Keycloak's token is not lightweight: {lightweight}"
+    );
+
+    // 20 concurrent requests with the new token: one introspection.
+    let before = counter(&keygate, "keygate_introspections_total", "active").await;
+    let requests = (0..20).map(|_| get(&keygate, "/admin/x", Some(&alice)));
+    for resp in futures_util::future::join_all(requests).await {
+        assert_eq!(resp.status(), 200);
+    }
+    let after = counter(&keygate, "keygate_introspections_total", "active").await;
+    assert_eq!(after - before, 1, "concurrent requests were not coalesced");
+    let resp = get(&keygate, "/oncall/x", Some(&alice)).await;
+    assert_eq!(resp.status(), 200);
+    let echo = Echo(resp.json().await.unwrap());
+    assert_eq!(echo.header("x-auth-username").unwrap(), "alice");
+    assert_eq!(echo.header("x-auth-email").unwrap(), "alice@example.com");
+    assert_eq!(
+        echo.header("authorization").unwrap(),
+        format!("Bearer {alice}")
+    );
+    let bob = kc.access_token(&name, "lightweight-secret", "bob").await;
+    assert_eq!(get(&keygate, "/admin/x", Some(&bob)).await.status(), 403);
+
+    // A token whose Keycloak session has ended is not active.
+    let carol_tokens = kc
+        .password_token(&name, "lightweight-secret", "carol")
+        .await;
+    let carol = carol_tokens["access_token"].as_str().unwrap();
+    let sid = claims_of(carol)["sid"].as_str().unwrap().to_owned();
+    let (status, body) = kc
+        .admin(Method::DELETE, &format!("/sessions/{sid}"), None)
+        .await;
+    assert!(
+        status == 204 || status == 200,
+        "ending carol's session: {status} {body}"
+    );
+    let resp = get(&keygate, "/x", Some(carol)).await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not active"),
+        "{body}"
+    );
+
+    // `never`: refused, and the error names the fix.
+    let strict = gatekeeper(&kc, &upstream, "token-introspection: never\n").await;
+    let resp = get(&strict, "/x", Some(&alice)).await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    let text = body["error_description"].as_str().unwrap();
+    assert!(
+        text.contains("lightweight") && text.contains("token-introspection"),
+        "{text}"
+    );
+    kc.admin(Method::DELETE, &format!("/clients/{uuid}"), None)
+        .await;
+}
+
+/// The `kid` in a JWT's header.
+fn kid_of(token: &str) -> String {
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(&b64_decode(header)).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// `method` on the admin REST API of `realm` (`path` after `/admin/realms/<realm>`).
+async fn realm_admin(
+    kc: &Keycloak,
+    realm: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client()
+        .request(method, format!("{}/admin/realms/{realm}{path}", kc.base))
+        .bearer_auth(kc.admin_token().await);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+/// Creates realm `realm` with a confidential client `rot` (secret
+/// `rot-secret`, direct access grants, audience `rot`) and a user `u`
+/// (password `u`).
+async fn create_realm(kc: &Keycloak, realm: &str) {
+    let rep = json!({
+        "realm": realm,
+        "enabled": true,
+        "sslRequired": "none",
+        "clients": [{
+            "clientId": "rot",
+            "secret": "rot-secret",
+            "publicClient": false,
+            "directAccessGrantsEnabled": true,
+            "standardFlowEnabled": false,
+            "protocolMappers": [{
+                "name": "audience rot",
+                "protocol": "openid-connect",
+                "protocolMapper": "oidc-audience-mapper",
+                "config": {
+                    "included.client.audience": "rot",
+                    "access.token.claim": "true",
+                    "introspection.token.claim": "true"
+                }
+            }]
+        }],
+        "users": [{
+            "username": "u",
+            "enabled": true,
+            "email": "u@example.com",
+            "emailVerified": true,
+            "firstName": "U",
+            "lastName": "Ser",
+            "credentials": [{"type": "password", "value": "u", "temporary": false}]
+        }]
+    });
+    let resp = client()
+        .post(format!("{}/admin/realms", kc.base))
+        .bearer_auth(kc.admin_token().await)
+        .json(&rep)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    assert_eq!(
+        status,
+        201,
+        "creating realm {realm}: {:?}",
+        resp.text().await
+    );
+}
+
+/// A password-grant access token of client `rot` for user `u` in `realm`.
+async fn realm_token(kc: &Keycloak, realm: &str) -> String {
+    access_token(
+        &format!("{}/realms/{realm}/protocol/openid-connect/token", kc.base),
+        &[
+            ("grant_type", "password"),
+            ("client_id", "rot"),
+            ("client_secret", "rot-secret"),
+            ("username", "u"),
+            ("password", "u"),
+        ],
+    )
+    .await
+}
+
+/// Key rotation in Keycloak, as an admin does it, with no failed request: a
+/// new RSA key provider with a higher priority (new tokens carry its `kid`;
+/// keygate re-reads the JWKS for it), then the old key made passive, then
+/// disabled and removed. Requests with old and new tokens run all along.
+/// In a realm of its own, since rotation changes every token of a realm.
+#[tokio::test(flavor = "multi_thread")]
+async fn keycloak_key_rotation_fails_no_request() {
+    let kc = Keycloak::shared().await;
+    let upstream = Upstream::start().await;
+    let realm = unique("rotation");
+    create_realm(&kc, &realm).await;
+    let issuer = format!("{}/realms/{realm}", kc.base);
+    let keygate = Keygate::start_yaml(&format!(
+        "listen: 127.0.0.1:0\ndiscovery-url: {issuer}\nclient-id: rot\nclient-secret: rot-secret\n\
+         upstream-url: {}\nlog-level: warn\njwks-min-refresh-interval: 100ms\n",
+        upstream.url()
+    ))
+    .await;
+    keygate.wait_ready().await;
+    let old = realm_token(&kc, &realm).await;
+    assert_eq!(get(&keygate, "/x", Some(&old)).await.status(), 200);
+
+    // Requests with the old token and with fresh tokens, all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url, old) = (stop.clone(), keygate.url("/x"), old.clone());
+        let (base, realm) = (kc.base.clone(), realm.clone());
+        tokio::spawn(async move {
+            let kc = Keycloak { base };
+            let mut failures = Vec::new();
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let fresh = realm_token(&kc, &realm).await;
+                for token in [&old, &fresh] {
+                    let status = client()
+                        .get(&url)
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    sent += 1;
+                    if status != 200 {
+                        failures.push((status.as_u16(), kid_of(token)));
+                    }
+                }
+            }
+            (sent, failures)
+        })
+    };
+
+    let (_, components) = realm_admin(
+        &kc,
+        &realm,
+        Method::GET,
+        "/components?type=org.keycloak.keys.KeyProvider",
+        None,
+    )
+    .await;
+    let old_rsa: Vec<Value> = components
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["providerId"] == "rsa-generated")
+        .cloned()
+        .collect();
+    assert_eq!(old_rsa.len(), 1, "{components}");
+    let old_rsa = old_rsa[0].clone();
+    let realm_id = old_rsa["parentId"].as_str().unwrap().to_owned();
+    let (status, body) = realm_admin(
+        &kc,
+        &realm,
+        Method::POST,
+        "/components",
+        Some(json!({
+            "name": "rsa-rotated",
+            "providerId": "rsa-generated",
+            "providerType": "org.keycloak.keys.KeyProvider",
+            "parentId": realm_id,
+            "config": {"priority": ["200"], "keySize": ["2048"], "algorithm": ["RS256"]},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let new = realm_token(&kc, &realm).await;
+    assert_ne!(
+        kid_of(&new),
+        kid_of(&old),
+        "Keycloak still signs with the old key"
+    );
+    assert_eq!(get(&keygate, "/x", Some(&new)).await.status(), 200);
+
+    // The old key passive (verifies, signs nothing), then disabled, then removed.
+    let id = old_rsa["id"].as_str().unwrap();
+    for (active, enabled) in [("false", "true"), ("false", "false")] {
+        let mut rep = old_rsa.clone();
+        rep["config"]["active"] = json!([active]);
+        rep["config"]["enabled"] = json!([enabled]);
+        let (status, body) = realm_admin(
+            &kc,
+            &realm,
+            Method::PUT,
+            &format!("/components/{id}"),
+            Some(rep),
+        )
+        .await;
+        assert_eq!(status, 204, "{body}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (status, body) = realm_admin(
+        &kc,
+        &realm,
+        Method::DELETE,
+        &format!("/components/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failures) = load.await.unwrap();
+    assert!(sent > 10, "only {sent} requests were sent");
+    assert!(
+        failures.is_empty(),
+        "failed requests during rotation: {failures:?}"
+    );
+    // The removal took effect: a keygate that never saw the old key refuses it.
+    let fresh = Keygate::start_yaml(&format!(
+        "listen: 127.0.0.1:0\ndiscovery-url: {issuer}\nclient-id: rot\nclient-secret: rot-secret\n\
+         upstream-url: {}\nlog-level: warn\n",
+        upstream.url()
+    ))
+    .await;
+    fresh.wait_ready().await;
+    assert_eq!(get(&fresh, "/x", Some(&old)).await.status(), 401);
+    assert_eq!(get(&fresh, "/x", Some(&new)).await.status(), 200);
+    realm_admin(&kc, &realm, Method::DELETE, "", None).await;
+}
+
+/// A Keycloak of this test's own on `port` (the shared one must not stop):
+/// `dev/keycloak/keycloak.sh start`, until its `READY` line.
+async fn start_private_keycloak(port: u16) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new("bash")
+        .arg(repo_root().join("dev/keycloak/keycloak.sh"))
+        .args(["start", "--port", &port.to_string(), "--exit-with"])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(600), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("READY ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(ready, Ok(true)),
+        "a private Keycloak on port {port} did not start (its output is above)"
+    );
+    child
+}
+
+/// Stops the private Keycloak on `port` (`keycloak.sh stop PORT`) and waits
+/// until nothing answers there.
+async fn stop_private_keycloak(mut child: tokio::process::Child, port: u16) {
+    let status = tokio::process::Command::new("bash")
+        .arg(repo_root().join("dev/keycloak/keycloak.sh"))
+        .args(["stop", &port.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "keycloak.sh stop {port} failed");
+    let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Keycloak still answers on port {port} after stop");
+}
+
+/// Keycloak stopped mid-test: what keygate can check alone (a token signed
+/// with a key it holds) keeps working; whatever needs Keycloak fails closed
+/// with a 503 (a lightweight token's introspection, a service key's first
+/// exchange), never a 200; when Keycloak returns (a fresh start: new signing
+/// keys), keygate recovers on its own, with no restart: tokens with the new
+/// `kid`, introspection and key exchanges work again.
+#[tokio::test(flavor = "multi_thread")]
+async fn keycloak_stopped_mid_test_fails_closed_and_keygate_recovers() {
+    let port = free_port();
+    let child = start_private_keycloak(port).await;
+    let kc = Keycloak {
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keygate = gatekeeper(
+        &kc,
+        &upstream,
+        &format!(
+            "store-url: sqlite://{}/keys.db\nlisten-admin: 127.0.0.1:0\n\
+             jwks-min-refresh-interval: 200ms\nopenid-provider-timeout: 2s\n\
+             api-keys:\n  server-secret: test-server-secret-0123456789abcdef-0123456789\n  \
+             admin-role: admin\n",
+            dir.path().display()
+        ),
+    )
+    .await;
+    let admin_api = format!("http://{}", keygate.admin_addr.unwrap());
+    let lightweight_client = |kc: &Keycloak| {
+        let kc = Keycloak {
+            base: kc.base.clone(),
+        };
+        async move {
+            create_client(
+                &kc,
+                "lightweight",
+                "lightweight-secret",
+                json!({"attributes": {"client.use.lightweight.access.token.enabled": "true"}}),
+            )
+            .await
+        }
+    };
+    lightweight_client(&kc).await;
+    let alice = kc
+        .access_token("my_client_app", "my_client_app-secret", "alice")
+        .await;
+    let unseen = kc
+        .access_token("my_client_app", "my_client_app-secret", "bob")
+        .await;
+    let lightweight = kc
+        .access_token("lightweight", "lightweight-secret", "alice")
+        .await;
+    let create_key = || {
+        client()
+            .post(format!("{admin_api}/admin/v1/keys"))
+            .bearer_auth(&alice)
+            .json(&json!({"client_id": "partner-acme", "client_secret": "partner-acme-secret"}))
+            .send()
+    };
+    let resp = create_key().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let key = resp.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(&keygate, "/x", Some(&alice)).await.status(), 200);
+
+    stop_private_keycloak(child, port).await;
+    // Self-contained tokens signed with a key keygate holds: still fine.
+    assert_eq!(get(&keygate, "/x", Some(&alice)).await.status(), 200);
+    assert_eq!(get(&keygate, "/x", Some(&unseen)).await.status(), 200);
+    // What needs Keycloak fails closed.
+    let resp = get(&keygate, "/x", Some(&lightweight)).await;
+    assert_eq!(
+        resp.status(),
+        503,
+        "a lightweight token while Keycloak is down"
+    );
+    let resp = client()
+        .get(keygate.url("/x"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        503,
+        "a service key's first exchange while Keycloak is down"
+    );
+    let resp = create_key().await.unwrap();
+    assert!(
+        resp.status().is_server_error(),
+        "key creation while Keycloak is down: {}",
+        resp.status()
+    );
+
+    // Keycloak returns, with new signing keys; keygate was not restarted.
+    let child = start_private_keycloak(port).await;
+    lightweight_client(&kc).await;
+    let after = kc
+        .access_token("my_client_app", "my_client_app-secret", "alice")
+        .await;
+    assert_ne!(kid_of(&after), kid_of(&alice), "Keycloak kept its keys");
+    let mut recovered = false;
+    for _ in 0..50 {
+        if get(&keygate, "/x", Some(&after)).await.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "keygate did not take Keycloak's new keys");
+    let lightweight = kc
+        .access_token("lightweight", "lightweight-secret", "alice")
+        .await;
+    assert_eq!(get(&keygate, "/x", Some(&lightweight)).await.status(), 200);
+    let resp = client()
+        .get(keygate.url("/x"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the service key after Keycloak returned"
+    );
+    stop_private_keycloak(child, port).await;
 }
