@@ -70,30 +70,35 @@ struct Introspected {
     answer: Map<String, Value>,
 }
 
+/// Expires a cache entry at the `exp` of the token it is about.
 struct UntilExp;
 
-impl moka::Expiry<TokenHash, Arc<Introspected>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _key: &TokenHash,
-        value: &Arc<Introspected>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            value.expires_at.saturating_sub(now_secs()),
-        ))
+/// A cached value that knows when its token expires.
+trait ExpiresAt {
+    fn expires_at(&self) -> u64;
+}
+
+impl ExpiresAt for Identity {
+    fn expires_at(&self) -> u64 {
+        self.expires_at
     }
 }
 
-impl moka::Expiry<TokenHash, Arc<Identity>> for UntilExp {
+impl ExpiresAt for Introspected {
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+}
+
+impl<V: ExpiresAt> moka::Expiry<TokenHash, Arc<V>> for UntilExp {
     fn expire_after_create(
         &self,
         _key: &TokenHash,
-        value: &Arc<Identity>,
+        value: &Arc<V>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(
-            value.expires_at.saturating_sub(now_secs()),
+            value.expires_at().saturating_sub(now_secs()),
         ))
     }
 }
@@ -164,12 +169,12 @@ impl JwtVerifier {
             self.cache.invalidate(&hash);
         }
         metrics::counter!("keygate_token_cache_total", "result" => "miss").increment(1);
-        let identity = Arc::new(self.verify_uncached(token).await?);
+        let identity = Arc::new(self.verify_uncached(token, hash).await?);
         self.cache.insert(hash, Arc::clone(&identity));
         Ok(identity)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
+    async fn verify_uncached(&self, token: &str, hash: TokenHash) -> Result<Identity, AuthError> {
         let header = parse_header(token)?;
         let alg: Algorithm = header
             .alg
@@ -195,7 +200,7 @@ impl JwtVerifier {
             (TokenIntrospection::Always, _) | (TokenIntrospection::Auto, Some(_))
                 if can_introspect =>
             {
-                self.introspect(token, &signed, &keys.metadata.issuer)
+                self.introspect(token, hash, &signed, &keys.metadata.issuer)
                     .await?
             }
             (_, Some(claim)) => return Err(AuthError::Lightweight(claim)),
@@ -248,11 +253,11 @@ impl JwtVerifier {
     async fn introspect(
         &self,
         token: &str,
+        hash: TokenHash,
         signed: &Map<String, Value>,
         issuer: &str,
     ) -> Result<Map<String, Value>, AuthError> {
         let exp = signed.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        let hash = sha256(token.as_bytes());
         let introspected = self
             .introspections
             .try_get_with(hash, async {

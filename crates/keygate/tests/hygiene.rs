@@ -38,25 +38,7 @@ fn body_of(response: &str) -> &str {
 }
 
 async fn metrics(stack: &Stack) -> String {
-    stack
-        .http
-        .get(stack.keygate.url("/oauth/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The sum of a counter's samples whose labels contain every `labels` part.
-fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| labels.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    stack.keygate.metrics().await
 }
 
 // ------------------------------------------------------------ hop-by-hop

@@ -358,22 +358,6 @@ async fn create_client(kc: &Keycloak, client_id: &str, secret: &str, extra: Valu
     found[0]["id"].as_str().unwrap().to_owned()
 }
 
-/// The sum of a Prometheus counter's samples whose labels contain `labels`.
-async fn counter(keygate: &Keygate, name: &str, labels: &str) -> u64 {
-    let text = client()
-        .get(keygate.url("/oauth/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Item 5: a client with Keycloak's lightweight access tokens (no `aud`,
 /// `sub`, roles, groups or names in the JWT). keygate introspects them with
 /// its own client credentials (`token-introspection: auto`, the default), so
@@ -409,13 +393,24 @@ async fn keycloak_lightweight_access_tokens_are_introspected() {
     );
 
     // 20 concurrent requests with the new token: one introspection.
-    let before = counter(&keygate, "keygate_introspections_total", "active").await;
+    let introspections = |text: String| {
+        counter(
+            &text,
+            "keygate_introspections_total",
+            &["result=\"active\""],
+        )
+    };
+    let before = introspections(keygate.metrics().await);
     let requests = (0..20).map(|_| get(&keygate, "/admin/x", Some(&alice)));
     for resp in futures_util::future::join_all(requests).await {
         assert_eq!(resp.status(), 200);
     }
-    let after = counter(&keygate, "keygate_introspections_total", "active").await;
-    assert_eq!(after - before, 1, "concurrent requests were not coalesced");
+    let after = introspections(keygate.metrics().await);
+    assert_eq!(
+        after - before,
+        1.0,
+        "concurrent requests were not coalesced"
+    );
     let resp = get(&keygate, "/oncall/x", Some(&alice)).await;
     assert_eq!(resp.status(), 200);
     let echo = Echo(resp.json().await.unwrap());
@@ -443,21 +438,14 @@ async fn keycloak_lightweight_access_tokens_are_introspected() {
     );
     let resp = get(&keygate, "/x", Some(carol)).await;
     assert_eq!(resp.status(), 401);
-    let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("not active"),
-        "{body}"
-    );
+    let text = refusal_text(resp).await;
+    assert!(text.contains("not active"), "{text}");
 
     // `never`: refused, and the error names the fix.
     let strict = gatekeeper(&kc, &upstream, "token-introspection: never\n").await;
     let resp = get(&strict, "/x", Some(&alice)).await;
     assert_eq!(resp.status(), 401);
-    let body: Value = resp.json().await.unwrap();
-    let text = body["error_description"].as_str().unwrap();
+    let text = refusal_text(resp).await;
     assert!(
         text.contains("lightweight") && text.contains("token-introspection"),
         "{text}"
@@ -471,26 +459,6 @@ fn kid_of(token: &str) -> String {
     let header = token.split('.').next().unwrap();
     let header: Value = serde_json::from_slice(&b64_decode(header)).unwrap();
     header["kid"].as_str().unwrap().to_owned()
-}
-
-/// `method` on the admin REST API of `realm` (`path` after `/admin/realms/<realm>`).
-async fn realm_admin(
-    kc: &Keycloak,
-    realm: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = client()
-        .request(method, format!("{}/admin/realms/{realm}{path}", kc.base))
-        .bearer_auth(kc.admin_token().await);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
 }
 
 /// Creates realm `realm` with a confidential client `rot` (secret
@@ -610,14 +578,14 @@ async fn keycloak_key_rotation_fails_no_request() {
         })
     };
 
-    let (_, components) = realm_admin(
-        &kc,
-        &realm,
-        Method::GET,
-        "/components?type=org.keycloak.keys.KeyProvider",
-        None,
-    )
-    .await;
+    let (_, components) = kc
+        .realm_admin(
+            &realm,
+            Method::GET,
+            "/components?type=org.keycloak.keys.KeyProvider",
+            None,
+        )
+        .await;
     let old_rsa: Vec<Value> = components
         .as_array()
         .unwrap()
@@ -628,20 +596,20 @@ async fn keycloak_key_rotation_fails_no_request() {
     assert_eq!(old_rsa.len(), 1, "{components}");
     let old_rsa = old_rsa[0].clone();
     let realm_id = old_rsa["parentId"].as_str().unwrap().to_owned();
-    let (status, body) = realm_admin(
-        &kc,
-        &realm,
-        Method::POST,
-        "/components",
-        Some(json!({
-            "name": "rsa-rotated",
-            "providerId": "rsa-generated",
-            "providerType": "org.keycloak.keys.KeyProvider",
-            "parentId": realm_id,
-            "config": {"priority": ["200"], "keySize": ["2048"], "algorithm": ["RS256"]},
-        })),
-    )
-    .await;
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::POST,
+            "/components",
+            Some(json!({
+                "name": "rsa-rotated",
+                "providerId": "rsa-generated",
+                "providerType": "org.keycloak.keys.KeyProvider",
+                "parentId": realm_id,
+                "config": {"priority": ["200"], "keySize": ["2048"], "algorithm": ["RS256"]},
+            })),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let new = realm_token(&kc, &realm).await;
@@ -658,25 +626,15 @@ async fn keycloak_key_rotation_fails_no_request() {
         let mut rep = old_rsa.clone();
         rep["config"]["active"] = json!([active]);
         rep["config"]["enabled"] = json!([enabled]);
-        let (status, body) = realm_admin(
-            &kc,
-            &realm,
-            Method::PUT,
-            &format!("/components/{id}"),
-            Some(rep),
-        )
-        .await;
+        let (status, body) = kc
+            .realm_admin(&realm, Method::PUT, &format!("/components/{id}"), Some(rep))
+            .await;
         assert_eq!(status, 204, "{body}");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let (status, body) = realm_admin(
-        &kc,
-        &realm,
-        Method::DELETE,
-        &format!("/components/{id}"),
-        None,
-    )
-    .await;
+    let (status, body) = kc
+        .realm_admin(&realm, Method::DELETE, &format!("/components/{id}"), None)
+        .await;
     assert_eq!(status, 204, "{body}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -696,7 +654,7 @@ async fn keycloak_key_rotation_fails_no_request() {
     fresh.wait_ready().await;
     assert_eq!(get(&fresh, "/x", Some(&old)).await.status(), 401);
     assert_eq!(get(&fresh, "/x", Some(&new)).await.status(), 200);
-    realm_admin(&kc, &realm, Method::DELETE, "", None).await;
+    kc.realm_admin(&realm, Method::DELETE, "", None).await;
 }
 
 /// A Keycloak of this test's own on `port` (the shared one must not stop):
@@ -816,6 +774,12 @@ async fn keycloak_stopped_mid_test_fails_closed_and_keygate_recovers() {
         .as_str()
         .unwrap()
         .to_owned();
+    let use_key = || {
+        client()
+            .get(keygate.url("/x"))
+            .header("x-api-key", &key)
+            .send()
+    };
     assert_eq!(get(&keygate, "/x", Some(&alice)).await.status(), 200);
 
     stop_private_keycloak(child, port).await;
@@ -829,12 +793,7 @@ async fn keycloak_stopped_mid_test_fails_closed_and_keygate_recovers() {
         503,
         "a lightweight token while Keycloak is down"
     );
-    let resp = client()
-        .get(keygate.url("/x"))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
+    let resp = use_key().await.unwrap();
     assert_eq!(
         resp.status(),
         503,
@@ -867,12 +826,7 @@ async fn keycloak_stopped_mid_test_fails_closed_and_keygate_recovers() {
         .access_token("lightweight", "lightweight-secret", "alice")
         .await;
     assert_eq!(get(&keygate, "/x", Some(&lightweight)).await.status(), 200);
-    let resp = client()
-        .get(keygate.url("/x"))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
+    let resp = use_key().await.unwrap();
     assert_eq!(
         resp.status(),
         200,

@@ -121,9 +121,21 @@ impl Keycloak {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.realm_admin(REALM, method, path, body).await
+    }
+
+    /// `method` on the admin REST API of `realm` (`path` after
+    /// `/admin/realms/<realm>`; empty: the realm itself).
+    pub async fn realm_admin(
+        &self,
+        realm: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let token = self.admin_token().await;
         let mut req = reqwest::Client::new()
-            .request(method, format!("{}/admin/realms/{REALM}{path}", self.base))
+            .request(method, format!("{}/admin/realms/{realm}{path}", self.base))
             .bearer_auth(token);
         if let Some(body) = body {
             req = req.json(&body);

@@ -446,6 +446,18 @@ impl Keygate {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The Prometheus text of `/oauth/metrics`.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/oauth/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the provider's keys are loaded.
     pub async fn wait_ready(&self) {
         for _ in 0..200 {
@@ -587,4 +599,24 @@ pub fn b64_decode(data: &str) -> Vec<u8> {
 /// The payload of a JWT, unverified (for test assertions only).
 pub fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&b64_decode(token.split('.').nth(1).unwrap())).unwrap()
+}
+
+/// The sum of a counter's samples (in Prometheus text) whose labels contain
+/// every `labels` part.
+pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| labels.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `error_description` of one of keygate's JSON refusals.
+pub async fn refusal_text(resp: reqwest::Response) -> String {
+    let body: Value = resp.json().await.unwrap();
+    body["error_description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
