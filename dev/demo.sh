@@ -3,7 +3,10 @@
 # upstream (dev/echo-upstream.mjs) and keygate (dev/demo.yaml) in front of it,
 # all on 127.0.0.1. Prints curl commands to try, then runs until Ctrl-C.
 #
-#   ./dev/demo.sh
+#   ./dev/demo.sh              the light provider (dev/idp, oidc-provider)
+#   ./dev/demo.sh --keycloak   the same demo with a real Keycloak 26
+#                              (dev/keycloak: Java 17+ and Maven; the first
+#                              run fetches Keycloak, about a minute)
 #
 # Needs Rust (cargo), Node.js >= 20 and npm. Installs the provider's npm
 # packages on first use and builds keygate (debug). Ports can be changed:
@@ -22,9 +25,22 @@ LOGS=dev/run/demo
 
 die() { echo "error: $*" >&2; exit 1; }
 
+PROVIDER=idp
+for arg in "$@"; do
+  case "$arg" in
+    --keycloak) PROVIDER=keycloak ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $arg (try --keycloak or --help)" ;;
+  esac
+done
+
 command -v cargo >/dev/null 2>&1 || die "cargo is required (https://rustup.rs)"
 command -v node >/dev/null 2>&1 || die "Node.js >= 20 is required (for the test provider and the echo upstream)"
 command -v curl >/dev/null 2>&1 || die "curl is required"
+if [ "$PROVIDER" = keycloak ]; then
+  command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || die "--keycloak needs Java 17 or newer"
+  command -v mvn >/dev/null 2>&1 || [ -d "${KEYGATE_CACHE:-$HOME/.cache/keygate}/keycloak" ] || die "--keycloak needs Maven (mvn) to fetch Keycloak the first time"
+fi
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 for p in "$PORT" "$IDP_PORT" "$UPSTREAM_PORT"; do
@@ -33,7 +49,7 @@ for p in "$PORT" "$IDP_PORT" "$UPSTREAM_PORT"; do
   fi
 done
 
-if [ ! -d dev/idp/node_modules/oidc-provider ]; then
+if [ "$PROVIDER" = idp ] && [ ! -d dev/idp/node_modules/oidc-provider ]; then
   echo "==> npm ci --prefix dev/idp"
   npm ci --prefix dev/idp --no-audit --no-fund --loglevel=error
 fi
@@ -71,10 +87,19 @@ $(tail -n 20 "$LOGS/$name.log")"
   die "$name did not become ready in ${secs}s; see $LOGS/$name.log"
 }
 
-echo "==> starting the OpenID provider (dev/idp) on $HOST:$IDP_PORT"
-node dev/idp/server.js --host "$HOST" --port "$IDP_PORT" --redirect-uri "$KEYGATE/oauth/callback" >"$LOGS/idp.log" 2>&1 &
-PIDS+=($!)
-wait_for idp "$!" 30 grep -q "^IDP READY" "$LOGS/idp.log"
+if [ "$PROVIDER" = keycloak ]; then
+  echo "==> starting Keycloak (dev/keycloak, realm acme) on $HOST:$IDP_PORT"
+  dev/keycloak/keycloak.sh start --port "$IDP_PORT" --exit-with $$ >"$LOGS/keycloak.ready" 2>"$LOGS/idp.log" &
+  PIDS+=($!)
+  wait_for idp "$!" 600 grep -q "^READY " "$LOGS/keycloak.ready"
+  PROVIDER_NAME="Keycloak $(sed -n 's/^KEYCLOAK_VERSION_PIN=//p' dev/keycloak/keycloak.sh) (admin console $HOST:$IDP_PORT/admin, admin/admin)"
+else
+  echo "==> starting the OpenID provider (dev/idp) on $HOST:$IDP_PORT"
+  node dev/idp/server.js --host "$HOST" --port "$IDP_PORT" --redirect-uri "$KEYGATE/oauth/callback" >"$LOGS/idp.log" 2>&1 &
+  PIDS+=($!)
+  wait_for idp "$!" 30 grep -q "^IDP READY" "$LOGS/idp.log"
+  PROVIDER_NAME="dev/idp"
+fi
 
 echo "==> starting the echo upstream on $HOST:$UPSTREAM_PORT"
 node dev/echo-upstream.mjs --host "$HOST" --port "$UPSTREAM_PORT" >"$LOGS/upstream.log" 2>&1 &
@@ -120,7 +145,7 @@ token_cmd() {
 
 cat <<EOF
 
-keygate is ready. Provider: $ISSUER   Upstream: http://$HOST:$UPSTREAM_PORT   keygate: $KEYGATE
+keygate is ready. Provider: $ISSUER ($PROVIDER_NAME)  Upstream: http://$HOST:$UPSTREAM_PORT   keygate: $KEYGATE
 Users: alice (admin, APP-backend:editor, group /ops), bob (user, APP-backend:viewer), carol; password = user name.
 Rules: dev/demo.yaml. Copy and paste into another terminal:
 

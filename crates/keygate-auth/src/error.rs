@@ -15,9 +15,14 @@ pub enum AuthError {
     /// The header names an algorithm outside the allow-list (`none`, HMAC, …).
     #[error("token algorithm `{0}` is not accepted")]
     UnsupportedAlgorithm(String),
-    /// No key of the provider has the token's `kid`, even after re-reading them.
-    #[error("token is signed with a key the provider does not publish")]
-    UnknownKey,
+    /// No key of the provider has the token's `kid`, even after re-reading
+    /// them. Names the issuer keygate trusts (public: its discovery).
+    #[error(
+        "token is signed with a key that {0} does not publish: a token of another \
+         provider or realm (keygate trusts the issuer of `discovery-url`), or one signed \
+         with a key that has since been removed"
+    )]
+    UnknownKey(String),
     /// The signature does not verify.
     #[error("token signature is invalid")]
     BadSignature,
@@ -27,9 +32,19 @@ pub enum AuthError {
     /// `nbf` (or `iat`) is in the future (beyond the leeway).
     #[error("token is not valid yet")]
     NotYetValid,
-    /// `iss` is not the provider's issuer.
-    #[error("token issuer is not the configured provider")]
-    WrongIssuer,
+    /// `iss` is not the provider's issuer. Names both (the token's only
+    /// once its signature verified, shortened).
+    #[error(
+        "token issuer {found} is not keygate's provider {expected}: Keycloak writes the URL \
+         a token was requested at into `iss`; request tokens at the `discovery-url` keygate \
+         uses, or set Keycloak's hostname (docs/keycloak.md#the-issuer)"
+    )]
+    WrongIssuer {
+        /// The provider's issuer.
+        expected: String,
+        /// The token's `iss`.
+        found: String,
+    },
     /// `aud` holds none of `access-token-audience`. Names what keygate
     /// accepts and what the (signature-verified) token carries.
     #[error(
@@ -76,11 +91,11 @@ impl AuthError {
             AuthError::TooLarge => "token_too_large",
             AuthError::Malformed => "token_malformed",
             AuthError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
-            AuthError::UnknownKey => "unknown_key",
+            AuthError::UnknownKey(_) => "unknown_key",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
-            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongIssuer { .. } => "wrong_issuer",
             AuthError::WrongAudience { .. } => "wrong_audience",
             AuthError::Lightweight(_) => "lightweight_token",
             AuthError::Inactive => "inactive_token",

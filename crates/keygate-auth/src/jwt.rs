@@ -222,7 +222,10 @@ impl JwtVerifier {
         kid: &str,
         keys: &Keys,
     ) -> Result<Map<String, Value>, AuthError> {
-        let key = keys.by_kid.get(kid).ok_or(AuthError::UnknownKey)?;
+        let key = keys
+            .by_kid
+            .get(kid)
+            .ok_or_else(|| AuthError::UnknownKey(keys.metadata.issuer.clone()))?;
         if key.alg.is_some_and(|a| a != alg) {
             return Err(AuthError::UnsupportedAlgorithm(format!("{alg:?}")));
         }
@@ -231,7 +234,8 @@ impl JwtVerifier {
         validation.leeway = self.settings.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_issuer(&[keys.metadata.issuer.as_str()]);
+        // `iss` is compared below, once the signature has verified, so that
+        // a mismatch can name the token's issuer.
         // `aud` and `sub` are checked after introspection, which a
         // lightweight token (it has neither) needs first.
         validation.validate_aud = false;
@@ -239,6 +243,13 @@ impl JwtVerifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
             .map_err(|e| map_error(e.kind()))?;
         let claims = data.claims;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if iss != keys.metadata.issuer {
+            return Err(wrong_issuer(&keys.metadata.issuer, iss));
+        }
         if let Some(iat) = claims.get("iat").and_then(Value::as_u64)
             && iat > now_secs() + self.settings.leeway.as_secs()
         {
@@ -299,7 +310,7 @@ impl JwtVerifier {
         if let Some(iss) = answer.get("iss").and_then(Value::as_str)
             && iss != issuer
         {
-            return Err(AuthError::WrongIssuer);
+            return Err(wrong_issuer(issuer, iss));
         }
         let mut claims = answer.clone();
         claims.remove("active");
@@ -372,7 +383,6 @@ fn map_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(match c.as_str() {
             "exp" => "exp",
             "iss" => "iss",
@@ -400,6 +410,14 @@ pub fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
         .decode(header)
         .map_err(|_| AuthError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+}
+
+/// `iss` of a signature-verified token is not `expected`.
+fn wrong_issuer(expected: &str, found: &str) -> AuthError {
+    AuthError::WrongIssuer {
+        expected: expected.to_owned(),
+        found: truncate_to(found, 96),
+    }
 }
 
 /// Keeps attacker-chosen text short before it reaches an error message.

@@ -182,13 +182,13 @@ fn scope_with_openid(scopes: &[String]) -> String {
 }
 
 /// The PKCE S256 challenge: base64url(SHA-256(verifier)), unpadded.
-fn pkce_challenge(verifier: &str) -> String {
+pub(crate) fn pkce_challenge(verifier: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
 /// 256 random bits, base64url without padding (43 characters).
-fn random_token() -> Result<String, LoginError> {
+pub(crate) fn random_token() -> Result<String, LoginError> {
     use aws_lc_rs::rand::SecureRandom as _;
     let mut bytes = [0u8; RANDOM_BYTES];
     aws_lc_rs::rand::SystemRandom::new()

@@ -80,7 +80,7 @@ impl KeyRefusal {
             ),
             KeyRefusal::Rejected(why) => (
                 Refusal::BadCredential(format!(
-                    "the provider no longer accepts this API key ({why})"
+                    "the provider no longer accepts this API key: {why}"
                 )),
                 "api_key_rejected",
             ),
@@ -124,6 +124,7 @@ struct Found {
 /// A device authorization in progress (personal key creation).
 struct PendingDevice {
     device_code: Secret,
+    code_verifier: Secret,
     description: String,
     lifetime: Option<Duration>,
     interval: u64,
@@ -279,13 +280,16 @@ pub enum ManageError {
     Provider(String),
     /// The provider refused the credentials (the OAuth error code, e.g.
     /// `unauthorized_client` for a wrong client secret).
-    #[error("the provider refused the client's credentials ({0})")]
+    #[error("the provider refused the request ({0})")]
     ProviderRefused(String),
 }
 
 /// A grant failure as a management error: refused (the caller's mistake)
 /// or unavailable (the provider's).
 fn grant_failure(e: keygate_auth::grants::GrantError) -> ManageError {
+    if !e.is_unavailable() {
+        tracing::warn!(error = %e, "the OpenID provider refused a grant for key management");
+    }
     match e.oauth_error() {
         Some(code) if !e.is_unavailable() => ManageError::ProviderRefused(
             code.chars()
@@ -744,14 +748,14 @@ impl ApiKeys {
                 self.grants
                     .client_credentials(client, &secret, &record.scopes)
                     .await
-                    .map_err(grant_error)?
+                    .map_err(|e| grant_error(e, KeyKind::Service))?
             }
             KeyKind::Personal => {
                 let token = self
                     .grants
                     .refresh(&self.client_id, &self.client_secret, &secret)
                     .await
-                    .map_err(grant_error)?;
+                    .map_err(|e| grant_error(e, KeyKind::Personal))?;
                 self.store_rotated_refresh_token(key, record, &secret, &token)
                     .await;
                 token
@@ -990,6 +994,7 @@ impl ApiKeys {
                 flow_id.clone(),
                 Arc::new(PendingDevice {
                     device_code: auth.device_code,
+                    code_verifier: auth.code_verifier,
                     description,
                     lifetime: lifetime
                         .map(|at| Duration::from_secs((at - now() as i64).max(1) as u64)),
@@ -1021,7 +1026,12 @@ impl ApiKeys {
             .ok_or(DeviceError::Unknown)?;
         let poll = self
             .grants
-            .device_poll(&self.client_id, &self.client_secret, &flow.device_code)
+            .device_poll(
+                &self.client_id,
+                &self.client_secret,
+                &flow.device_code,
+                &flow.code_verifier,
+            )
             .await
             .map_err(|e| DeviceError::Provider(e.to_string()))?;
         let token = match poll {
@@ -1164,27 +1174,9 @@ impl ApiKeys {
             return Ok(());
         }
         if record.kind == KeyKind::Personal
-            && let Some(refresh) = record
-                .sealed_secret
-                .as_deref()
-                .and_then(Envelope::decode)
-                .and_then(|e| e.by_server)
-                .and_then(|blob| {
-                    self.crypto
-                        .open(REVOCATION_ENVELOPE, &record.id, &blob)
-                        .ok()
-                })
-            && let Err(e) = self
-                .grants
-                .revoke(
-                    &self.client_id,
-                    &self.client_secret,
-                    &refresh,
-                    "refresh_token",
-                )
-                .await
+            && let Some(refresh) = self.revocation_token(&record)
         {
-            tracing::warn!(key_id = %id, error = %e, "could not revoke the offline session at the provider");
+            self.revoke_offline_session(&record, &refresh).await;
         }
         self.store
             .revoke(id, actor, now() as i64)
@@ -1192,6 +1184,69 @@ impl ApiKeys {
             .map_err(|e| ManageError::Store(e.to_string()))?;
         self.forget(&record).await;
         Ok(())
+    }
+
+    /// A personal key's refresh token, sealed for revocation with the
+    /// server secret alone.
+    fn revocation_token(&self, record: &KeyRecord) -> Option<Secret> {
+        let blob = record
+            .sealed_secret
+            .as_deref()
+            .and_then(Envelope::decode)?
+            .by_server?;
+        self.crypto
+            .open(REVOCATION_ENVELOPE, &record.id, &blob)
+            .ok()
+    }
+
+    /// Revokes a personal key's refresh token at the provider, unless another
+    /// live personal key of the same owner holds a token of the same provider
+    /// session (`sid`). Keycloak gives every device approval made in one
+    /// browser session the same offline session, and revoking one token
+    /// ends it for all of them; the other keys must keep working. keygate
+    /// refuses the revoked key itself at once either way; the session is
+    /// revoked at the provider with the last key that uses it.
+    async fn revoke_offline_session(&self, record: &KeyRecord, refresh: &Secret) {
+        if let Some(sid) = session_id(refresh) {
+            let filter = KeyFilter {
+                owner: Some(record.owner.clone()),
+                kind: Some(KeyKind::Personal),
+                include_revoked: false,
+                limit: Some(500),
+            };
+            let others = match self.store.list(&filter).await {
+                Ok(others) => others,
+                Err(e) => {
+                    tracing::warn!(key_id = %record.id, error = %e, "cannot list the owner's keys; the offline session is not revoked at the provider");
+                    return;
+                }
+            };
+            let shared = others.iter().find(|other| {
+                other.id != record.id
+                    && check_validity(other).is_ok()
+                    && self
+                        .revocation_token(other)
+                        .and_then(|t| session_id(&t))
+                        .is_some_and(|s| s == sid)
+            });
+            if let Some(other) = shared {
+                tracing::info!(key_id = %record.id, shared_with = %other.id,
+                    "the key's offline session is shared with another live key; it stays at the provider");
+                return;
+            }
+        }
+        if let Err(e) = self
+            .grants
+            .revoke(
+                &self.client_id,
+                &self.client_secret,
+                refresh,
+                "refresh_token",
+            )
+            .await
+        {
+            tracing::warn!(key_id = %record.id, error = %e, "could not revoke the offline session at the provider");
+        }
     }
 
     async fn forget(&self, record: &KeyRecord) {
@@ -1515,11 +1570,58 @@ fn exchange_refusal(e: &ExchangeError) -> KeyError {
     }
 }
 
-fn grant_error(e: GrantError) -> ExchangeError {
+fn grant_error(e: GrantError, kind: KeyKind) -> ExchangeError {
     match e {
-        GrantError::Rejected { error, .. } => ExchangeError::Refused(KeyRefusal::Rejected(error)),
+        GrantError::Rejected { error, description } => ExchangeError::Refused(
+            KeyRefusal::Rejected(rejection_text(kind, &error, description.as_deref())),
+        ),
         _ => ExchangeError::Unavailable,
     }
+}
+
+/// Why the provider refused a key's grant, and what to do: the OAuth error,
+/// the provider's description (Keycloak's are short: `Offline user session
+/// not found`, `User disabled`), shortened to printable text, and the fix.
+fn rejection_text(kind: KeyKind, error: &str, description: Option<&str>) -> String {
+    let clean = |s: &str, n: usize| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(n)
+            .collect()
+    };
+    let description = description.map(|d| clean(d, 80)).unwrap_or_default();
+    let said = match description.is_empty() {
+        true => clean(error, 40),
+        false => format!("{}: {description}", clean(error, 40)),
+    };
+    match kind {
+        KeyKind::Personal if description.to_ascii_lowercase().contains("disabled") => {
+            format!("{said}; the user's account is disabled at the provider")
+        }
+        KeyKind::Personal => format!(
+            "{said}; a personal key lives as long as its offline session at the provider, \
+             which has ended (an admin or the user ended it, it was idle too long, or it \
+             reached its maximum lifetime): create a new key at /oauth/keys"
+        ),
+        KeyKind::Service => format!(
+            "{said}; the key's client may have been disabled or deleted, or its secret \
+             changed: create a new key with the client's current secret"
+        ),
+    }
+}
+
+/// The provider session (`sid`) a refresh token belongs to, when the token
+/// is a JWT that names one (Keycloak's are). Read without verification: the
+/// token is keygate's own stored copy, and the answer only decides whether a
+/// revocation at the provider would also end another key's session.
+fn session_id(token: &Secret) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.expose().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sid")?.as_str().map(str::to_owned)
 }
 
 fn check_validity(record: &KeyRecord) -> Result<(), KeyRefusal> {

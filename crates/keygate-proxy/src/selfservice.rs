@@ -213,9 +213,14 @@ pub fn manage_error(e: ManageError) -> Refused {
             )
         }
         ManageError::ProviderRefused(code) => (
-            Refusal::BadRequest(format!(
-                "the OpenID provider refused the client's credentials ({code}): check client_id and client_secret"
-            )),
+            Refusal::BadRequest(match code.as_str() {
+                "invalid_client" | "unauthorized_client" => format!(
+                    "the OpenID provider refused the client's credentials ({code}): check client_id and client_secret"
+                ),
+                _ => format!(
+                    "the OpenID provider refused the request ({code}); keygate's log has its description"
+                ),
+            }),
             "provider_refused",
         ),
     };

@@ -250,7 +250,12 @@ async fn device_flow_end_to_end_gives_an_offline_refresh_token() {
 
     // Before the user acts.
     let poll = grants
-        .device_poll(CLIENT, &secret(SECRET), &auth.device_code)
+        .device_poll(
+            CLIENT,
+            &secret(SECRET),
+            &auth.device_code,
+            &auth.code_verifier,
+        )
         .await
         .unwrap();
     assert!(matches!(poll, DevicePoll::Pending), "{poll:?}");
@@ -259,7 +264,12 @@ async fn device_flow_end_to_end_gives_an_offline_refresh_token() {
     assert!(page.body.contains("Sign-in Success"), "{}", page.body);
 
     let tokens = match grants
-        .device_poll(CLIENT, &secret(SECRET), &auth.device_code)
+        .device_poll(
+            CLIENT,
+            &secret(SECRET),
+            &auth.device_code,
+            &auth.code_verifier,
+        )
         .await
         .unwrap()
     {
@@ -289,7 +299,12 @@ async fn device_flow_end_to_end_gives_an_offline_refresh_token() {
     // The device code is spent.
     assert!(
         grants
-            .device_poll(CLIENT, &secret(SECRET), &auth.device_code)
+            .device_poll(
+                CLIENT,
+                &secret(SECRET),
+                &auth.device_code,
+                &auth.code_verifier
+            )
             .await
             .is_err()
     );
@@ -310,7 +325,12 @@ async fn device_flow_aborted_by_the_user_is_denied() {
     )
     .await;
     let poll = grants
-        .device_poll(CLIENT, &secret(SECRET), &auth.device_code)
+        .device_poll(
+            CLIENT,
+            &secret(SECRET),
+            &auth.device_code,
+            &auth.code_verifier,
+        )
         .await
         .unwrap();
     assert!(matches!(poll, DevicePoll::Denied), "{poll:?}");
@@ -325,7 +345,12 @@ async fn device_authorization_with_a_bad_secret_is_rejected() {
         .await;
     assert_rejected(result, "invalid_client");
     let bogus = grants
-        .device_poll(CLIENT, &secret(SECRET), &secret("no-such-device-code"))
+        .device_poll(
+            CLIENT,
+            &secret(SECRET),
+            &secret("no-such-device-code"),
+            &secret("v"),
+        )
         .await;
     assert_rejected(bogus, "invalid_grant");
 }
@@ -355,7 +380,7 @@ async fn provider_down_makes_every_grant_unavailable() {
     );
     assert_unavailable(
         grants
-            .device_poll(CLIENT, &secret(SECRET), &secret("code"))
+            .device_poll(CLIENT, &secret(SECRET), &secret("code"), &secret("v"))
             .await,
     );
     assert_unavailable(

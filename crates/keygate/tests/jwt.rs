@@ -232,7 +232,7 @@ async fn rejects_unknown_kid_the_provider_never_had() {
         .idp
         .sign(json!({}), json!({"kid": "never-published"}))
         .await;
-    assert_refused(&stack, &token, "key the provider does not publish").await;
+    assert_refused(&stack, &token, "does not publish").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -834,3 +834,498 @@ async fn keycloak_stopped_mid_test_fails_closed_and_keygate_recovers() {
     );
     stop_private_keycloak(child, port).await;
 }
+
+/// The access-token lifespan of the seed-001 test client, in seconds: short,
+/// so that the browser test sees keygate refresh the session's token.
+const SPA_TOKEN_LIFESPAN: u64 = 10;
+
+/// Creates user `username` (password `password`, e-mail verified) in realm
+/// acme with `realm_roles`; returns its id.
+async fn create_user(
+    kc: &Keycloak,
+    username: &str,
+    password: &str,
+    realm_roles: &[&str],
+) -> String {
+    let rep = json!({
+        "username": username,
+        "enabled": true,
+        "email": format!("{username}@example.com"),
+        "emailVerified": true,
+        "firstName": "Test",
+        "lastName": "User",
+        "credentials": [{"type": "password", "value": password, "temporary": false}],
+    });
+    let (status, body) = kc.admin(Method::POST, "/users", Some(rep)).await;
+    assert_eq!(status, 201, "creating user {username}: {body}");
+    let (_, found) = kc
+        .admin(
+            Method::GET,
+            &format!("/users?username={username}&exact=true"),
+            None,
+        )
+        .await;
+    let id = found[0]["id"].as_str().unwrap().to_owned();
+    for role in realm_roles {
+        set_realm_role(kc, &id, role, true).await;
+    }
+    id
+}
+
+/// Grants (`grant`) or removes a realm role of user `id`.
+async fn set_realm_role(kc: &Keycloak, id: &str, role: &str, grant: bool) {
+    let (status, rep) = kc.admin(Method::GET, &format!("/roles/{role}"), None).await;
+    assert_eq!(status, 200, "reading role {role}: {rep}");
+    let method = if grant { Method::POST } else { Method::DELETE };
+    let (status, body) = kc
+        .admin(
+            method,
+            &format!("/users/{id}/role-mappings/realm"),
+            Some(json!([rep])),
+        )
+        .await;
+    assert_eq!(status, 204, "changing role {role} of {id}: {body}");
+}
+
+/// The user's sessions at Keycloak: online ones, and offline ones of client `uuid`.
+async fn sessions_of(kc: &Keycloak, user: &str, uuid: &str) -> (Vec<Value>, Vec<Value>) {
+    let (status, online) = kc
+        .admin(Method::GET, &format!("/users/{user}/sessions"), None)
+        .await;
+    assert_eq!(status, 200, "{online}");
+    let (status, offline) = kc
+        .admin(
+            Method::GET,
+            &format!("/users/{user}/offline-sessions/{uuid}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{offline}");
+    let list = |v: Value| v.as_array().cloned().unwrap_or_default();
+    (list(online), list(offline))
+}
+
+/// Seeds 001 and 004 in Chromium at Keycloak (`dev/browser/keycloak.mjs`):
+/// keygate is the SPA's relying party (a copy of `APP-frontend` per test:
+/// confidential, PKCE, audience `APP-backend`, a 10 s access-token lifespan,
+/// back-channel logout to keygate) and the personal keys' client (device
+/// grant, `offline_access`). In the browser: Keycloak's login page, the
+/// SPA's API call with the cookie alone, the token refreshed after its
+/// lifespan, two personal keys approved on Keycloak's device page, logout
+/// (Keycloak's session ends too: checked with the admin API, and the next
+/// visit needs Keycloak's login page), then an admin's logout in Keycloak
+/// ends keygate's session by back-channel logout. With the keys: the user's
+/// roles on each exchange (granted and removed in Keycloak), `keygate token`,
+/// revoke (Keycloak's offline session goes), an offline session an admin
+/// deleted, and a disabled user, each with an error that says what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn keycloak_seeds_001_004_login_refresh_keys_and_logout_in_chromium() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let kc = Keycloak::shared().await;
+    let root = repo_root();
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run ./dev/test.sh (it installs Debian's chromium)"
+    );
+    assert!(
+        root.join("dev/browser/node_modules/playwright-core")
+            .exists(),
+        "dev/browser has no node_modules: run ./dev/test.sh (it runs `npm ci --prefix dev/browser`)"
+    );
+    let upstream = Upstream::start().await;
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let name = unique("spa");
+    let secret = "spa-secret";
+    let uuid = create_client(
+        &kc,
+        &name,
+        secret,
+        json!({
+            "standardFlowEnabled": true,
+            "directAccessGrantsEnabled": false,
+            "redirectUris": [format!("{base}/oauth/callback")],
+            "defaultClientScopes": ["basic", "profile", "email", "roles", "web-origins", "acr", "groups"],
+            "optionalClientScopes": ["offline_access"],
+            "attributes": {
+                "pkce.code.challenge.method": "S256",
+                "post.logout.redirect.uris": format!("{base}/*"),
+                "backchannel.logout.url": format!("{base}/oauth/backchannel-logout"),
+                "backchannel.logout.session.required": "true",
+                "access.token.lifespan": SPA_TOKEN_LIFESPAN.to_string(),
+                "oauth2.device.authorization.grant.enabled": "true"
+            },
+            "protocolMappers": [{
+                "name": "audience APP-backend",
+                "protocol": "openid-connect",
+                "protocolMapper": "oidc-audience-mapper",
+                "config": {
+                    "included.client.audience": "APP-backend",
+                    "access.token.claim": "true",
+                    "introspection.token.claim": "true"
+                }
+            }]
+        }),
+    )
+    .await;
+    let user = unique("dana");
+    let password = user.as_str();
+    let user_id = create_user(&kc, &user, password, &["user"]).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    drop(reserved);
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\ndiscovery-url: {}\nclient-id: {name}\nclient-secret: {secret}\n\
+         upstream-url: {}\nlog-level: warn\nencryption-key: 0123456789abcdefghijklmnopqrstuv\n\
+         secure-cookie: false\nenable-refresh-tokens: true\naccess-token-audience: [APP-backend]\n\
+         store-url: sqlite://{}/keys.db\n\
+         api-keys:\n  server-secret: test-server-secret-0123456789abcdef-0123456789\n\
+         \x20 negative-cache-ttl: 1s\n",
+        kc.issuer(),
+        upstream.url(),
+        dir.path().display()
+    );
+    let keygate = Keygate::start_yaml(&yaml).await;
+    keygate.wait_ready().await;
+
+    let shots = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("dev/browser/keycloak.mjs"))
+        .args(["--keygate", &base, "--keycloak", &kc.base, "--user", &user])
+        .args(["--password", password, "--audience", "APP-backend"])
+        .args(["--lifespan", &SPA_TOKEN_LIFESPAN.to_string()])
+        .arg("--shots")
+        .arg(
+            std::env::var_os("KEYGATE_SCREENSHOTS")
+                .map(|d| root.join(d))
+                .unwrap_or_else(|| shots.path().to_path_buf()),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start node: is Node.js installed?");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut keys = std::collections::HashMap::new();
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("dev/browser/keycloak.mjs is silent; it said: {seen:?}"))
+            .unwrap();
+        let Some(line) = line else {
+            panic!("dev/browser/keycloak.mjs ended; it said: {seen:?}");
+        };
+        if let Some(rest) = line.strip_prefix("@key ") {
+            let (name, key) = rest.split_once(' ').unwrap();
+            keys.insert(name.to_owned(), key.to_owned());
+            seen.push(format!("@key {name}"));
+            continue;
+        }
+        seen.push(line.clone());
+        match line.as_str() {
+            "@logged-out" => {
+                let (online, offline) = sessions_of(&kc, &user_id, &uuid).await;
+                assert!(
+                    online.is_empty(),
+                    "keygate's logout left Keycloak sessions: {online:?}"
+                );
+                assert!(
+                    !offline.is_empty(),
+                    "the personal keys have no offline session"
+                );
+            }
+            "@logged-in-again" => {
+                // An admin signs the session out (Sessions → Sign out): Keycloak
+                // sends its back-channel logout to keygate.
+                let (online, _) = sessions_of(&kc, &user_id, &uuid).await;
+                assert_eq!(online.len(), 1, "{online:?}");
+                let sid = online[0]["id"].as_str().unwrap();
+                let (status, body) = kc
+                    .admin(Method::DELETE, &format!("/sessions/{sid}"), None)
+                    .await;
+                assert_eq!(status, 204, "admin sign-out: {body}");
+            }
+            "E2E OK" => break,
+            l if l.starts_with("E2E FAILED") => panic!("dev/browser/keycloak.mjs: {seen:?}"),
+            _ => continue,
+        }
+        stdin.write_all(b"next\n").await.unwrap();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{seen:?}");
+
+    // Seed 004 with the keys the browser made.
+    let notebook = keys["notebook"].clone();
+    let laptop = keys["laptop"].clone();
+    let roles = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let echo = Echo(serde_json::from_str(&text).unwrap());
+        echo.header("x-auth-roles").unwrap_or_default()
+    };
+    let before = roles(get(&keygate, "/api/x", Some(&notebook)).await).await;
+    assert!(
+        before.contains("user") && !before.contains("admin"),
+        "{before}"
+    );
+    // keygate exchanges again at `exp - refresh-margin`, or half the token's
+    // lifetime when that is shorter: role changes show within it.
+    let renewal = Duration::from_secs(SPA_TOKEN_LIFESPAN / 2 + 1);
+    set_realm_role(&kc, &user_id, "admin", true).await;
+    tokio::time::sleep(renewal).await;
+    let granted = roles(get(&keygate, "/api/x", Some(&notebook)).await).await;
+    assert!(
+        granted.contains("admin"),
+        "a role granted in Keycloak is not in the next exchange: {granted}"
+    );
+    set_realm_role(&kc, &user_id, "admin", false).await;
+    tokio::time::sleep(renewal).await;
+    let removed = roles(get(&keygate, "/api/x", Some(&laptop)).await).await;
+    assert!(
+        !removed.contains("admin"),
+        "a role removed in Keycloak is still there: {removed}"
+    );
+
+    // `keygate token` with the personal key: a Keycloak access token.
+    let cache = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("token")
+        .env_remove("OIDC_CLIENT_ID")
+        .env("KEYGATE_TOKEN_CACHE", cache.path())
+        .env("KEYGATE_URL", keygate.url(""))
+        .env("KEYGATE_API_KEY", &notebook)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "keygate token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims = claims_of(&stdout);
+    assert_eq!(claims["iss"], kc.issuer().as_str());
+    assert_eq!(claims["azp"], name.as_str());
+    assert_eq!(claims["preferred_username"], user.as_str());
+
+    // Revoke the laptop key: its offline token is revoked at Keycloak.
+    let (_, list) = {
+        let resp = get(&keygate, "/oauth/keys", Some(&notebook)).await;
+        (resp.status(), resp.json::<Value>().await.unwrap())
+    };
+    let id = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["description"] == "laptop")
+        .unwrap_or_else(|| panic!("no laptop key in {list}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Both keys were approved in one browser session, so Keycloak gave them
+    // one offline session: revoking the laptop key leaves it for the
+    // notebook key, which keeps working after its next exchange.
+    let (_, offline) = sessions_of(&kc, &user_id, &uuid).await;
+    assert_eq!(offline.len(), 1, "{offline:?}");
+    let revoke = |id: String| {
+        let url = keygate.url(&format!("/oauth/keys/{id}"));
+        let notebook = notebook.clone();
+        async move {
+            let resp = client()
+                .delete(url)
+                .bearer_auth(&notebook)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 204);
+        }
+    };
+    revoke(id).await;
+    let resp = get(&keygate, "/api/x", Some(&laptop)).await;
+    assert_eq!(resp.status(), 401);
+    assert!(refusal_text(resp).await.contains("revoked"));
+    let (_, offline) = sessions_of(&kc, &user_id, &uuid).await;
+    assert_eq!(
+        offline.len(),
+        1,
+        "revoking one key ended the other's offline session"
+    );
+    tokio::time::sleep(renewal).await;
+    let still = roles(get(&keygate, "/api/x", Some(&notebook)).await).await;
+    assert!(still.contains("user"), "{still}");
+
+    // A disabled user's key is refused, saying so.
+    let (kc_ref, user_ref) = (&kc, &user_id);
+    let enable = |on: bool| async move {
+        let (status, body) = kc_ref
+            .admin(
+                Method::PUT,
+                &format!("/users/{user_ref}"),
+                Some(json!({"enabled": on})),
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+    };
+    enable(false).await;
+    tokio::time::sleep(renewal).await;
+    let resp = get(&keygate, "/api/x", Some(&notebook)).await;
+    assert_eq!(resp.status(), 401);
+    let text = refusal_text(resp).await;
+    assert!(
+        text.contains("the user's account is disabled at the provider"),
+        "{text}"
+    );
+    enable(true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the 1 s negative cache
+    roles(get(&keygate, "/api/x", Some(&notebook)).await).await;
+
+    // A third key, approved from another device (a fresh login and consent
+    // at Keycloak, as `keygate keys create --kind personal` does it): a
+    // session of its own.
+    let start = client()
+        .post(keygate.url("/oauth/keys/device"))
+        .json(&json!({"description": "cli"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 200);
+    let start: Value = start.json().await.unwrap();
+    let uri = start["verification_uri_complete"].as_str().unwrap();
+    assert!(uri.starts_with(&kc.issuer()), "{uri}");
+    let page = common::browser::act_as_user(uri, &user, true).await;
+    assert!(
+        page.body.contains("Device Login Successful"),
+        "{}",
+        page.body
+    );
+    let poll = client()
+        .post(keygate.url("/oauth/keys/device/token"))
+        .json(&json!({"flow_id": start["flow_id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 201);
+    let cli = poll.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    roles(get(&keygate, "/api/x", Some(&cli)).await).await;
+    let (_, offline) = sessions_of(&kc, &user_id, &uuid).await;
+    assert_eq!(offline.len(), 2, "{offline:?}");
+
+    // Revoking the notebook key, the last of its session, ends that offline
+    // session at Keycloak.
+    let notebook_id = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["description"] == "notebook")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = client()
+        .delete(keygate.url(&format!("/oauth/keys/{notebook_id}")))
+        .bearer_auth(&cli)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let (_, offline) = sessions_of(&kc, &user_id, &uuid).await;
+    assert_eq!(
+        offline.len(),
+        1,
+        "revoke left the offline session: {offline:?}"
+    );
+
+    // An admin ends the last offline session (Users → user → Sessions →
+    // Sign out): the key is refused with what to do next.
+    let sid = offline[0]["id"].as_str().unwrap();
+    let (status, body) = kc
+        .admin(
+            Method::DELETE,
+            &format!("/sessions/{sid}?isOffline=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    tokio::time::sleep(renewal).await;
+    let resp = get(&keygate, "/api/x", Some(&cli)).await;
+    assert_eq!(resp.status(), 401);
+    let text = refusal_text(resp).await;
+    assert!(
+        text.contains("offline session") && text.contains("create a new key at /oauth/keys"),
+        "{text}"
+    );
+
+    kc.admin(Method::DELETE, &format!("/users/{user_id}"), None)
+        .await;
+    kc.admin(Method::DELETE, &format!("/clients/{uuid}"), None)
+        .await;
+}
+
+/// Item 7, the issuer: Keycloak writes the URL a token was requested at into
+/// `iss`, so a token fetched at `localhost` fails at a keygate that
+/// discovered `127.0.0.1`; and a token of another realm is signed with keys
+/// this realm does not publish. Both errors name what keygate trusts, and
+/// the first the token's issuer, so the fix is plain.
+#[tokio::test(flavor = "multi_thread")]
+async fn keycloak_issuer_mismatches_name_both_issuers() {
+    let kc = Keycloak::shared().await;
+    let upstream = Upstream::start().await;
+    let keygate = gatekeeper(&kc, &upstream, "").await;
+
+    let port = reqwest::Url::parse(&kc.base).unwrap().port().unwrap();
+    let other_host = format!("http://localhost:{port}/realms/acme");
+    let token = access_token(
+        &format!("{other_host}/protocol/openid-connect/token"),
+        &[
+            ("grant_type", "password"),
+            ("client_id", "my_client_app"),
+            ("client_secret", "my_client_app-secret"),
+            ("username", "alice"),
+            ("password", "alice"),
+        ],
+    )
+    .await;
+    assert_eq!(claims_of(&token)["iss"], other_host.as_str());
+    let resp = get(&keygate, "/x", Some(&token)).await;
+    assert_eq!(resp.status(), 401);
+    let text = refusal_text(resp).await;
+    assert!(
+        text.contains(&format!(
+            "token issuer {other_host} is not keygate's provider {}",
+            kc.issuer()
+        )) && text.contains("docs/keycloak.md#the-issuer"),
+        "{text}"
+    );
+    let guide = std::fs::read_to_string(repo_root().join("docs/keycloak.md")).unwrap();
+    assert!(
+        guide.contains("\n## The issuer\n"),
+        "docs/keycloak.md lacks the section the error names"
+    );
+
+    let realm = unique("other");
+    create_realm(&kc, &realm).await;
+    let foreign = realm_token(&kc, &realm).await;
+    let resp = get(&keygate, "/x", Some(&foreign)).await;
+    assert_eq!(resp.status(), 401);
+    let text = refusal_text(resp).await;
+    assert!(
+        text.contains(&format!(
+            "signed with a key that {} does not publish",
+            kc.issuer()
+        )) && text.contains("another provider or realm"),
+        "{text}"
+    );
+    kc.realm_admin(&realm, Method::DELETE, "", None).await;
+}

@@ -160,7 +160,10 @@ pub async fn act_as_user(uri: &str, user: &str, approve: bool) -> Page {
     let mut browser = Browser::new();
     let mut page = browser.get(uri).await;
     for _ in 0..10 {
-        if page.body.contains("Sign-in Success") || page.body.contains("interrupted") {
+        if page.body.contains("Sign-in Success")
+            || page.body.contains("interrupted")
+            || page.body.contains("Device Login Successful")
+        {
             return page;
         }
         let Some((action, mut fields)) = first_form(&page.body) else {
@@ -172,6 +175,10 @@ pub async fn act_as_user(uri: &str, user: &str, approve: bool) -> Page {
                 "password" => *value = user.to_owned(),
                 _ => {}
             }
+        }
+        // Keycloak's consent form has two submit inputs, `accept` and `cancel`.
+        if fields.iter().any(|(n, _)| n == "accept") {
+            fields.retain(|(n, _)| n != if approve { "cancel" } else { "accept" });
         }
         if !approve && fields.iter().any(|(n, _)| n == "confirm") {
             fields.retain(|(n, _)| n != "confirm");
