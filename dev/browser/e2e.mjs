@@ -8,11 +8,9 @@
 // Prints `E2E OK key=<first 8 chars>` and exits 0, or prints why and exits 1.
 // Run by crates/keygate/tests/browser.rs, which starts the stack.
 
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { STEP_TIMEOUT, apiCall, check, createKeyOnPage, launch, signIn } from './lib.mjs';
+import { apiCall, check, createKeyOnPage, main, signIn } from './lib.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -30,8 +28,6 @@ const SHOTS = resolve(args.shots);
 const USER = 'alice';
 
 async function run(context) {
-  context.setDefaultTimeout(STEP_TIMEOUT);
-  context.setDefaultNavigationTimeout(STEP_TIMEOUT);
   const page = await context.newPage();
 
   // 1. A page load of the SPA goes to the provider's login; back on /app/spa after it.
@@ -67,20 +63,4 @@ async function run(context) {
   return key;
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'keygate-e2e-'));
-let context;
-let code = 0;
-try {
-  mkdirSync(SHOTS, { recursive: true });
-  // A fresh profile each run (Playwright passes it as --user-data-dir).
-  context = await launch(profile, args.chromium);
-  const key = await run(context);
-  console.log(`E2E OK key=${key.slice(0, 8)}`);
-} catch (err) {
-  console.log(`E2E FAILED: ${err?.stack ?? err}`);
-  code = 1;
-} finally {
-  await context?.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
-process.exit(code);
+await main(SHOTS, args.chromium, async (context) => ` key=${(await run(context)).slice(0, 8)}`);

@@ -13,12 +13,10 @@
 // <key>` for each key it creates (test keys, for the test to use), then
 // `E2E OK` and exits 0, or prints why and exits 1.
 
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { STEP_TIMEOUT, apiCall, check, createKeyOnPage, jwtClaims, launch, signIn } from './lib.mjs';
+import { apiCall, check, createKeyOnPage, jwtClaims, main, signIn } from './lib.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -72,8 +70,6 @@ async function login(page, shot) {
 }
 
 async function run(context) {
-  context.setDefaultTimeout(STEP_TIMEOUT);
-  context.setDefaultNavigationTimeout(STEP_TIMEOUT);
   const page = await context.newPage();
 
   // Seed 001: Keycloak's login, then the SPA's API call with the cookie only;
@@ -128,19 +124,4 @@ async function run(context) {
   check(ended.status === 401, `GET /api/items after Keycloak's logout: HTTP ${ended.status} ${ended.text.slice(0, 300)}`);
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'keygate-keycloak-'));
-let context;
-let code = 0;
-try {
-  mkdirSync(SHOTS, { recursive: true });
-  context = await launch(profile, args.chromium);
-  await run(context);
-  console.log('E2E OK');
-} catch (err) {
-  console.log(`E2E FAILED: ${err?.stack ?? err}`);
-  code = 1;
-} finally {
-  await context?.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
-process.exit(code);
+await main(SHOTS, args.chromium, run);

@@ -1,6 +1,9 @@
 // Shared by the Chromium scripts (e2e.mjs at dev/idp, keycloak.mjs at the
 // real Keycloak): the browser's launch, the provider's forms, an SPA's fetch.
 
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 export const STEP_TIMEOUT = 20_000;
@@ -116,4 +119,29 @@ export function launch(profile, executablePath) {
       '--disable-sync',
     ],
   });
+}
+
+/**
+ * Runs `run(context)` in a fresh headless Chromium, then exits: 0 after
+ * printing `E2E OK<suffix>` (`run`'s answer), 1 after printing why it failed.
+ */
+export async function main(shots, executablePath, run) {
+  const profile = mkdtempSync(join(tmpdir(), 'keygate-browser-'));
+  let context;
+  let code = 0;
+  try {
+    mkdirSync(shots, { recursive: true });
+    context = await launch(profile, executablePath);
+    context.setDefaultTimeout(STEP_TIMEOUT);
+    context.setDefaultNavigationTimeout(STEP_TIMEOUT);
+    const suffix = await run(context);
+    console.log(`E2E OK${suffix ?? ''}`);
+  } catch (err) {
+    console.log(`E2E FAILED: ${err?.stack ?? err}`);
+    code = 1;
+  } finally {
+    await context?.close().catch(() => {});
+    rmSync(profile, { recursive: true, force: true });
+  }
+  process.exit(code);
 }
