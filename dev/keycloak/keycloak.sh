@@ -15,6 +15,9 @@
 #       Stops a running one. Each start writes a pid file
 #       $KEYGATE_CACHE/keycloak/run/<port>.pid (and a copy in its run dir);
 #       with no argument every one listed there is stopped.
+#   dev/keycloak/keycloak.sh kcadm ARGS...
+#       Runs the cached distribution's admin CLI, bin/kcadm.sh (fetched first
+#       if needed); deploy/keycloak/kcadm-setup.sh takes it as KCADM.
 #
 # Environment:
 #   KEYGATE_CACHE              cache root (default ~/.cache/keygate)
@@ -297,6 +300,7 @@ cmd="${1:-start}"
 case "$cmd" in
   start) [ $# -gt 0 ] && shift; start "$@" ;;
   stop) shift; stop "$@" ;;
+  kcadm) shift; [ -x "$DIST/bin/kcadm.sh" ] || { ensure_dist; exec 9>&-; }; exec "$DIST/bin/kcadm.sh" "$@" ;;
   -h|--help|help) usage ;;
   --*) start "$@" ;;
   *) usage; die "unknown command $cmd" ;;

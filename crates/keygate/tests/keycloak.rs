@@ -1329,3 +1329,292 @@ async fn keycloak_issuer_mismatches_name_both_issuers() {
     );
     kc.realm_admin(&realm, Method::DELETE, "", None).await;
 }
+
+/// Runs docs/keycloak.md's set-up script, `deploy/keycloak/kcadm-setup.sh`,
+/// with Keycloak's own `kcadm.sh` against `realm` (all modes: keygate's
+/// client `kg`, app client `my_app`, partner `p1`); returns its stdout and
+/// stderr.
+fn run_setup_script(
+    kc: &Keycloak,
+    realm: &str,
+    gateway: &str,
+    secrets: &std::path::Path,
+) -> String {
+    let root = repo_root();
+    let out = std::process::Command::new(root.join("deploy/keycloak/kcadm-setup.sh"))
+        .args([
+            "--server",
+            &kc.base,
+            "--realm",
+            realm,
+            "--gateway-url",
+            gateway,
+        ])
+        .args([
+            "--client",
+            "kg",
+            "--app-client",
+            "my_app",
+            "--allow-password-grant",
+        ])
+        .args(["--partner", "p1", "--secrets-file"])
+        .arg(secrets)
+        .arg("all")
+        .env("KCADM", root.join("dev/keycloak/kcadm.sh"))
+        .env("KEYCLOAK_ADMIN", "admin")
+        .env("KEYCLOAK_ADMIN_PASSWORD", "admin")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kcadm-setup.sh failed: {text}");
+    text
+}
+
+/// Item 8: the admin guide's script sets up every mode on an existing
+/// Keycloak, so the guide cannot go stale. In a new realm, run twice (the
+/// second run creates nothing and keeps the secrets), then one keygate uses
+/// what it set up: sidecar (an app client's password-grant token carries
+/// keygate's audience and full-path groups), service keys (the partner's
+/// client-credentials token passes, and a service key bound to it works),
+/// the browser login (code flow with PKCE at Keycloak's login page, back to
+/// keygate, the upstream gets a token for keygate) and personal keys (the
+/// device grant with offline_access, approved at Keycloak).
+#[tokio::test(flavor = "multi_thread")]
+async fn keycloak_guide_kcadm_setup_script_sets_up_every_mode() {
+    let kc = Keycloak::shared().await;
+    let realm = unique("guide");
+    let port = free_port();
+    let gateway = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets_file = dir.path().join("secrets");
+
+    let first = run_setup_script(&kc, &realm, &gateway, &secrets_file);
+    for line in [
+        format!("realm {realm}: created"),
+        "client scope kg-audience: created".into(),
+        "client scope groups: created".into(),
+        "client kg: created".into(),
+        "client my_app: created".into(),
+        "client p1: created".into(),
+    ] {
+        assert!(first.contains(&line), "no `{line}` in: {first}");
+    }
+    let secrets_text = std::fs::read_to_string(&secrets_file).unwrap();
+    let secrets: std::collections::HashMap<&str, &str> = secrets_text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    assert_eq!(secrets.len(), 3, "{:?}", secrets.keys());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&secrets_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the secrets file is readable by others");
+    let second = run_setup_script(&kc, &realm, &gateway, &secrets_file);
+    assert!(
+        !second.contains("created"),
+        "the second run created: {second}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secrets_file).unwrap(),
+        secrets_text
+    );
+    for secret in secrets.values() {
+        assert!(
+            !first.contains(secret) && !second.contains(secret),
+            "a client secret was printed"
+        );
+    }
+
+    // A user in group /ops with realm role `admin` (keygate's admin API).
+    let user = unique("u");
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::POST,
+            "/groups",
+            Some(json!({"name": "ops"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::POST,
+            "/roles",
+            Some(json!({"name": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::POST,
+            "/users",
+            Some(json!({
+                "username": user, "enabled": true, "email": format!("{user}@example.com"),
+                "emailVerified": true, "firstName": "Guide", "lastName": "User",
+                "groups": ["/ops"],
+                "credentials": [{"type": "password", "value": user, "temporary": false}],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, found) = kc
+        .realm_admin(
+            &realm,
+            Method::GET,
+            &format!("/users?username={user}&exact=true"),
+            None,
+        )
+        .await;
+    let user_id = found[0]["id"].as_str().unwrap().to_owned();
+    let (_, role) = kc
+        .realm_admin(&realm, Method::GET, "/roles/admin", None)
+        .await;
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::POST,
+            &format!("/users/{user_id}/role-mappings/realm"),
+            Some(json!([role])),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+
+    let issuer = format!("{}/realms/{realm}", kc.base);
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\ndiscovery-url: {issuer}\nclient-id: kg\nclient-secret: {}\n\
+         upstream-url: {}\nlog-level: warn\nenable-default-deny: true\n\
+         encryption-key: 0123456789abcdefghijklmnopqrstuv\nsecure-cookie: false\n\
+         store-url: sqlite://{}/keys.db\nlisten-admin: 127.0.0.1:0\n\
+         api-keys:\n  server-secret: test-server-secret-0123456789abcdef-0123456789\n  admin-role: admin\n\
+         resources:\n  - uri: /ops/*\n    groups: [/ops]\n",
+        secrets["kg"],
+        upstream.url(),
+        dir.path().display()
+    );
+    let keygate = Keygate::start_yaml(&yaml).await;
+    keygate.wait_ready().await;
+    let token_endpoint = format!("{issuer}/protocol/openid-connect/token");
+
+    // Sidecar: my_app's token is for keygate and carries full-path groups.
+    let app_token = access_token(
+        &token_endpoint,
+        &[
+            ("grant_type", "password"),
+            ("client_id", "my_app"),
+            ("client_secret", secrets["my_app"]),
+            ("username", &user),
+            ("password", &user),
+        ],
+    )
+    .await;
+    let claims = claims_of(&app_token);
+    assert!(claims["aud"].to_string().contains("\"kg\""), "{claims}");
+    assert_eq!(claims["groups"], json!(["/ops"]), "{claims}");
+    assert_eq!(
+        get(&keygate, "/ops/x", Some(&app_token)).await.status(),
+        200
+    );
+    assert_eq!(get(&keygate, "/ops/x", None).await.status(), 401);
+
+    // Service keys: the partner's own token, then a key bound to it.
+    let partner_token = access_token(
+        &token_endpoint,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "p1"),
+            ("client_secret", secrets["p1"]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        get(&keygate, "/partner/x", Some(&partner_token))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&keygate, "/ops/x", Some(&partner_token)).await.status(),
+        403,
+        "the service account is in no group"
+    );
+    let admin_api = format!("http://{}", keygate.admin_addr.unwrap());
+    let resp = client()
+        .post(format!("{admin_api}/admin/v1/keys"))
+        .bearer_auth(&app_token)
+        .json(&json!({"client_id": "p1", "client_secret": secrets["p1"], "description": "p1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    let key = resp.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = get(&keygate, "/partner/x", Some(&key)).await;
+    assert_eq!(resp.status(), 200);
+    let echo = Echo(resp.json().await.unwrap());
+    assert_eq!(
+        echo.header("x-auth-username").unwrap(),
+        "service-account-p1"
+    );
+
+    // The browser login (spa, forward-auth): Keycloak accepts keygate's
+    // redirect URI and PKCE; the upstream gets keygate's token for `kg`.
+    let mut browser = common::browser::Browser::new();
+    let page = common::browser::login_at(
+        &mut browser,
+        &gateway,
+        "/oauth/authorize?return_to=/ops/page",
+        &user,
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let echo = Echo(serde_json::from_str(&page.body).unwrap());
+    let token = echo.header("authorization").unwrap()["Bearer ".len()..].to_owned();
+    let claims = claims_of(&token);
+    assert_eq!(claims["azp"], "kg", "{claims}");
+    assert!(claims["aud"].to_string().contains("\"kg\""), "{claims}");
+
+    // Personal keys: the device grant with offline_access, approved at
+    // Keycloak, gives a key that works.
+    let start = client()
+        .post(keygate.url("/oauth/keys/device"))
+        .json(&json!({"description": "guide"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 200, "{:?}", start.text().await);
+    let start: Value = start.json().await.unwrap();
+    let uri = start["verification_uri_complete"].as_str().unwrap();
+    assert!(uri.starts_with(&issuer), "{uri}");
+    let page = common::browser::act_as_user(uri, &user, true).await;
+    assert!(
+        page.body.contains("Device Login Successful"),
+        "{}",
+        page.body
+    );
+    let poll = client()
+        .post(keygate.url("/oauth/keys/device/token"))
+        .json(&json!({"flow_id": start["flow_id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 201, "{:?}", poll.text().await);
+    let personal = poll.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = get(&keygate, "/ops/x", Some(&personal)).await;
+    assert_eq!(resp.status(), 200);
+    let echo = Echo(resp.json().await.unwrap());
+    assert_eq!(echo.header("x-auth-username").unwrap(), user);
+}
