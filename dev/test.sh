@@ -24,6 +24,8 @@ command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+# jq: deploy/keycloak/kcadm-setup.sh (the Keycloak guide's script, run by a test).
+command -v jq >/dev/null 2>&1 || missing+=(jq)
 # Chromium: the browser test drives it with Playwright (dev/browser).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
