@@ -274,6 +274,15 @@ pub struct ApiKeysConfig {
     /// Exchanged provider tokens are renewed this long before they expire.
     #[serde(default = "default_refresh_margin", with = "duration")]
     pub refresh_margin: Duration,
+    /// A personal key's offline session is refreshed by keygate itself once
+    /// nothing has refreshed it for this long, so that a key that is not
+    /// used does not idle out at the provider (Keycloak's Offline Session
+    /// Idle, 30 days by default). Must be shorter than that limit; `0`: off.
+    #[serde(default = "default_offline_keepalive", with = "duration")]
+    pub offline_keepalive: Duration,
+    /// How often keygate looks for personal keys due for a keep-alive.
+    #[serde(default = "default_offline_keepalive_check", with = "duration")]
+    pub offline_keepalive_check: Duration,
     /// Role (realm role, or `client:role`) the admin API requires.
     #[serde(default = "default_admin_role")]
     pub admin_role: String,
@@ -305,6 +314,8 @@ impl Default for ApiKeysConfig {
             negative_cache_ttl: default_negative_ttl(),
             record_cache_ttl: default_record_ttl(),
             refresh_margin: default_refresh_margin(),
+            offline_keepalive: default_offline_keepalive(),
+            offline_keepalive_check: default_offline_keepalive_check(),
             admin_role: default_admin_role(),
             rate_limit_service: None,
             rate_limit_personal: None,
@@ -537,6 +548,14 @@ impl Config {
     /// Checks what serde cannot: required keys, ranges, cross-key rules, and
     /// fills defaults that depend on other keys.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if !self.api_keys.offline_keepalive.is_zero()
+            && self.api_keys.offline_keepalive_check.is_zero()
+        {
+            return Err(ConfigError::Invalid {
+                key: "api-keys",
+                message: "offline-keepalive-check must be longer than 0 (how often keygate looks for personal keys due for a keep-alive, e.g. 1h), or set offline-keepalive: 0 to turn the keep-alive off".into(),
+            });
+        }
         if self.discovery_url.as_deref().unwrap_or("").is_empty() {
             return Err(ConfigError::Missing {
                 key: "discovery-url",
@@ -823,6 +842,14 @@ fn default_negative_ttl() -> Duration {
 fn default_record_ttl() -> Duration {
     Duration::from_secs(5)
 }
+fn default_offline_keepalive() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+fn default_offline_keepalive_check() -> Duration {
+    Duration::from_secs(3600)
+}
+
 fn default_refresh_margin() -> Duration {
     Duration::from_secs(30)
 }

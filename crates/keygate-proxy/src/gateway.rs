@@ -260,9 +260,13 @@ impl Gateway {
         let changes = api_keys
             .clone()
             .map(|k| AbortOnDrop(tokio::spawn(k.watch_store_changes())));
+        let keepalive = api_keys
+            .clone()
+            .map(|k| AbortOnDrop(tokio::spawn(k.run_offline_keepalive())));
         tokio::spawn(async move {
             let _keys = keys;
             let _changes = changes;
+            let _keepalive = keepalive;
             // Histograms keep raw samples until upkeep folds them into their
             // buckets; without it memory would grow with every request.
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

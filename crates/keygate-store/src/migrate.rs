@@ -22,6 +22,10 @@ const SQLITE: &[Migration] = &[
         2,
         include_str!("../migrations/sqlite/0002_limits_and_changes.sql"),
     ),
+    (
+        3,
+        include_str!("../migrations/sqlite/0003_offline_keepalive.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations, in order.
@@ -30,6 +34,10 @@ const POSTGRES: &[Migration] = &[
     (
         2,
         include_str!("../migrations/postgres/0002_limits_and_changes.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_offline_keepalive.sql"),
     ),
 ];
 

@@ -528,6 +528,77 @@ impl KeyStore {
         })
     }
 
+    /// Live personal keys whose provider session keygate last refreshed
+    /// (or, if never, created) before `before`, and that have not expired at
+    /// `now`: the ones an offline-session keep-alive is due for. Oldest
+    /// refresh first, at most `limit`.
+    pub async fn keepalive_due(
+        &self,
+        before: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        with_pool!(self, |pool, Db| {
+            sqlx::query::<Db>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM api_keys WHERE kind = 'personal' AND revoked_at IS NULL \
+                 AND sealed_secret IS NOT NULL AND (expires_at IS NULL OR expires_at > $2) \
+                 AND COALESCE(session_refreshed_at, created_at) < $1 \
+                 ORDER BY COALESCE(session_refreshed_at, created_at), id LIMIT $3"
+            ))
+            .bind(before)
+            .bind(now)
+            .bind(limit.max(0))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(record_from_row)
+            .collect()
+        })
+    }
+
+    /// Claims a key's keep-alive: sets its `session_refreshed_at` to `now`
+    /// only if it is still before `before` (and the key is live). Of several
+    /// replicas sweeping at once exactly one gets `true` and refreshes.
+    pub async fn claim_keepalive(
+        &self,
+        id: &str,
+        before: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, |pool, Db| {
+            let rows = sqlx::query::<Db>(
+                "UPDATE api_keys SET session_refreshed_at = $3 \
+                 WHERE id = $1 AND revoked_at IS NULL \
+                 AND COALESCE(session_refreshed_at, created_at) < $2",
+            )
+            .bind(id)
+            .bind(before)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(rows == 1)
+        })
+    }
+
+    /// Records that the key's provider session was refreshed at `at` (an
+    /// exchange): `session_refreshed_at` becomes the later of the two.
+    pub async fn session_refreshed(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        with_pool!(self, |pool, Db| {
+            sqlx::query::<Db>(
+                "UPDATE api_keys SET session_refreshed_at = $2 \
+                 WHERE id = $1 AND (session_refreshed_at IS NULL OR session_refreshed_at < $2)",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
     /// Records uses in one transaction: `last_used_at` becomes the later of
     /// its stored value and the given time. Several entries for one id are
     /// fine; unknown ids are ignored.

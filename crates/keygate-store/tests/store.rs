@@ -86,6 +86,7 @@ suite!(
     update_secret_is_compare_and_swap,
     update_secret_concurrent_exactly_one_wins,
     touch_batches_keep_the_latest_use,
+    keepalive_due_and_claims,
     audit_trail_in_order_with_actors,
     migrations_are_idempotent,
 );
@@ -681,6 +682,81 @@ async fn update_secret_concurrent_exactly_one_wins(f: &Fixture) {
     assert_eq!(got.sealed_secret, Some(winners.remove(0)));
 }
 
+/// The offline-session keep-alive's queries: which personal keys are due
+/// (live, unexpired, with a secret, not refreshed since `before`, oldest
+/// first), claims that exactly one of many concurrent sweepers wins, and
+/// exchanges that push a key's next keep-alive out.
+async fn keepalive_due_and_claims(f: &Fixture) {
+    let now = 10_000;
+    let mut due_old = record("alice", KeyKind::Personal, 100);
+    due_old.sealed_secret = Some(b"r1".to_vec());
+    let mut due_new = record("alice", KeyKind::Personal, 200);
+    due_new.sealed_secret = Some(b"r2".to_vec());
+    let mut fresh = record("bob", KeyKind::Personal, 9_500);
+    fresh.sealed_secret = Some(b"r3".to_vec());
+    let mut expired = record("bob", KeyKind::Personal, 100);
+    expired.sealed_secret = Some(b"r4".to_vec());
+    expired.expires_at = Some(now - 1);
+    let mut revoked = record("bob", KeyKind::Personal, 100);
+    revoked.sealed_secret = Some(b"r5".to_vec());
+    let mut service = record("svc", KeyKind::Service, 100);
+    service.sealed_secret = Some(b"s".to_vec());
+    for r in [&due_old, &due_new, &fresh, &expired, &revoked, &service] {
+        f.store.insert(r, "test").await.unwrap();
+    }
+    f.store.revoke(&revoked.id, "test", 150).await.unwrap();
+    let ids = |v: Vec<KeyRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+
+    let before = now - 1_000;
+    let due = ids(f.store.keepalive_due(before, now, 100).await.unwrap());
+    assert_eq!(due, vec![due_old.id.clone(), due_new.id.clone()]);
+    assert_eq!(
+        ids(f.store.keepalive_due(before, now, 1).await.unwrap()),
+        vec![due_old.id.clone()]
+    );
+
+    // Twenty sweepers claim the same key: one wins.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = f.store.clone();
+            let id = due_old.id.clone();
+            tokio::spawn(async move { store.claim_keepalive(&id, before, now).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1, "exactly one claim must win");
+    assert_eq!(
+        ids(f.store.keepalive_due(before, now, 100).await.unwrap()),
+        vec![due_new.id.clone()]
+    );
+    // A lease that ran out (the refresh failed): due again later.
+    assert!(
+        !f.store
+            .claim_keepalive(&due_old.id, before, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ids(f.store.keepalive_due(now + 1, now, 100).await.unwrap()),
+        vec![due_new.id.clone(), fresh.id.clone(), due_old.id.clone()]
+    );
+    // An exchange refreshed due_new's session: not due any more; an
+    // older refresh time never moves it back.
+    f.store.session_refreshed(&due_new.id, now).await.unwrap();
+    f.store.session_refreshed(&due_new.id, 300).await.unwrap();
+    assert!(ids(f.store.keepalive_due(before, now, 100).await.unwrap()).is_empty());
+    assert!(
+        !f.store
+            .claim_keepalive(&revoked.id, now, now)
+            .await
+            .unwrap(),
+        "a revoked key is never claimed"
+    );
+}
+
 async fn touch_batches_keep_the_latest_use(f: &Fixture) {
     let a = record("alice", KeyKind::Personal, 100);
     let mut b = record("bob", KeyKind::Personal, 100);
@@ -831,7 +907,7 @@ async fn sqlite_file_created_on_first_start_in_wal_mode() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(versions, 2);
+    assert_eq!(versions, 3);
 }
 
 #[tokio::test]
