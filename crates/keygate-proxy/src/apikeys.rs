@@ -762,9 +762,13 @@ impl ApiKeys {
                     .map_err(|e| grant_error(e, KeyKind::Personal))?;
                 self.store_rotated_refresh_token(key, record, &refresh, &token)
                     .await;
-                if let Err(e) = self.store.session_refreshed(&record.id, now() as i64).await {
-                    tracing::warn!(key_id = %record.id, error = %e, "cannot record the refresh of a personal key's offline session");
-                }
+                // Off the request's path: only the keep-alive reads it.
+                let (store, id) = (self.store.clone(), record.id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = store.session_refreshed(&id, now() as i64).await {
+                        tracing::warn!(key_id = %id, error = %e, "cannot record the refresh of a personal key's offline session");
+                    }
+                });
                 token
             }
         };

@@ -1586,33 +1586,7 @@ async fn keycloak_guide_kcadm_setup_script_sets_up_every_mode() {
 
     // Personal keys: the device grant with offline_access, approved at
     // Keycloak, gives a key that works.
-    let start = client()
-        .post(keygate.url("/oauth/keys/device"))
-        .json(&json!({"description": "guide"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(start.status(), 200, "{:?}", start.text().await);
-    let start: Value = start.json().await.unwrap();
-    let uri = start["verification_uri_complete"].as_str().unwrap();
-    assert!(uri.starts_with(&issuer), "{uri}");
-    let page = common::browser::act_as_user(uri, &user, true).await;
-    assert!(
-        page.body.contains("Device Login Successful"),
-        "{}",
-        page.body
-    );
-    let poll = client()
-        .post(keygate.url("/oauth/keys/device/token"))
-        .json(&json!({"flow_id": start["flow_id"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(poll.status(), 201, "{:?}", poll.text().await);
-    let personal = poll.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let personal = device_flow_key(&keygate, &issuer, &user).await;
     let resp = get(&keygate, "/ops/x", Some(&personal)).await;
     assert_eq!(resp.status(), 200);
     let echo = Echo(resp.json().await.unwrap());
