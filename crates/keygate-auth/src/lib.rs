@@ -1,7 +1,8 @@
 //! Credential verification for keygate, with no HTTP-server dependency:
 //! OpenID provider discovery and its signing keys ([`provider`]), bearer
 //! JWT validation with a cache of verified identities ([`jwt`]), the API-key
-//! format, hashing and sealing ([`apikey`]), and the provider's token-endpoint
+//! format, hashing and sealing ([`apikey`]) and the secrets a key record
+//! stores ([`stored`]), and the provider's token-endpoint
 //! grants that API keys are exchanged with ([`grants`]).
 
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod jwt;
 pub mod login;
 pub mod provider;
 pub mod session;
+pub mod stored;
 
 pub use error::AuthError;
 pub use jwt::{JwtVerifier, VerifierSettings};

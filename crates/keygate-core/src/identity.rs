@@ -55,8 +55,10 @@ pub struct Identity {
     /// The API key id, for API-key callers.
     pub key_id: Option<String>,
     /// Values derived from this identity once and reused while it is cached
-    /// (the proxy keeps its prebuilt upstream headers here).
-    pub derived: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// (the proxy keeps its prebuilt upstream headers here): see
+    /// [`Identity::derived`]. Private, so a changed identity can only be made
+    /// by [`Identity::reissued`], which starts it empty.
+    derived: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Identity {
@@ -100,6 +102,36 @@ impl Identity {
             key_id: None,
             derived: OnceLock::new(),
         }
+    }
+
+    /// The same verified caller, re-issued for another credential (an API
+    /// key or a browser session that stands for this token): `method` and
+    /// `key_id` are its own, and nothing derived from the original (such as
+    /// its prebuilt headers, which name the method) is carried over.
+    pub fn reissued(&self, method: AuthMethod, key_id: Option<String>) -> Identity {
+        Identity {
+            subject: self.subject.clone(),
+            username: self.username.clone(),
+            email: self.email.clone(),
+            roles: self.roles.clone(),
+            groups: self.groups.clone(),
+            scopes: self.scopes.clone(),
+            claims: self.claims.clone(),
+            access_token: self.access_token.clone(),
+            expires_at: self.expires_at,
+            method,
+            key_id,
+            derived: OnceLock::new(),
+        }
+    }
+
+    /// A value derived from this identity, built by `build` on first use and
+    /// kept as long as the identity is; `None` when a value of another type
+    /// was kept first.
+    pub fn derived<T: Any + Send + Sync>(&self, build: impl FnOnce() -> T) -> Option<&T> {
+        self.derived
+            .get_or_init(|| Arc::new(build()))
+            .downcast_ref::<T>()
     }
 
     /// True when the identity holds the role (`name` for a realm role,
@@ -149,5 +181,30 @@ mod tests {
         assert_eq!(id.expires_at, 1673171296);
         assert!(id.has_role("APP-backend:editor"));
         assert!(!id.has_role("editor"));
+    }
+
+    #[test]
+    fn reissued_identities_start_without_derived_values() {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        let id = Identity::from_claims(claims, Secret::new("t"), AuthMethod::Jwt);
+        assert_eq!(
+            id.derived(|| "built for jwt".to_owned()).unwrap(),
+            "built for jwt"
+        );
+        // Kept: a second builder is not called.
+        assert_eq!(id.derived(|| "again".to_owned()).unwrap(), "built for jwt");
+        // Another type than the one kept.
+        assert!(id.derived(|| 7u32).is_none());
+        let key = id.reissued(AuthMethod::ApiKey, Some("k1".into()));
+        assert_eq!(key.method, AuthMethod::ApiKey);
+        assert_eq!(key.key_id.as_deref(), Some("k1"));
+        assert_eq!(key.subject, "alice");
+        assert_eq!(
+            key.derived(|| "built for key".to_owned()).unwrap(),
+            "built for key"
+        );
+        // A plain clone is the same identity, derived values included.
+        assert_eq!(id.clone().derived(String::new).unwrap(), "built for jwt");
     }
 }

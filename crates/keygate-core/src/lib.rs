@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod encoding;
 pub mod identity;
 pub mod keys;
 pub mod limits;

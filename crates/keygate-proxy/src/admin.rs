@@ -2,14 +2,14 @@
 //! call authenticated by a bearer JWT that carries `api-keys.admin-role`,
 //! described by the OpenAPI document at `/admin/v1/openapi.json`.
 
-use crate::apikeys::NewServiceKey;
 use crate::gateway::Gateway;
 use crate::pipeline::{self, Credential, Refused, RequestCtx};
 use crate::respond::{self, Body, Refusal};
-use crate::selfservice::{manage_error, read_json};
+use crate::selfservice::read_json;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use keygate_core::keys::KeyKind;
+use keygate_keys::NewServiceKey;
 use keygate_store::KeyFilter;
 use serde_json::json;
 use std::borrow::Cow;
@@ -90,24 +90,21 @@ async fn route(
     match (method, segments.as_slice()) {
         (Method::GET, []) => {
             let filter = filter_from_query(req.uri().query())?;
-            let list = keys.list(&filter).await.map_err(manage_error)?;
+            let list = keys.list(&filter).await?;
             Ok(respond::json(StatusCode::OK, &json!({ "keys": list })))
         }
         (Method::POST, []) => {
             let new: NewServiceKey = read_json(req).await?;
-            let created = keys
-                .create_service(new, &actor)
-                .await
-                .map_err(manage_error)?;
+            let created = keys.create_service(new, &actor).await?;
             Ok(respond::json(StatusCode::CREATED, &created_json(&created)))
         }
         (Method::GET, [id]) => {
-            let view = keys.show(id, None).await.map_err(manage_error)?;
+            let view = keys.show(id, None).await?;
             let audit = keys
                 .store()
                 .audit(id)
                 .await
-                .map_err(|e| manage_error(crate::apikeys::ManageError::Store(e.to_string())))?;
+                .map_err(|e| Refused::from(keygate_keys::ManageError::Store(e)))?;
             let audit: Vec<_> = audit
                 .iter()
                 .map(|a| json!({ "action": a.action, "actor": a.actor, "at": a.at, "detail": a.detail }))
@@ -118,8 +115,8 @@ async fn route(
             ))
         }
         (Method::POST, [id, "revoke"]) => {
-            keys.revoke(id, None, &actor).await.map_err(manage_error)?;
-            let view = keys.show(id, None).await.map_err(manage_error)?;
+            keys.revoke(id, None, &actor).await?;
+            let view = keys.show(id, None).await?;
             Ok(respond::json(StatusCode::OK, &json!({ "key": view })))
         }
         (Method::POST, [id, "renew"]) => {
@@ -132,8 +129,7 @@ async fn route(
             let renew: Renew = read_json(req).await?;
             let view = keys
                 .renew(id, None, renew.expires_in.as_deref(), &actor)
-                .await
-                .map_err(manage_error)?;
+                .await?;
             Ok(respond::json(StatusCode::OK, &json!({ "key": view })))
         }
         (Method::POST, [id, "limits"]) => {
@@ -165,8 +161,7 @@ async fn route(
                     quota.as_ref().map(|q| q.as_deref()),
                     &actor,
                 )
-                .await
-                .map_err(manage_error)?;
+                .await?;
             Ok(respond::json(StatusCode::OK, &json!({ "key": view })))
         }
         (Method::POST, [id, "rotate"]) => {
@@ -181,15 +176,14 @@ async fn route(
             let grace = parse_grace(rotate.grace.as_deref())?;
             let created = keys
                 .rotate(id, grace, Some(rotate.key.expose()), &actor)
-                .await
-                .map_err(manage_error)?;
+                .await?;
             Ok(respond::json(StatusCode::OK, &created_json(&created)))
         }
         _ => Err(Refusal::NotFound.into()),
     }
 }
 
-fn created_json(created: &crate::apikeys::CreatedKey) -> serde_json::Value {
+fn created_json(created: &keygate_keys::CreatedKey) -> serde_json::Value {
     json!({
         "id": created.id, "key": created.key.expose(), "prefix": created.prefix,
         "kind": created.kind, "expires_at": created.expires_at,

@@ -1,11 +1,11 @@
 //! The gateway: everything a request needs, built once from the config.
 
-use crate::apikeys::ApiKeys;
 use crate::forward::Upstream;
 use http::{HeaderName, HeaderValue};
 use keygate_auth::{JwtVerifier, Provider, ProviderSettings, VerifierSettings};
 use keygate_core::config::{Config, is_identity_header};
 use keygate_core::rules::{RuleOptions, RuleSet};
+use keygate_keys::ApiKeys;
 use std::sync::Arc;
 
 /// Start-up failures, each naming the config key at fault.
@@ -77,29 +77,6 @@ pub struct Gateway {
     pub redis: Option<keygate_store::Redis>,
     /// `pass-override-headers`, parsed: the override headers let through.
     pub override_headers: Vec<HeaderName>,
-}
-
-/// The Redis named by `redis-url`, if any. Connects lazily: keygate starts
-/// (and serves what needs no shared state) while Redis is down.
-pub fn shared_redis(config: &Config) -> Result<Option<keygate_store::Redis>, GatewayError> {
-    let Some(url) = &config.redis_url else {
-        return Ok(None);
-    };
-    let ca =
-        match &config.redis_ca {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                GatewayError::config("redis-ca", format!("{}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-    keygate_store::Redis::connect(
-        &url.0,
-        &config.redis_key_prefix,
-        config.redis_timeout,
-        ca.as_deref(),
-    )
-    .map(Some)
-    .map_err(|e| GatewayError::config("redis-url", e))
 }
 
 impl Gateway {
@@ -211,7 +188,7 @@ impl Gateway {
             override_headers.push(name);
         }
         let tls = config.tls_cert.is_some();
-        let redis = shared_redis(&config)?;
+        let redis = keygate_store::Redis::from_config(&config)?;
         let sessions = crate::sessions::Sessions::from_config(
             &config,
             Arc::clone(verifier.provider()),

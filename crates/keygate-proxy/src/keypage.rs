@@ -4,16 +4,14 @@
 //! asks for `offline_access`), renew and revoke. Forms are POSTs protected by
 //! the session's Origin check (see `pipeline::csrf_check`).
 
-use crate::apikeys::{ApiKeys, CreatedKey, DeviceError, KeyView};
 use crate::gateway::Gateway;
-use crate::pipeline::Refused;
-use crate::respond::{Body, Refusal};
-use crate::selfservice::manage_error;
+use crate::respond::{Body, Refusal, Refused};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use keygate_core::Identity;
+use keygate_keys::{ApiKeys, CreatedKey, DeviceError, KeyView};
 use keygate_store::KeyFilter;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -37,7 +35,7 @@ pub async fn list(
         include_revoked: false,
         limit: Some(500),
     };
-    let list = keys.list(&filter).await.map_err(manage_error)?;
+    let list = keys.list(&filter).await?;
     let mut rows = String::new();
     for k in &list {
         rows.push_str(&row(k));
@@ -108,8 +106,7 @@ pub async fn create(keys: &ApiKeys, form: &[(String, String)]) -> Result<Respons
     let expires_in = field(form, "expires_in");
     let started = keys
         .start_device(description.to_owned(), expires_in)
-        .await
-        .map_err(manage_error)?;
+        .await?;
     let flow = started["flow_id"].as_str().unwrap_or_default();
     let url = started["verification_uri_complete"]
         .as_str()

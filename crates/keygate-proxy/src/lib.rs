@@ -17,7 +17,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod apikeys;
 pub mod forward;
 pub mod forward_auth;
 pub mod gateway;
@@ -25,7 +24,6 @@ pub mod hygiene;
 pub mod keypage;
 pub mod ops;
 pub mod pipeline;
-pub mod ratelimit;
 pub mod respond;
 pub mod selfservice;
 pub mod server;

@@ -78,8 +78,8 @@ pub struct RequestCtx {
     pub browser: bool,
     /// `Set-Cookie` values to add to the response (a refreshed session).
     pub set_cookies: Vec<String>,
-    /// Other headers for the response (an API key's rate-limit headers).
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// An API key's rate-limit and quota headers, for the response.
+    pub limit_headers: keygate_keys::LimitHeaders,
 }
 
 impl RequestCtx {
@@ -99,7 +99,7 @@ impl RequestCtx {
             started: Instant::now(),
             browser: method_is_read && is_browser_navigation(headers),
             set_cookies: Vec::new(),
-            response_headers: Vec::new(),
+            limit_headers: Vec::new(),
         }
     }
 
@@ -141,21 +141,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// A refusal with the short reason recorded in logs and metrics.
-#[derive(Debug)]
-pub struct Refused {
-    /// What the client gets.
-    pub refusal: Refusal,
-    /// Why, for operators.
-    pub reason: Cow<'static, str>,
-}
-
-impl From<Refusal> for Refused {
-    fn from(refusal: Refusal) -> Self {
-        let reason = Cow::Borrowed(refusal.code());
-        Refused { refusal, reason }
-    }
-}
+pub use crate::respond::Refused;
 
 /// Serves one request from the main listener.
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -186,8 +172,9 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    for (name, value) in ctx.response_headers.drain(..) {
-        resp.headers_mut().insert(name, value);
+    for (name, value) in ctx.limit_headers.drain(..) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
     log(&ctx, resp.status());
     resp
@@ -545,10 +532,9 @@ pub async fn verify_credential(
                 .verify(access_token.expose())
                 .await
                 .map_err(|e| auth_refusal(&e))?;
-            let mut identity = (*verified).clone();
-            identity.method = keygate_core::AuthMethod::Session;
-            identity.derived = std::sync::OnceLock::new();
-            Ok(Arc::new(identity))
+            Ok(Arc::new(
+                verified.reissued(keygate_core::AuthMethod::Session, None),
+            ))
         }
         Credential::ApiKey(key) => {
             let Some(keys) = &gw.api_keys else {
@@ -565,13 +551,10 @@ pub async fn verify_credential(
                 &ctx.path,
                 ctx.peer.ip(),
                 &gw.verifier,
-                &mut ctx.response_headers,
+                &mut ctx.limit_headers,
             )
             .await
-            .map_err(|(refusal, reason)| Refused {
-                refusal,
-                reason: Cow::Borrowed(reason),
-            })
+            .map_err(Refused::from)
         }
     }
 }
@@ -610,10 +593,7 @@ pub fn authorize(
 /// All but `X-Auth-ExpiresIn` are built once per identity and reused while
 /// the identity is cached.
 pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderMap) {
-    let prebuilt = identity
-        .derived
-        .get_or_init(|| Arc::new(build_identity_headers(gw, identity)))
-        .downcast_ref::<Vec<(HeaderName, HeaderValue)>>();
+    let prebuilt = identity.derived(|| build_identity_headers(gw, identity));
     match prebuilt {
         Some(prebuilt) => {
             for (name, value) in prebuilt {

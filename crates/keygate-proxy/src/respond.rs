@@ -1,13 +1,17 @@
 //! Every response keygate itself writes (errors, health, forward-auth), and
-//! the one mapping from a refusal to its HTTP status. Bodies are small JSON
-//! objects `{"error": …, "error_description": …}`; never a token or a cause
-//! chain (causes go to the log).
+//! the error edge: the one place where the services' typed errors
+//! ([`KeyError`], [`ManageError`], [`DeviceError`]) become a [`Refusal`]
+//! with its HTTP status and a reason for logs and metrics. Bodies are small
+//! JSON objects `{"error": …, "error_description": …}`; never a token or a
+//! cause (a provider URL, a database message): causes go to the log.
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use keygate_keys::{DeviceError, KeyError, ManageError};
+use std::borrow::Cow;
 
 /// The body of every response: the upstream's, streamed, or keygate's own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -106,6 +110,109 @@ impl Refusal {
         }
         resp
     }
+}
+
+/// A refusal with the short reason recorded in logs and metrics.
+#[derive(Debug)]
+pub struct Refused {
+    /// What the client gets.
+    pub refusal: Refusal,
+    /// Why, for operators.
+    pub reason: Cow<'static, str>,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        let reason = Cow::Borrowed(refusal.code());
+        Refused { refusal, reason }
+    }
+}
+
+impl From<KeyError> for Refused {
+    fn from(e: KeyError) -> Self {
+        let reason = Cow::Borrowed(e.reason());
+        let refusal = match e {
+            KeyError::Malformed
+            | KeyError::Unknown
+            | KeyError::Revoked
+            | KeyError::Expired
+            | KeyError::Rejected(_)
+            | KeyError::TokenNotAccepted(_) => Refusal::BadCredential(e.to_string()),
+            KeyError::MethodNotAllowed(_) => Refusal::MethodNotAllowed(e.to_string()),
+            KeyError::RouteNotAllowed
+            | KeyError::NetworkNotAllowed
+            | KeyError::Restricted
+            | KeyError::LimitedToken => Refusal::Forbidden(e.to_string()),
+            KeyError::Limited(l) => Refusal::TooManyRequests(l.description, l.retry_after),
+            KeyError::StoreUnavailable | KeyError::ProviderUnavailable => {
+                Refusal::Unavailable(e.to_string())
+            }
+            // A variant added later: refused, never let through.
+            _ => Refusal::Unavailable("the API key cannot be checked now".into()),
+        };
+        Refused { refusal, reason }
+    }
+}
+
+impl From<ManageError> for Refused {
+    fn from(e: ManageError) -> Self {
+        let reason = Cow::Borrowed(e.reason());
+        let refusal = match e {
+            ManageError::Invalid(why) => Refusal::BadRequest(why),
+            ManageError::NotFound => Refusal::NotFound,
+            ManageError::Store(cause) => {
+                tracing::warn!(error = %cause, "key store failed");
+                Refusal::Unavailable("the API-key store is unavailable; try again shortly".into())
+            }
+            ManageError::Provider(cause) => {
+                tracing::warn!(error = %cause, "the OpenID provider failed");
+                Refusal::Unavailable("the OpenID provider is unavailable; try again shortly".into())
+            }
+            ManageError::ProviderRefused(code) => Refusal::BadRequest(match code.as_str() {
+                "invalid_client" | "unauthorized_client" => format!(
+                    "the OpenID provider refused the client's credentials ({code}): check client_id and client_secret"
+                ),
+                _ => format!(
+                    "the OpenID provider refused the request ({code}); keygate's log has its description"
+                ),
+            }),
+            other => {
+                tracing::error!(error = %other, "key management failed");
+                Refusal::Unavailable("the key could not be made; try again shortly".into())
+            }
+        };
+        Refused { refusal, reason }
+    }
+}
+
+/// A device flow that ended without a key, as the OAuth-shaped answer of
+/// `POST /oauth/keys/device/token` (RFC 8628 §3.5 codes); `Err` for a
+/// failure on keygate's or the provider's side (503, cause logged).
+pub fn device_outcome(e: DeviceError) -> Result<Response<Body>, Refused> {
+    let (status, body) = match &e {
+        DeviceError::SlowDown(interval) => (
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "status": "slow_down", "interval": interval }),
+        ),
+        DeviceError::Denied | DeviceError::Expired | DeviceError::Unknown => {
+            let code = match e {
+                DeviceError::Denied => "access_denied",
+                DeviceError::Expired => "expired_token",
+                _ => "unknown_flow",
+            };
+            (StatusCode::BAD_REQUEST, error_body(code, &e.to_string()))
+        }
+        _ => {
+            tracing::warn!(error = %e, "device flow failed");
+            return Err(Refused {
+                refusal: Refusal::Unavailable(
+                    "the OpenID provider could not complete the device flow".into(),
+                ),
+                reason: Cow::Borrowed("provider_unavailable"),
+            });
+        }
+    };
+    Ok(json(status, &body))
 }
 
 fn error_body(code: &str, description: &str) -> serde_json::Value {

@@ -13,7 +13,6 @@
 //! receives the offline refresh token, stores it encrypted under the new key
 //! and answers the key exactly once.
 
-use crate::apikeys::{ApiKeys, DeviceError, ManageError};
 use crate::gateway::Gateway;
 use crate::pipeline::{Credential, Refused, RequestCtx};
 use crate::respond::{self, Body, Refusal};
@@ -22,6 +21,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use keygate_core::Identity;
+use keygate_keys::ApiKeys;
 use keygate_store::KeyFilter;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -55,12 +55,8 @@ pub async fn serve(
                 });
             };
             let (token, expires_in) = keys
-                .token_for(key, ctx.peer.ip(), &gw.verifier, &mut ctx.response_headers)
-                .await
-                .map_err(|(refusal, reason)| Refused {
-                    refusal,
-                    reason: Cow::Borrowed(reason),
-                })?;
+                .token_for(key, ctx.peer.ip(), &gw.verifier, &mut ctx.limit_headers)
+                .await?;
             Ok(respond::json(
                 StatusCode::OK,
                 &json!({ "access_token": token.expose(), "token_type": "Bearer", "expires_in": expires_in }),
@@ -74,7 +70,7 @@ pub async fn serve(
                 include_revoked: false,
                 limit: Some(500),
             };
-            let list = keys.list(&filter).await.map_err(manage_error)?;
+            let list = keys.list(&filter).await?;
             Ok(respond::json(StatusCode::OK, &json!({ "keys": list })))
         }
         (Method::DELETE, p)
@@ -86,9 +82,7 @@ pub async fn serve(
                 .username
                 .clone()
                 .unwrap_or_else(|| identity.subject.clone());
-            keys.revoke(id, Some(&identity.subject), &actor)
-                .await
-                .map_err(manage_error)?;
+            keys.revoke(id, Some(&identity.subject), &actor).await?;
             Ok(respond::empty(StatusCode::NO_CONTENT))
         }
         (Method::POST, "/oauth/keys/device") => {
@@ -103,8 +97,7 @@ pub async fn serve(
             let start: Start = read_json(req).await?;
             let started = keys
                 .start_device(start.description, start.expires_in.as_deref())
-                .await
-                .map_err(manage_error)?;
+                .await?;
             Ok(respond::json(StatusCode::OK, &started))
         }
         (Method::POST, "/oauth/keys/device/token") => {
@@ -137,28 +130,7 @@ async fn poll_device(
                 "kind": created.kind, "expires_at": created.expires_at,
             }),
         )),
-        Err(DeviceError::SlowDown(interval)) => Ok(respond::json(
-            StatusCode::ACCEPTED,
-            &json!({ "status": "slow_down", "interval": interval }),
-        )),
-        Err(e @ (DeviceError::Denied | DeviceError::Expired | DeviceError::Unknown)) => {
-            let code = match e {
-                DeviceError::Denied => "access_denied",
-                DeviceError::Expired => "expired_token",
-                _ => "unknown_flow",
-            };
-            Ok(respond::json(
-                StatusCode::BAD_REQUEST,
-                &json!({ "error": code, "error_description": e.to_string() }),
-            ))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "device flow failed");
-            Err(Refusal::Unavailable(
-                "the OpenID provider could not complete the device flow".into(),
-            )
-            .into())
-        }
+        Err(e) => respond::device_outcome(e),
     }
 }
 
@@ -189,45 +161,6 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
         body
     };
     serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))
-}
-
-/// Maps a management error to a response.
-pub fn manage_error(e: ManageError) -> Refused {
-    let (refusal, reason) = match e {
-        ManageError::Invalid(why) => (Refusal::BadRequest(why), "invalid_request"),
-        ManageError::NotFound => (Refusal::NotFound, "not_found"),
-        ManageError::Store(why) => {
-            tracing::warn!(error = %why, "key store failed");
-            (
-                Refusal::Unavailable("the API-key store is unavailable; try again shortly".into()),
-                "store_unavailable",
-            )
-        }
-        ManageError::Provider(why) => {
-            tracing::warn!(error = %why, "the OpenID provider failed");
-            (
-                Refusal::Unavailable(
-                    "the OpenID provider is unavailable; try again shortly".into(),
-                ),
-                "provider_unavailable",
-            )
-        }
-        ManageError::ProviderRefused(code) => (
-            Refusal::BadRequest(match code.as_str() {
-                "invalid_client" | "unauthorized_client" => format!(
-                    "the OpenID provider refused the client's credentials ({code}): check client_id and client_secret"
-                ),
-                _ => format!(
-                    "the OpenID provider refused the request ({code}); keygate's log has its description"
-                ),
-            }),
-            "provider_refused",
-        ),
-    };
-    Refused {
-        refusal,
-        reason: Cow::Borrowed(reason),
-    }
 }
 
 /// The HTML key page's routes: the page itself for browsers, and its forms.
@@ -285,9 +218,7 @@ async fn key_page(
             let rest = &path["/oauth/keys/".len()..];
             let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
             if action == "revoke" {
-                keys.revoke(id, Some(&identity.subject), &actor)
-                    .await
-                    .map_err(manage_error)?;
+                keys.revoke(id, Some(&identity.subject), &actor).await?;
                 Ok(crate::keypage::see_other("/oauth/keys?done=revoked"))
             } else {
                 let expires_in = form
@@ -295,8 +226,7 @@ async fn key_page(
                     .find(|(k, _)| k == "expires_in")
                     .map(|(_, v)| v.as_str());
                 keys.renew(id, Some(&identity.subject), expires_in, &actor)
-                    .await
-                    .map_err(manage_error)?;
+                    .await?;
                 Ok(crate::keypage::see_other("/oauth/keys?done=renewed"))
             }
         }

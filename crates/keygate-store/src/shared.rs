@@ -123,6 +123,37 @@ pub struct GcraOutcome {
 }
 
 impl Redis {
+    /// The Redis named by `redis-url` (with `redis-ca`, `redis-key-prefix`
+    /// and `redis-timeout`), if any; the error names the key at fault.
+    /// Connects lazily: keygate starts (and serves what needs no shared
+    /// state) while Redis is down.
+    pub fn from_config(
+        config: &keygate_core::config::Config,
+    ) -> Result<Option<Self>, keygate_core::config::ConfigError> {
+        use keygate_core::config::ConfigError;
+        let Some(url) = &config.redis_url else {
+            return Ok(None);
+        };
+        let ca = match &config.redis_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                key: "redis-ca",
+                message: format!("{}: {e}", path.display()),
+            })?),
+            None => None,
+        };
+        Self::connect(
+            &url.0,
+            &config.redis_key_prefix,
+            config.redis_timeout,
+            ca.as_deref(),
+        )
+        .map(Some)
+        .map_err(|e| ConfigError::Invalid {
+            key: "redis-url",
+            message: e.to_string(),
+        })
+    }
+
     /// Prepares a connection to `url` (`redis://…`, `rediss://…`). Does not
     /// wait for the server: keygate starts while Redis is down and connects
     /// when it comes up. Every command waits at most `timeout`.

@@ -12,7 +12,7 @@ use keygate_auth::{Provider, ProviderSettings};
 use keygate_core::Secret;
 use keygate_core::config::Config;
 use keygate_core::keys::KeyKind;
-use keygate_proxy::apikeys::{ApiKeys, CreatedKey, KeyView, NewServiceKey};
+use keygate_keys::{ApiKeys, CreatedKey, KeyView, NewServiceKey};
 use keygate_store::KeyFilter;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -392,7 +392,7 @@ async fn open(config: &Config) -> Result<ApiKeys, String> {
     drop(task);
     // With Redis, a renew or revoke here also updates the replicas' shared
     // negative cache; PostgreSQL announces the change itself.
-    let redis = keygate_proxy::gateway::shared_redis(config).map_err(|e| e.to_string())?;
+    let redis = keygate_store::Redis::from_config(config).map_err(|e| e.to_string())?;
     ApiKeys::from_config(config, Arc::clone(&provider), redis)
         .await
         .map_err(|e| e.to_string())?

@@ -272,7 +272,7 @@ async fn api_key_source_through_the_gateway() {
         .as_ref()
         .unwrap()
         .create_service(
-            keygate_proxy::apikeys::NewServiceKey {
+            keygate_keys::NewServiceKey {
                 client_id: "svc-reporting".into(),
                 client_secret: keygate_core::Secret::new("svc-reporting-secret"),
                 owner: String::new(),

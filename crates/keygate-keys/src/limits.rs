@@ -14,7 +14,6 @@
 //! until the full burst is back), and `X-Quota-Limit`, `X-Quota-Remaining`,
 //! `X-Quota-Reset` for quotas; refusals are 429 with `Retry-After`.
 
-use http::{HeaderName, HeaderValue};
 use keygate_core::limits::{Quota, RateLimit};
 use keygate_core::unix_now;
 use keygate_store::Redis;
@@ -22,8 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Response headers describing a key's limits.
-pub type LimitHeaders = Vec<(HeaderName, HeaderValue)>;
+/// Response headers describing a key's limits, as (lower-case name,
+/// value) pairs for the proxy to write.
+pub type LimitHeaders = Vec<(&'static str, u64)>;
 
 /// Why a request was refused: the client-facing text and when to retry.
 #[derive(Debug, Clone)]
@@ -222,7 +222,7 @@ impl Limiter {
 }
 
 fn push(headers: &mut LimitHeaders, name: &'static str, value: u64) {
-    headers.push((HeaderName::from_static(name), HeaderValue::from(value)));
+    headers.push((name, value));
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -234,11 +234,11 @@ fn ceil_secs(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn header<'a>(headers: &'a LimitHeaders, name: &str) -> &'a str {
+    fn header(headers: &LimitHeaders, name: &str) -> String {
         headers
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_str().unwrap())
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
             .unwrap()
     }
 
