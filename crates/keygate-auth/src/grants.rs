@@ -472,28 +472,13 @@ fn basic_auth(client_id: &str, client_secret: &Secret) -> Result<HeaderValue, Gr
 pub(crate) fn client_basic_auth(client_id: &str, client_secret: &Secret) -> Option<HeaderValue> {
     let pair = format!(
         "{}:{}",
-        form_urlencode(client_id),
-        form_urlencode(client_secret.expose())
+        keygate_core::encoding::form_encode(client_id),
+        keygate_core::encoding::form_encode(client_secret.expose())
     );
     let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
     let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
     value.set_sensitive(true);
     Some(value)
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-pub(crate) fn form_urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(b));
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// A reqwest error's kind, for a log line (its `Display` names the URL only).
@@ -537,10 +522,7 @@ mod tests {
 
     #[test]
     fn basic_auth_form_urlencodes_id_and_secret_first() {
-        // RFC 6749 §2.3.1: `a b:c%` → `a+b%3Ac%25`.
-        assert_eq!(form_urlencode("a b:c%"), "a+b%3Ac%25");
-        assert_eq!(form_urlencode("svc-reporting"), "svc-reporting");
-        assert_eq!(form_urlencode("é"), "%C3%A9");
+        // RFC 6749 §2.3.1: both are form-encoded before Basic.
         let value = basic_auth("my client", &Secret::new("p@ss:word")).unwrap();
         assert!(value.is_sensitive());
         let text = value.to_str().unwrap();

@@ -24,7 +24,6 @@ use keygate_core::Secret;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Random bytes in `state`, `nonce` and the PKCE verifier (256 bits; the
 /// verifier is 43 base64url characters, the least RFC 7636 allows).
@@ -165,7 +164,7 @@ pub fn start_login(
             nonce,
             pkce_verifier,
             return_to: safe_return_to(return_to),
-            created_at: now_secs(),
+            created_at: keygate_core::unix_now(),
         },
     })
 }
@@ -210,7 +209,7 @@ pub fn safe_return_to(candidate: &str) -> String {
         return "/".to_owned();
     }
     // Decoded, a space (`%20`) is fine; control characters are not.
-    match percent_decode(path) {
+    match keygate_core::encoding::percent_decode(path) {
         Some(decoded) if is_local_path(&decoded) => path.to_owned(),
         _ => "/".to_owned(),
     }
@@ -221,35 +220,6 @@ fn is_local_path(path: &str) -> bool {
     chars.next() == Some('/')
         && !matches!(chars.next(), Some('/' | '\\'))
         && !path.chars().any(|c| c == '\\' || c.is_control())
-}
-
-/// Percent-decodes once; `None` when the result is not UTF-8. A `%` not
-/// followed by two hex digits stays as it is.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
-            )
-        {
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    char::from(b)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
 }
 
 #[derive(Deserialize)]
@@ -398,7 +368,7 @@ pub fn verify_id_token(
         .claims;
 
     if let Some(iat) = claims.get("iat").and_then(Value::as_u64)
-        && iat > now_secs() + leeway
+        && iat > keygate_core::unix_now() + leeway
     {
         return Err(LoginError::IdToken("not yet valid"));
     }
@@ -463,13 +433,6 @@ fn parse_header(token: &str) -> Result<RawHeader, LoginError> {
         .decode(header)
         .map_err(|_| LoginError::IdToken("malformed"))?;
     serde_json::from_slice(&bytes).map_err(|_| LoginError::IdToken("malformed"))
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -650,7 +613,7 @@ mod tests {
     }
 
     fn id_claims() -> Value {
-        let now = now_secs();
+        let now = keygate_core::unix_now();
         json!({
             "iss": ISSUER, "sub": "alice", "aud": "APP-frontend", "azp": "APP-frontend",
             "typ": "ID", "nonce": "n-1", "iat": now, "exp": now + 300,
@@ -697,7 +660,7 @@ mod tests {
         };
         let cases = [
             (json!({"iss": "http://other/realms/acme"}), "issuer"),
-            (json!({"exp": now_secs() - 120}), "expired"),
+            (json!({"exp": keygate_core::unix_now() - 120}), "expired"),
             (json!({"nonce": null}), "nonce"),
             (json!({"azp": "keygate"}), "authorized party (azp)"),
             (
@@ -705,7 +668,10 @@ mod tests {
                 "authorized party (azp)",
             ),
             (json!({"typ": "Bearer"}), "token type"),
-            (json!({"iat": now_secs() + 600}), "not yet valid"),
+            (
+                json!({"iat": keygate_core::unix_now() + 600}),
+                "not yet valid",
+            ),
         ];
         for (patch, check) in cases {
             let token = with(patch.clone());
@@ -753,7 +719,7 @@ mod tests {
         assert!(failed_check(&hs, &keys, "APP-frontend", "n-1").contains("algorithm"));
         // A stretched leeway is capped at 60 s.
         let mut c = id_claims();
-        c["exp"] = json!(now_secs() - 120);
+        c["exp"] = json!(keygate_core::unix_now() - 120);
         let expired = sign(&key, &c);
         assert!(verify_id_token(&expired, &keys, "APP-frontend", "n-1", 3600).is_err());
     }

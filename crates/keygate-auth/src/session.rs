@@ -306,27 +306,10 @@ fn decode_key(key: &[u8]) -> Option<[u8; KEY_LEN]> {
             .decode(key)
             .or_else(|_| STANDARD_NO_PAD.decode(key))
             .ok()?,
-        64 => decode_hex(key)?,
+        64 => keygate_core::encoding::hex_decode(std::str::from_utf8(key).ok()?)?,
         _ => return None,
     };
     bytes.try_into().ok()
-}
-
-fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    text.chunks_exact(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
 }
 
 /// Whether `name` is an RFC 6265 cookie name (an RFC 2616 token).

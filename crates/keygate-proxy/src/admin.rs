@@ -210,7 +210,7 @@ fn filter_from_query(query: Option<&str>) -> Result<KeyFilter, Refused> {
             reason: Cow::Borrowed("invalid_request"),
         };
         match k {
-            "owner" => filter.owner = Some(percent_decode(v)),
+            "owner" => filter.owner = Some(keygate_core::encoding::form_decode(v)),
             "kind" => filter.kind = Some(KeyKind::parse(v).ok_or_else(|| bad("kind"))?),
             "include_revoked" => filter.include_revoked = v == "true" || v == "1",
             "limit" => filter.limit = Some(v.parse().map_err(|_| bad("limit"))?),
@@ -218,38 +218,4 @@ fn filter_from_query(query: Option<&str>) -> Result<KeyFilter, Refused> {
         }
     }
     Ok(filter)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -18,7 +18,7 @@ use keygate_core::rules::Route;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// What the log phase reports about a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -609,10 +609,7 @@ pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderM
     if !gw.config.enable_authorization_header {
         headers.remove(header::AUTHORIZATION);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = keygate_core::unix_now();
     headers.insert(
         HeaderName::from_static("x-auth-expiresin"),
         HeaderValue::from(identity.expires_at.saturating_sub(now)),

@@ -346,12 +346,7 @@ impl Sessions {
             &aws_lc_rs::digest::SHA256,
             format!("{issuer}\n{jti}").as_bytes(),
         );
-        let mut id = String::with_capacity(4 + 64);
-        id.push_str("jti:");
-        for b in digest.as_ref() {
-            use std::fmt::Write as _;
-            let _ = write!(id, "{b:02x}");
-        }
+        let id = format!("jti:{}", keygate_core::encoding::hex(digest.as_ref()));
         if self.seen_jti.get(&id).is_some() {
             return false;
         }
@@ -419,13 +414,7 @@ fn store_unavailable() -> Refused {
 /// Redis holds no usable session id.
 fn session_key(id: &Secret) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.expose().as_bytes());
-    let mut out = String::with_capacity(2 + 64);
-    out.push_str("s:");
-    for b in digest.as_ref() {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!("s:{}", keygate_core::encoding::hex(digest.as_ref()))
 }
 
 /// 32 random bytes, base64url.

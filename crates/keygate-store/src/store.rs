@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keygate_core::keys::KeyKind;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -748,19 +748,9 @@ fn parse_change(payload: &str) -> Option<KeyChange> {
         .as_array()?
         .iter()
         .filter_map(|h| h.as_str())
-        .filter_map(decode_hex)
+        .filter_map(keygate_core::encoding::hex_decode)
         .collect();
     Some(KeyChange::Key { id, hashes })
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Rebuilds a [`KeyRecord`] from a row of [`columns!`], on either backend.
@@ -823,10 +813,7 @@ fn to_json(id: &str, list: &[String]) -> Result<String, StoreError> {
 
 /// The current time in unix seconds (0 if the clock is before 1970).
 pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    i64::try_from(keygate_core::unix_now()).unwrap_or(i64::MAX)
 }
 
 /// `message` with the password of `url` (if any, and if it appears) replaced.
@@ -875,8 +862,6 @@ mod tests {
             })
         );
         assert_eq!(parse_change("nope"), None);
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long before expiry a cached token stops being used (at most; half the
 /// lifetime for tokens shorter than twice this).
@@ -100,7 +100,9 @@ pub fn run(m: &ArgMatches) -> ExitCode {
         return exec(program, args.collect(), &token.access_token);
     }
     if m.get_flag("json") {
-        let expires_in = token.expires_at.map(|at| at.saturating_sub(now()));
+        let expires_in = token
+            .expires_at
+            .map(|at| at.saturating_sub(keygate_core::unix_now()));
         println!(
             "{}",
             json!({ "access_token": token.access_token.expose(), "expires_in": expires_in })
@@ -227,7 +229,7 @@ struct Token {
 
 impl Token {
     fn new(access_token: String, expires_in: Option<u64>) -> Token {
-        let now = now();
+        let now = keygate_core::unix_now();
         Token {
             access_token: Secret::new(access_token),
             expires_at: expires_in.map(|e| now.saturating_add(e)),
@@ -260,7 +262,7 @@ fn obtain(source: &Source, use_cache: bool) -> Result<Token, String> {
 /// The cache file's name: a SHA-256 of the source identity.
 fn cache_name(source: &Source) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &source.identity());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = keygate_core::encoding::hex(digest.as_ref());
     format!("token-{hex}.json")
 }
 
@@ -332,7 +334,10 @@ async fn fetch(source: &Source) -> Result<Token, String> {
             // RFC 6749 §2.3.1: both parts are form-encoded before Basic.
             let resp = http
                 .post(token_endpoint)
-                .basic_auth(form_encode(client_id), Some(form_encode(secret.expose())))
+                .basic_auth(
+                    keygate_core::encoding::form_encode(client_id),
+                    Some(keygate_core::encoding::form_encode(secret.expose())),
+                )
                 .header(reqwest::header::ACCEPT, "application/json")
                 .form(&form)
                 .send()
@@ -422,28 +427,6 @@ fn warn_plain_http(var: &str, url: &str, what: &str) {
     }
 }
 
-/// `application/x-www-form-urlencoded` for one value.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(b))
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------- --exec
 
 #[cfg(unix)]
@@ -486,7 +469,7 @@ mod cache {
     //! a regular file, is owned by someone else or is readable by others is
     //! ignored and replaced.
 
-    use super::{PathBuf, Secret, Token, now};
+    use super::{PathBuf, Secret, Token};
     use std::fs;
     use std::io::{Read, Write};
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -580,7 +563,7 @@ mod cache {
                 .refresh_at
                 .unwrap_or(entry.expires_at.saturating_sub(super::MARGIN_SECS))
                 .min(entry.expires_at);
-            if now() >= refresh_at
+            if keygate_core::unix_now() >= refresh_at
                 || entry.access_token.is_empty()
                 || entry
                     .access_token
@@ -602,7 +585,7 @@ mod cache {
             let (Some(expires_at), Some(refresh_at)) = (token.expires_at, token.refresh_at) else {
                 return;
             };
-            if refresh_at <= now() {
+            if refresh_at <= keygate_core::unix_now() {
                 return;
             }
             let entry = Entry {
@@ -773,10 +756,5 @@ mod tests {
         assert_eq!(t.expires_at.unwrap() - t.refresh_at.unwrap(), 60);
         let t = Token::new("t".into(), Some(40));
         assert_eq!(t.expires_at.unwrap() - t.refresh_at.unwrap(), 20);
-    }
-
-    #[test]
-    fn form_encoding() {
-        assert_eq!(form_encode("a b+c/é"), "a+b%2Bc%2F%C3%A9");
     }
 }
