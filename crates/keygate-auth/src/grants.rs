@@ -12,10 +12,9 @@
 //! provider could not answer (503). Token values never reach a log line or an
 //! error message.
 
+use crate::oauth::{self, Answer, OAuthError, describe};
 use crate::provider::Provider;
-use base64::Engine as _;
 use keygate_core::Secret;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -57,14 +56,6 @@ pub enum GrantError {
     /// The provider's discovery document names no such endpoint.
     #[error("the provider has no {0}")]
     NotSupported(&'static str),
-}
-
-/// ` (description)` when the provider gave one.
-pub(crate) fn describe(description: &Option<String>) -> String {
-    description
-        .as_deref()
-        .map(|d| format!(" ({d})"))
-        .unwrap_or_default()
 }
 
 impl GrantError {
@@ -170,21 +161,6 @@ struct RawDeviceAuthorization {
     interval: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct OAuthError {
-    error: String,
-    #[serde(default)]
-    error_description: Option<String>,
-}
-
-/// What came back from one POST, before grant-specific interpretation.
-enum Answer {
-    /// 2xx with its body.
-    Ok(Vec<u8>),
-    /// 400/401/403 with an OAuth error body.
-    OAuth(OAuthError),
-}
-
 impl Grants {
     /// Grants at `provider`'s endpoints, over its HTTP client.
     pub fn new(provider: Arc<Provider>) -> Self {
@@ -239,9 +215,9 @@ impl Grants {
         client_secret: &Secret,
         scope: &str,
     ) -> Result<DeviceAuthorization, GrantError> {
-        let code_verifier = crate::login::random_token()
+        let code_verifier = oauth::random_token()
             .map_err(|_| GrantError::Unavailable("no random bits for PKCE".into()))?;
-        let challenge = crate::login::pkce_challenge(&code_verifier);
+        let challenge = oauth::pkce_challenge(&code_verifier);
         let mut form = vec![
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
@@ -276,7 +252,7 @@ impl Grants {
                         code_verifier: Secret::new(code_verifier),
                     })
                 }
-                Answer::OAuth(e) => Err(rejected(e, "device_authorization")),
+                Answer::OAuth(_, e) => Err(rejected(e, "device_authorization")),
             });
         count("device_authorization", &result);
         result
@@ -300,7 +276,7 @@ impl Grants {
             .token_grant(client_id, client_secret, &form)
             .await
             .and_then(|answer| match answer {
-                Answer::OAuth(e) => match e.error.as_str() {
+                Answer::OAuth(_, e) => match e.error.as_str() {
                     "authorization_pending" => Ok(DevicePoll::Pending),
                     "slow_down" => Ok(DevicePoll::SlowDown),
                     "access_denied" => Ok(DevicePoll::Denied),
@@ -336,7 +312,7 @@ impl Grants {
             .await
             .and_then(|answer| match answer {
                 Answer::Ok(_) => Ok(()),
-                Answer::OAuth(e) => Err(rejected(e, "revocation")),
+                Answer::OAuth(_, e) => Err(rejected(e, "revocation")),
             });
         count("revocation", &result);
         result
@@ -361,7 +337,7 @@ impl Grants {
                         "the introspection endpoint's answer is not a JSON object".into(),
                     )
                 }),
-                Answer::OAuth(e) => Err(rejected(e, "introspection")),
+                Answer::OAuth(_, e) => Err(rejected(e, "introspection")),
             });
         count("introspection", &result);
         result
@@ -377,7 +353,7 @@ impl Grants {
             .await
     }
 
-    /// POSTs `form` to `endpoint` with HTTP Basic client authentication.
+    /// POSTs `form` to `endpoint` as the client (HTTP Basic).
     async fn post(
         &self,
         endpoint: Endpoint,
@@ -386,37 +362,14 @@ impl Grants {
         form: &[(&str, &str)],
     ) -> Result<Answer, GrantError> {
         let url = self.endpoint(endpoint)?;
-        let response = self
-            .provider
-            .http()
-            .post(&url)
-            .header(AUTHORIZATION, basic_auth(client_id, client_secret)?)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| {
-                GrantError::Unavailable(format!("request to {url} failed: {}", cause(&e)))
-            })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            GrantError::Unavailable(format!(
-                "reading the answer from {url} failed: {}",
-                cause(&e)
-            ))
-        })?;
-        if status.is_success() {
-            return Ok(Answer::Ok(body.to_vec()));
-        }
-        if matches!(status.as_u16(), 400 | 401 | 403)
-            && let Ok(error) = serde_json::from_slice::<OAuthError>(&body)
-        {
-            return Ok(Answer::OAuth(error));
-        }
-        Err(GrantError::Unavailable(format!(
-            "{url} answered HTTP {}",
-            status.as_u16()
-        )))
+        oauth::post_form(
+            self.provider.http(),
+            &url,
+            Some((client_id, client_secret)),
+            form,
+        )
+        .await
+        .map_err(|oauth::Unreachable(why)| GrantError::Unavailable(why))
     }
 
     fn endpoint(&self, endpoint: Endpoint) -> Result<String, GrantError> {
@@ -448,7 +401,7 @@ fn tokens_from(answer: Answer, grant: &str) -> Result<TokenResponse, GrantError>
                     "the token endpoint's answer is not a token response".into(),
                 )
             }),
-        Answer::OAuth(e) => Err(rejected(e, grant)),
+        Answer::OAuth(_, e) => Err(rejected(e, grant)),
     }
 }
 
@@ -457,38 +410,6 @@ fn rejected(e: OAuthError, grant: &str) -> GrantError {
     GrantError::Rejected {
         error: e.error,
         description: e.error_description,
-    }
-}
-
-/// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, marked
-/// sensitive so that no HTTP-level log prints it.
-fn basic_auth(client_id: &str, client_secret: &Secret) -> Result<HeaderValue, GrantError> {
-    client_basic_auth(client_id, client_secret)
-        .ok_or_else(|| GrantError::Unavailable("cannot build the client authentication".into()))
-}
-
-/// The client-authentication header (shared with the login flow); `None`
-/// when the id or secret cannot be carried in a header.
-pub(crate) fn client_basic_auth(client_id: &str, client_secret: &Secret) -> Option<HeaderValue> {
-    let pair = format!(
-        "{}:{}",
-        keygate_core::encoding::form_encode(client_id),
-        keygate_core::encoding::form_encode(client_secret.expose())
-    );
-    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
-/// A reqwest error's kind, for a log line (its `Display` names the URL only).
-pub(crate) fn cause(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "cannot connect".into()
-    } else {
-        e.to_string()
     }
 }
 
@@ -521,18 +442,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn basic_auth_form_urlencodes_id_and_secret_first() {
-        // RFC 6749 §2.3.1: both are form-encoded before Basic.
-        let value = basic_auth("my client", &Secret::new("p@ss:word")).unwrap();
-        assert!(value.is_sensitive());
-        let text = value.to_str().unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(text.strip_prefix("Basic ").unwrap())
-            .unwrap();
-        assert_eq!(decoded, b"my+client:p%40ss%3Aword");
-    }
-
-    #[test]
     fn token_response_debug_redacts_tokens() {
         let raw: RawTokenResponse = serde_json::from_str(
             r#"{"access_token":"eyJ.secret.at","expires_in":300,"refresh_token":"rt-secret","scope":"openid","token_type":"Bearer"}"#,
@@ -559,10 +468,13 @@ mod tests {
     #[test]
     fn oauth_errors_become_rejections() {
         let err = tokens_from(
-            Answer::OAuth(OAuthError {
-                error: "invalid_grant".into(),
-                error_description: Some("Token is not active".into()),
-            }),
+            Answer::OAuth(
+                400,
+                OAuthError {
+                    error: "invalid_grant".into(),
+                    error_description: Some("Token is not active".into()),
+                },
+            ),
             "refresh_token",
         )
         .unwrap_err();

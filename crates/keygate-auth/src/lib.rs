@@ -12,6 +12,7 @@ pub mod error;
 pub mod grants;
 pub mod jwt;
 pub mod login;
+pub mod oauth;
 pub mod provider;
 pub mod session;
 pub mod stored;

@@ -15,19 +15,15 @@
 //! [`safe_return_to`] is the open-redirect guard for the URL the user returns
 //! to after login: only same-site relative paths pass.
 
-use crate::grants::{cause, describe};
+use crate::oauth::{self, Answer, describe, pkce_challenge};
 use crate::provider::Keys;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use keygate_core::Secret;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// Random bytes in `state`, `nonce` and the PKCE verifier (256 bits; the
-/// verifier is 43 base64url characters, the least RFC 7636 allows).
-const RANDOM_BYTES: usize = 32;
 /// Most clock-skew leeway accepted, whatever the caller asks.
 const MAX_LEEWAY_SECS: u64 = 60;
 /// ID tokens longer than this are refused unread.
@@ -143,9 +139,10 @@ pub fn start_login(
             url.scheme()
         )));
     }
-    let state = random_token()?;
-    let nonce = random_token()?;
-    let pkce_verifier = random_token()?;
+    let random = || oauth::random_token().map_err(|_| LoginError::Random);
+    let state = random()?;
+    let nonce = random()?;
+    let pkce_verifier = random()?;
     let challenge = pkce_challenge(&pkce_verifier);
     let scope = scope_with_openid(scopes);
     url.query_pairs_mut()
@@ -178,22 +175,6 @@ fn scope_with_openid(scopes: &[String]) -> String {
         }
     }
     out.join(" ")
-}
-
-/// The PKCE S256 challenge: base64url(SHA-256(verifier)), unpadded.
-pub(crate) fn pkce_challenge(verifier: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
-}
-
-/// 256 random bits, base64url without padding (43 characters).
-pub(crate) fn random_token() -> Result<String, LoginError> {
-    use aws_lc_rs::rand::SecureRandom as _;
-    let mut bytes = [0u8; RANDOM_BYTES];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| LoginError::Random)?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The open-redirect guard: returns `candidate` (without any fragment) when
@@ -235,13 +216,6 @@ struct RawCodeTokens {
     refresh_expires_in: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct OAuthError {
-    error: String,
-    #[serde(default)]
-    error_description: Option<String>,
-}
-
 /// POSTs the authorization code with the PKCE verifier to the token endpoint,
 /// authenticating with `client_secret_basic` (id and secret form-urlencoded
 /// first, RFC 6749 §2.3.1). A 400/401/403 with an OAuth error is
@@ -262,37 +236,23 @@ pub async fn exchange_code(
         ("redirect_uri", redirect_uri),
         ("code_verifier", pkce_verifier),
     ];
-    let response = http
-        .post(token_endpoint)
-        .header(AUTHORIZATION, basic_auth(client_id, client_secret)?)
-        .header(ACCEPT, "application/json")
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| {
-            LoginError::Unavailable(format!("request to {token_endpoint} failed: {}", cause(&e)))
-        })?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(|e| {
-        LoginError::Unavailable(format!(
-            "reading the answer from {token_endpoint} failed: {}",
-            cause(&e)
-        ))
-    })?;
-    if !status.is_success() {
-        if matches!(status.as_u16(), 400 | 401 | 403)
-            && let Ok(e) = serde_json::from_slice::<OAuthError>(&body)
-        {
+    let answer = oauth::post_form(
+        http,
+        token_endpoint,
+        Some((client_id, client_secret)),
+        &form,
+    )
+    .await
+    .map_err(|oauth::Unreachable(why)| LoginError::Unavailable(why))?;
+    let body = match answer {
+        Answer::Ok(body) => body,
+        Answer::OAuth(_, e) => {
             return Err(LoginError::Rejected {
                 error: e.error,
                 description: e.error_description,
             });
         }
-        return Err(LoginError::Unavailable(format!(
-            "{token_endpoint} answered HTTP {}",
-            status.as_u16()
-        )));
-    }
+    };
     // The serde error is not shown: it may quote a token.
     let raw: RawCodeTokens = serde_json::from_slice(&body).map_err(|_| {
         LoginError::Unavailable("the token endpoint's answer is not a token response".into())
@@ -309,12 +269,6 @@ pub async fn exchange_code(
         expires_in: raw.expires_in,
         refresh_expires_in: raw.refresh_expires_in,
     })
-}
-
-/// `Authorization: Basic …` for the client, marked sensitive.
-fn basic_auth(client_id: &str, client_secret: &Secret) -> Result<HeaderValue, LoginError> {
-    crate::grants::client_basic_auth(client_id, client_secret)
-        .ok_or_else(|| LoginError::Unavailable("cannot build the client authentication".into()))
 }
 
 #[derive(Deserialize)]
@@ -562,17 +516,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn basic_auth_encodes_id_and_secret_first() {
-        let value = basic_auth("my client", &Secret::new("p@ss:word")).unwrap();
-        assert!(value.is_sensitive());
-        let text = value.to_str().unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(text.strip_prefix("Basic ").unwrap())
-            .unwrap();
-        assert_eq!(decoded, b"my+client:p%40ss%3Aword");
     }
 
     const ISSUER: &str = "http://idp.example/realms/acme";

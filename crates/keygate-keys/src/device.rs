@@ -4,24 +4,15 @@
 
 use crate::error::{DeviceError, DeviceFailure, ManageError, grant_failure};
 use crate::model::CreatedKey;
-use crate::service::ApiKeys;
+use crate::state::{ApiKeys, PendingDevice};
 use keygate_auth::JwtVerifier;
 use keygate_auth::apikey;
 use keygate_auth::grants::DevicePoll;
 use keygate_auth::stored::StoredSecret;
 use keygate_core::keys::KeyKind;
-use keygate_core::{Secret, unix_now};
+use keygate_core::unix_now;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A device authorization in progress (personal key creation).
-pub(crate) struct PendingDevice {
-    device_code: Secret,
-    code_verifier: Secret,
-    description: String,
-    lifetime: Option<Duration>,
-    interval: u64,
-}
 
 impl ApiKeys {
     /// Starts a device authorization for a personal key (RFC 8628 through

@@ -5,8 +5,8 @@
 //! (sealed under the key itself, so Redis alone opens nothing).
 
 use crate::error::{ExchangeError, KeyRefusal};
-use crate::records::{Found, exchange_key};
-use crate::service::ApiKeys;
+use crate::records::exchange_key;
+use crate::state::{ApiKeys, Exchanged, Found};
 use keygate_auth::JwtVerifier;
 use keygate_auth::grants::{GrantError, TokenResponse};
 use keygate_auth::stored::StoredSecret;
@@ -15,29 +15,6 @@ use keygate_core::{AuthMethod, Identity, Secret, unix_now};
 use keygate_store::{KeyRecord, Redis};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The provider token an API key was exchanged for, as a verified identity.
-pub(crate) struct Exchanged {
-    pub(crate) identity: Arc<Identity>,
-    /// When to exchange again (seconds since the epoch): `exp - refresh-margin`.
-    pub(crate) renew_at: u64,
-}
-
-/// Expires a cached exchange at its `renew_at`.
-pub(crate) struct RenewBeforeExpiry;
-
-impl moka::Expiry<String, Arc<Exchanged>> for RenewBeforeExpiry {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        value: &Arc<Exchanged>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            value.renew_at.saturating_sub(unix_now()),
-        ))
-    }
-}
 
 /// How long one replica may hold the right to exchange a key.
 const EXCHANGE_LOCK_TTL: Duration = Duration::from_secs(10);

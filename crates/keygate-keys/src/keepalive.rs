@@ -5,7 +5,7 @@
 //! key that nothing refreshed for `offline-keepalive` is refreshed with the
 //! copy of its refresh token sealed under the server secret.
 
-use crate::service::ApiKeys;
+use crate::state::ApiKeys;
 use keygate_auth::grants::GrantError;
 use keygate_auth::stored::StoredSecret;
 use keygate_core::unix_now;

@@ -7,7 +7,7 @@
 //! verifies and forwards like any bearer token. The same service serves
 //! the CLI (`keygate keys`), the admin API and the self-service endpoints.
 //!
-//! - [`service`]: the service and the request-time check;
+//! - [`service`]: building the service and the request-time check;
 //! - [`records`]: the record lookup, its caches and the store's change feed;
 //! - [`exchange`]: a key's exchange for a provider token, shared across
 //!   requests and (with Redis) replicas;
@@ -34,9 +34,10 @@ pub mod model;
 pub mod records;
 pub mod restrictions;
 pub mod service;
+mod state;
 
 pub use error::{DeviceError, DeviceFailure, KeyError, ManageError};
 pub use keepalive::KeepaliveSweep;
 pub use limits::{LimitHeaders, Limited, Limiter};
 pub use model::{CreatedKey, KeyView, NewServiceKey};
-pub use service::ApiKeys;
+pub use state::ApiKeys;

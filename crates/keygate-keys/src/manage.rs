@@ -6,7 +6,7 @@
 use crate::error::{KeyRefusal, ManageError, grant_failure};
 use crate::model::{CreatedKey, KeyView, NewServiceKey};
 use crate::restrictions::{check_validity, parse_cidr};
-use crate::service::ApiKeys;
+use crate::state::ApiKeys;
 use keygate_auth::apikey;
 use keygate_auth::stored::StoredSecret;
 use keygate_core::keys::KeyKind;

@@ -5,7 +5,7 @@
 //! feed that keeps them true.
 
 use crate::error::{KeyError, KeyRefusal, Lookup};
-use crate::service::ApiKeys;
+use crate::state::{ApiKeys, Found};
 use keygate_core::encoding::hex;
 use keygate_core::keys::KeyKind;
 use keygate_core::limits::{KeyLimit, Quota, RateLimit};
@@ -13,16 +13,6 @@ use keygate_core::unix_now;
 use keygate_store::{HashMatch, KeyChange, KeyRecord, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A stored record found by a key's hash, and whether the key is the
-/// record's previous one (still valid during a rotation's grace period).
-pub(crate) struct Found {
-    pub(crate) record: KeyRecord,
-    pub(crate) previous: bool,
-    /// The limits in force: the key's own, else its kind's default.
-    pub(crate) rate: Option<RateLimit>,
-    pub(crate) quota: Option<Quota>,
-}
 
 /// Redis key of a refused key (by its keyed hash, never the key).
 pub(crate) fn negative_key(hash: &[u8; 32]) -> String {

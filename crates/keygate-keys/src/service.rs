@@ -20,16 +20,14 @@
 //! 5. the provider's token is verified like any bearer token and its
 //!    identity forwarded, marked `api-key` with the key's id.
 
-use crate::device::PendingDevice;
-use crate::error::{KeyError, KeyRefusal, ManageError};
-use crate::exchange::{Exchanged, RenewBeforeExpiry};
+use crate::error::{KeyError, ManageError};
 use crate::limits::{LimitHeaders, Limiter};
-use crate::records::Found;
 use crate::restrictions::{check_restrictions, check_validity};
+use crate::state::{ApiKeys, RenewBeforeExpiry, STALE_RECORD_TTL};
 use keygate_auth::apikey::{self, KeyCrypto};
 use keygate_auth::grants::Grants;
 use keygate_auth::{JwtVerifier, Provider};
-use keygate_core::config::{ApiKeysConfig, Config};
+use keygate_core::config::Config;
 use keygate_core::{Identity, Secret, unix_now};
 use keygate_store::{KeyStore, Redis};
 use moka::future::Cache;
@@ -37,31 +35,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The API-key service.
-pub struct ApiKeys {
-    pub(crate) store: KeyStore,
-    pub(crate) crypto: KeyCrypto,
-    pub(crate) grants: Grants,
-    pub(crate) client_id: String,
-    pub(crate) client_secret: Secret,
-    pub(crate) config: ApiKeysConfig,
-    pub(crate) records: Cache<[u8; 32], Arc<Found>>,
-    /// Records as last read, for when the store cannot be reached: a key
-    /// whose exchanged token is still cached keeps working through an outage.
-    pub(crate) stale: Cache<[u8; 32], Arc<Found>>,
-    pub(crate) negative: Cache<[u8; 32], KeyRefusal>,
-    pub(crate) tokens: Cache<String, Arc<Exchanged>>,
-    /// Shared negative and exchange caches, when `redis-url` is set.
-    pub(crate) redis: Option<Redis>,
-    pub(crate) limiter: Limiter,
-    pub(crate) pending: Cache<String, Arc<PendingDevice>>,
-    pub(crate) used: Mutex<HashMap<String, i64>>,
-}
-
-/// The longest a record read before a store outage is used during it (and
-/// then only for keys whose exchanged token is still cached).
-const STALE_RECORD_TTL: Duration = Duration::from_secs(3600);
 
 impl ApiKeys {
     /// Opens the store and builds the service. `Ok(None)` when API keys are
