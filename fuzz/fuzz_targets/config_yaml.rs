@@ -16,20 +16,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(mut config) = serde_yaml::from_str::<Config>(text) else {
+    let Ok(mut config) = serde_yaml_ng::from_str::<Config>(text) else {
         return;
     };
     config.api_keys.server_secret_file = None;
 
     // Printing the config (as `check-config` does) never fails or panics.
-    let _ = serde_yaml::to_string(&config);
+    let _ = serde_yaml_ng::to_string(&config);
 
     let valid = config.validate().is_ok();
     if valid {
         // Validation fills defaults; doing it again changes nothing.
-        let before = serde_yaml::to_string(&config).ok();
+        let before = serde_yaml_ng::to_string(&config).ok();
         assert!(config.validate().is_ok(), "validate is not idempotent");
-        assert_eq!(serde_yaml::to_string(&config).ok(), before);
+        assert_eq!(serde_yaml_ng::to_string(&config).ok(), before);
     }
 
     let options = RuleOptions {

@@ -7,7 +7,8 @@
 //!    client-sent identity headers, and everything else [`hygiene`] removes
 //!    (hop-by-hop headers, upgrades other than websocket, forwarding and
 //!    override headers, keygate's own cookies);
-//! 2. **route** ([`pipeline::route`]) — find the resource rule;
+//! 2. **route** ([`RuleSet::route`](keygate_core::rules::RuleSet::route)) — find the
+//!    resource rule;
 //! 3. **authenticate** ([`pipeline::authenticate`]) — verify the credential;
 //! 4. **authorize** ([`pipeline::authorize`]) — evaluate the rule;
 //! 5. **forward** ([`forward`]) — stream to the upstream, or, in forward-auth

@@ -4,7 +4,7 @@
 //! where it came from) and validated.
 
 use keygate_core::config::Config;
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -503,7 +503,7 @@ pub fn load(
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| LoadError(format!("cannot read config file {}: {e}", path.display())))?;
-        let value: Value = serde_yaml::from_str(&text).map_err(|e| {
+        let value: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
             LoadError(format!(
                 "config file {}: not valid YAML: {e}",
                 path.display()
@@ -648,7 +648,7 @@ fn parse_override(key: &Key, raw: &str) -> Result<Value, String> {
             }
             Value::Mapping(m)
         }
-        Kind::Yaml => serde_yaml::from_str(raw)
+        Kind::Yaml => serde_yaml_ng::from_str(raw)
             .map_err(|e| format!("`{}` expects YAML or JSON: {e}", key.name))?,
     })
 }
@@ -683,7 +683,7 @@ fn strsim(a: &str, b: &str) -> usize {
 /// The effective config as YAML, with every secret redacted.
 pub fn redacted_yaml(config: &Config) -> String {
     // `Secret` serializes as `[redacted]`; nothing else in Config is secret.
-    serde_yaml::to_string(config).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    serde_yaml_ng::to_string(config).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
 }
 
 #[cfg(test)]
@@ -704,7 +704,7 @@ mod tests {
     fn keys_match_the_config_struct() {
         let f = file(MINIMAL);
         let loaded = load(Some(f.path()), &[]).unwrap();
-        let value = serde_yaml::to_value(&loaded.config).unwrap();
+        let value = serde_yaml_ng::to_value(&loaded.config).unwrap();
         let fields: Vec<String> = value
             .as_mapping()
             .unwrap()
@@ -725,6 +725,17 @@ mod tests {
         assert!(err.contains("unknown key `upstrem-url`"), "{err}");
         assert!(err.contains("did you mean `upstream-url`"), "{err}");
         assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn yaml_syntax_error_names_file_line_and_column() {
+        let f = file(&format!(
+            "{MINIMAL}resources:\n  - uri: /a\n   roles: [admin\n"
+        ));
+        let err = load(Some(f.path()), &[]).err().unwrap().0;
+        assert!(err.contains("not valid YAML"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains("line 6 column 4"), "{err}");
     }
 
     #[test]

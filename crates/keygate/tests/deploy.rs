@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,7 +89,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// The documents of a multi-document YAML text; empty documents are skipped.
 fn parse_docs(text: &str, origin: &str) -> Vec<Value> {
     let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc)
             .unwrap_or_else(|e| panic!("{origin}: document {}: invalid YAML: {e}", i + 1));
         if !value.is_null() {
@@ -243,7 +243,8 @@ fn keygate_config(objs: &[Value], deployment: &Value) -> Value {
         .unwrap_or_else(|| panic!("ConfigMap {cm_name} is in the same folder"));
     let text = str_at(cm, &["data", "keygate.yaml"])
         .unwrap_or_else(|| panic!("ConfigMap {cm_name} has the key keygate.yaml"));
-    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("ConfigMap {cm_name}: keygate.yaml: {e}"))
+    serde_yaml_ng::from_str(text)
+        .unwrap_or_else(|e| panic!("ConfigMap {cm_name}: keygate.yaml: {e}"))
 }
 
 /// A Secret's value, from `stringData` or base64 `data`.
@@ -831,7 +832,7 @@ fn check_config(
         api_keys["server-secret-file"] = file.to_str().unwrap().into();
     }
     let path = dir.join("keygate.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
     let mut cmd = keygate();
     cmd.args(["check-config", "--config"]).arg(&path);
     for e in seq_at(kg, &["env"]) {
@@ -888,7 +889,7 @@ fn every_keygate_yaml_passes_check_config() {
                     "{ctx}: check-config printed a secret"
                 );
             }
-            let effective: Value = serde_yaml::from_str(&stdout).unwrap();
+            let effective: Value = serde_yaml_ng::from_str(&stdout).unwrap();
             let grace =
                 humantime::parse_duration(str_at(&effective, &["shutdown-grace-period"]).unwrap())
                     .unwrap();

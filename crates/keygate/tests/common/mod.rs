@@ -410,7 +410,7 @@ impl Keygate {
         // As the binary does: one crypto provider for rustls' process default.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut config: keygate_core::config::Config =
-            serde_yaml::from_str(yaml).expect("test config parses");
+            serde_yaml_ng::from_str(yaml).expect("test config parses");
         config.validate().expect("test config is valid");
         let gateway = keygate_proxy::Gateway::build(config)
             .await
