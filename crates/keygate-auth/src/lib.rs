@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apikey;
+pub mod client;
 pub mod error;
 pub mod grants;
 pub mod jwt;
