@@ -2,10 +2,11 @@
 //! call authenticated by a bearer JWT that carries `api-keys.admin-role`,
 //! described by the OpenAPI document at `/admin/v1/openapi.json`.
 
+use crate::context::{Credential, Decision, RequestCtx};
 use crate::gateway::Gateway;
-use crate::pipeline::{self, Credential, Refused, RequestCtx};
-use crate::respond::{self, Body, Refusal};
+use crate::respond::{self, Body, Refusal, Refused};
 use crate::selfservice::read_json;
+use crate::{authenticate, log, normalize};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use keygate_core::keys::KeyKind;
@@ -26,21 +27,26 @@ pub async fn handle(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let mut ctx = RequestCtx::new(req.headers(), req.method().clone(), peer);
+    let mut ctx = RequestCtx::new(
+        req.headers(),
+        req.method().clone(),
+        peer,
+        gw.trusted_peer(peer.ip()),
+    );
     ctx.path = req.uri().path().to_owned();
     ctx.route = "/admin".into();
-    let credential = pipeline::take_credential(&gw, req.headers_mut());
+    let credential = normalize::take_credential(&gw, req.headers_mut());
     let mut resp = match route(&gw, &mut ctx, req, credential).await {
         Ok(resp) => resp,
         Err(Refused { refusal, reason }) => {
-            ctx.decision = pipeline::Decision::Deny;
+            ctx.decision = Decision::Deny;
             ctx.reason = reason;
             refusal.into_response()
         }
     };
     resp.headers_mut()
         .insert("x-request-id", ctx.request_id.clone());
-    pipeline::log(&ctx, resp.status());
+    log::log(&ctx, resp.status());
     resp
 }
 
@@ -51,7 +57,7 @@ async fn route(
     credential: Credential,
 ) -> Result<Response<Body>, Refused> {
     if ctx.path == "/admin/v1/openapi.json" && req.method() == Method::GET {
-        ctx.decision = pipeline::Decision::Internal;
+        ctx.decision = Decision::Internal;
         return Ok(respond::text(
             StatusCode::OK,
             "application/json",
@@ -68,14 +74,14 @@ async fn route(
             reason: Cow::Borrowed("no_credential"),
         });
     };
-    let identity = pipeline::verify_credential(gw, &credential, ctx).await?;
+    let identity = authenticate::verify_credential(gw, &credential, ctx).await?;
     if !identity.has_role(keys.admin_role()) {
         return Err(Refused {
             refusal: Refusal::Forbidden(format!("missing role: {}", keys.admin_role())),
             reason: Cow::Borrowed("not_admin"),
         });
     }
-    ctx.decision = pipeline::Decision::Allow;
+    ctx.decision = Decision::Allow;
     let actor = identity
         .username
         .clone()

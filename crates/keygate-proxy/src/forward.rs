@@ -1,243 +1,189 @@
-//! Phase 5, forward: stream the request to the upstream and the response
-//! back. Bodies are never buffered; `Upgrade` (websockets) is spliced through
-//! after the upstream answers 101; SSE and chunked responses stream as they come.
+//! Phase 5, **forward**: the upstream request as keygate decided it —
+//! keygate's cookies removed, `X-Forwarded-*` extended or replaced,
+//! `X-Request-Id`, `headers:` and the identity's headers set — streamed
+//! through [`crate::upstream`]. Forward-auth answers the same identity
+//! headers instead ([`identity_headers`]).
 
-use crate::gateway::GatewayError;
-use crate::hygiene::strip_response_hop_by_hop;
-use crate::respond::{Body, Refusal};
-use http::header::{self, HeaderValue};
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::Either;
+use crate::context::RequestCtx;
+use crate::gateway::Gateway;
+use crate::hygiene;
+use crate::respond::{Body, Refused};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use keygate_core::config::Config;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use keygate_core::Identity;
+use std::borrow::Cow;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// The upstream: its base URL and a keep-alive connection pool.
-pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
-    /// Base path without a trailing slash ("" for `/`).
-    base_path: String,
-    client: Client<Connector, ClientBody>,
-    response_timeout: Duration,
-}
-
-impl Upstream {
-    /// Builds the upstream client from `upstream-url`, `upstream-ca` and the timeouts.
-    pub fn new(config: &Config) -> Result<Self, GatewayError> {
-        let url = config.upstream_url.as_deref().unwrap_or_default();
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| GatewayError::config("upstream-url", e))?;
-        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-        let authority = uri
+/// Phase 5: prepares the upstream request and streams it. The client's
+/// hop-by-hop, forwarding and override headers are already gone (phase 1);
+/// keygate's cookies are removed here, then keygate's headers are set.
+pub async fn forward(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    mut req: Request<Incoming>,
+    websocket: bool,
+) -> Result<Response<Body>, Refused> {
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    *req.uri_mut() = gw.upstream.uri_for(&ctx.path, ctx.query.as_deref())?;
+    *req.version_mut() = Version::HTTP_11;
+    let original_host = req.headers_mut().remove(header::HOST).or_else(|| {
+        req.uri()
             .authority()
-            .cloned()
-            .ok_or_else(|| GatewayError::config("upstream-url", format!("`{url}` has no host")))?;
-        if uri.query().is_some() {
-            return Err(GatewayError::config(
-                "upstream-url",
-                "must not contain a query",
-            ));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.upstream_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = tls_config(config)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream_keepalive_timeout)
-            .pool_max_idle_per_host(1024)
-            .set_host(true)
-            .build(connector);
-        Ok(Upstream {
-            scheme,
-            authority,
-            base_path,
-            client,
-            response_timeout: config.upstream_response_header_timeout,
-        })
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let headers = req.headers_mut();
+    hygiene::strip_keygate_cookies(headers);
+    forwarded_headers(gw, ctx, headers, original_host);
+    headers.insert("x-request-id", ctx.request_id.clone());
+    for (name, value) in &gw.static_headers {
+        headers.insert(name.clone(), value.clone());
     }
+    if let Some(identity) = &ctx.identity {
+        identity_headers(gw, identity, headers);
+    }
+    gw.upstream
+        .send(req, client_upgrade)
+        .await
+        .map_err(Refused::from)
+}
 
-    /// The upstream URI for a normalized path and the original query.
-    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
-        let mut pq = String::with_capacity(
-            self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+/// `X-Forwarded-For/Proto/Host`: extended when the peer is a trusted proxy,
+/// replaced otherwise, so clients cannot forge their address.
+fn forwarded_headers(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
+) {
+    let trusted = ctx.trusted;
+    let peer_ip = ctx.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if trusted => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+        let proto = if gw.tls { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if !(trusted && headers.contains_key("x-forwarded-host"))
+        && let Some(host) = host
+    {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// The headers keygate sets for a verified identity: `Authorization`,
+/// `X-Auth-*` and `add-claims`. Used by forwarding and forward-auth alike.
+/// All but `X-Auth-ExpiresIn` are built once per identity and reused while
+/// the identity is cached.
+pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderMap) {
+    let prebuilt = identity.derived(|| build_identity_headers(gw, identity));
+    match prebuilt {
+        Some(prebuilt) => {
+            for (name, value) in prebuilt {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        None => {
+            for (name, value) in build_identity_headers(gw, identity) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    if !gw.config.enable_authorization_header {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let now = keygate_core::unix_now();
+    headers.insert(
+        HeaderName::from_static("x-auth-expiresin"),
+        HeaderValue::from(identity.expires_at.saturating_sub(now)),
+    );
+}
+
+fn build_identity_headers(gw: &Gateway, identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
+    let config = &gw.config;
+    let mut out = Vec::with_capacity(12);
+    if config.enable_authorization_header
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", identity.access_token.expose()))
+    {
+        out.push((header::AUTHORIZATION, v));
+    }
+    let mut put = |name: HeaderName, value: &str| {
+        if let Some(v) = safe_header_value(value) {
+            out.push((name, v));
+        }
+    };
+    put(HeaderName::from_static("x-auth-subject"), &identity.subject);
+    if let Some(u) = &identity.username {
+        put(HeaderName::from_static("x-auth-userid"), u);
+        put(HeaderName::from_static("x-auth-username"), u);
+    }
+    if let Some(e) = &identity.email {
+        put(HeaderName::from_static("x-auth-email"), e);
+    }
+    put(
+        HeaderName::from_static("x-auth-roles"),
+        &identity.roles.join(","),
+    );
+    put(
+        HeaderName::from_static("x-auth-groups"),
+        &identity.groups.join(","),
+    );
+    put(
+        HeaderName::from_static("x-auth-method"),
+        identity.method.as_str(),
+    );
+    if let Some(k) = &identity.key_id {
+        put(HeaderName::from_static("x-auth-key-id"), k);
+    }
+    if config.enable_token_header {
+        put(
+            HeaderName::from_static("x-auth-token"),
+            identity.access_token.expose(),
         );
-        pq.push_str(&self.base_path);
-        pq.push_str(path);
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| Refusal::BadRequest("the request target cannot be forwarded".into()))
     }
-
-    /// Sends the prepared request and returns the upstream's response,
-    /// splicing an upgraded connection when the upstream switches protocols.
-    /// The request carries no hop-by-hop header any more (phase 1 removed
-    /// the client's); `Connection: upgrade` and `Upgrade: websocket` are
-    /// added back for an authorized websocket upgrade only.
-    pub async fn send(
-        &self,
-        req: Request<Incoming>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Response<Body>, Refusal> {
-        let client_failed = Arc::new(AtomicBool::new(false));
-        let mut req = req.map(|body| ClientBody {
-            inner: body,
-            failed: Arc::clone(&client_failed),
-        });
-        if client_upgrade.is_some() {
-            req.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            req.headers_mut()
-                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        }
-        let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
-        let mut resp = match sent {
-            Err(_) => {
-                metrics::counter!("keygate_upstream_errors_total", "kind" => "timeout")
-                    .increment(1);
-                return Err(Refusal::GatewayTimeout);
+    for (claim, name) in &gw.claim_headers {
+        let value = match identity.claims.get(claim) {
+            Some(serde_json::Value::String(s)) => Cow::Borrowed(s.as_str()),
+            Some(serde_json::Value::Array(items)) => Cow::Owned(
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                Cow::Owned(v.to_string())
             }
-            Ok(Err(_)) if client_failed.load(Ordering::Relaxed) => {
-                // The client's body broke off or was malformed: its error,
-                // not the upstream's.
-                metrics::counter!("keygate_client_errors_total", "kind" => "body").increment(1);
-                return Err(Refusal::BadRequest(
-                    "the request body was malformed or ended early".into(),
-                ));
-            }
-            Ok(Err(e)) => {
-                metrics::counter!("keygate_upstream_errors_total", "kind" => "connect")
-                    .increment(1);
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-                return Err(Refusal::BadGateway);
-            }
-            Ok(Ok(resp)) => resp,
+            _ => continue,
         };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                // Nothing was asked to upgrade: an upstream that switches
-                // anyway is broken, and its bytes are not passed on.
-                metrics::counter!("keygate_upstream_errors_total", "kind" => "unrequested_upgrade")
-                    .increment(1);
-                return Err(Refusal::BadGateway);
-            };
-            let upgrade = resp.headers().get(header::UPGRADE).cloned();
-            if !upgrade
-                .as_ref()
-                .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
-            {
-                metrics::counter!("keygate_upstream_errors_total", "kind" => "unrequested_upgrade")
-                    .increment(1);
-                return Err(Refusal::BadGateway);
-            }
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
-            });
-            strip_response_hop_by_hop(resp.headers_mut());
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            resp.headers_mut()
-                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            return Ok(resp.map(Either::Left));
-        }
-        strip_response_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(Either::Left))
+        put(name.clone(), &value);
     }
+    out
 }
 
-pin_project_lite::pin_project! {
-    /// The client's request body on its way upstream; remembers whether it
-    /// failed, so that a broken or malformed upload is answered as the
-    /// client's error (400), not the upstream's (502).
-    pub struct ClientBody {
-        #[pin]
-        inner: Incoming,
-        failed: Arc<AtomicBool>,
+/// A claim value as a header value, or `None` when it holds control
+/// characters (CR, LF, NUL, TAB, DEL…): such values are dropped, never written.
+fn safe_header_value(value: &str) -> Option<HeaderValue> {
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        tracing::debug!("dropping an identity header whose value holds control characters");
+        return None;
     }
+    HeaderValue::from_bytes(value.as_bytes()).ok()
 }
 
-impl http_body::Body for ClientBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
-            this.failed.store(true, Ordering::Relaxed);
-        }
-        polled
+    #[test]
+    fn control_characters_never_reach_headers() {
+        assert!(safe_header_value("alice\r\nX-Admin: 1").is_none());
+        assert!(safe_header_value("a\tb").is_none());
+        assert!(safe_header_value("\0").is_none());
+        assert!(safe_header_value("Zoë").is_some());
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-fn tls_config(config: &Config) -> Result<rustls::ClientConfig, GatewayError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.upstream_ca {
-        Some(path) => {
-            use rustls::pki_types::CertificateDer;
-            use rustls::pki_types::pem::PemObject;
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-                GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
-            })?;
-            for cert in certs {
-                let cert = cert.map_err(|e| {
-                    GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| GatewayError::config("upstream-ca", e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }

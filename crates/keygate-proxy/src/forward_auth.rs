@@ -4,10 +4,11 @@
 //! 200 with the headers to inject, 401 or 403. The reported method and URI
 //! are believed only from `trusted-proxies`.
 
+use crate::context::{Credential, RequestCtx};
 use crate::gateway::Gateway;
 use crate::hygiene;
-use crate::pipeline::{self, Credential, Decision, Refused, RequestCtx};
-use crate::respond::{self, Body, Refusal};
+use crate::respond::{self, Body, Refusal, Refused};
+use crate::{authenticate, forward, normalize, pipeline};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::borrow::Cow;
@@ -22,21 +23,21 @@ pub async fn handle(
     // The front proxy expects 401/403, never a redirect to login: it cannot
     // follow one (nginx turns it into a 500).
     ctx.browser = false;
-    if !gw.trusted_peer(ctx.peer.ip()) {
+    if !ctx.trusted {
         return Err(Refused {
             refusal: Refusal::Forbidden("forward-auth is answered only to trusted-proxies".into()),
             reason: Cow::Borrowed("untrusted_proxy"),
         });
     }
     let (method, uri) = original_request(req.headers())?;
-    pipeline::check_method(&method)?;
-    let (path, query) = pipeline::normalize(gw, &uri)?;
+    normalize::check_method(&method)?;
+    let (path, query) = normalize::normalize(gw, &uri)?;
     ctx.method = method;
     ctx.path = path;
     ctx.query = query;
     // The Origin check of cookie-authenticated writes, on the original
     // method (the auth request itself is a GET).
-    pipeline::csrf_check(gw, ctx, &credential, req.headers())?;
+    authenticate::csrf_check(ctx, &credential, req.headers())?;
     // The front proxy forwards the client's request itself, override
     // headers included, and keygate cannot remove them: every one present is
     // authorized as the upstream would read it.
@@ -47,17 +48,11 @@ pub async fn handle(
             reason: Cow::Borrowed("bad_override_header"),
         },
     )?;
-    let identity = pipeline::route_and_check(gw, ctx, &credential, &overrides).await?;
+    let identity = pipeline::check(gw, ctx, &credential, &overrides).await?;
     let mut resp = respond::empty(StatusCode::OK);
     if let Some(identity) = &identity {
-        pipeline::identity_headers(gw, identity, resp.headers_mut());
+        forward::identity_headers(gw, identity, resp.headers_mut());
     }
-    ctx.decision = if identity.is_some() {
-        Decision::Allow
-    } else {
-        Decision::Public
-    };
-    ctx.identity = identity;
     Ok(resp)
 }
 

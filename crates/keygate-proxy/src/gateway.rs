@@ -1,57 +1,13 @@
 //! The gateway: everything a request needs, built once from the config.
 
-use crate::forward::Upstream;
+use crate::error::GatewayError;
+use crate::upstream::Upstream;
 use http::{HeaderName, HeaderValue};
 use keygate_auth::{JwtVerifier, Provider, ProviderSettings, VerifierSettings};
 use keygate_core::config::{Config, is_identity_header};
 use keygate_core::rules::{RuleOptions, RuleSet};
 use keygate_keys::ApiKeys;
 use std::sync::Arc;
-
-/// Start-up failures, each naming the config key at fault.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GatewayError {
-    /// A key's value cannot be used.
-    #[error("`{key}`: {message}")]
-    Config {
-        /// The config key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-impl GatewayError {
-    pub(crate) fn config(key: &'static str, message: impl std::fmt::Display) -> Self {
-        GatewayError::Config {
-            key,
-            message: message.to_string(),
-        }
-    }
-}
-
-impl From<keygate_core::config::ConfigError> for GatewayError {
-    fn from(e: keygate_core::config::ConfigError) -> Self {
-        match e {
-            keygate_core::config::ConfigError::Invalid { key, message } => {
-                GatewayError::Config { key, message }
-            }
-            other => GatewayError::Config {
-                key: "config",
-                message: other.to_string(),
-            },
-        }
-    }
-}
 
 /// Shared, immutable per-process state of the pipeline.
 pub struct Gateway {
@@ -72,7 +28,7 @@ pub struct Gateway {
     /// API keys, when a server secret is configured.
     pub api_keys: Option<Arc<ApiKeys>>,
     /// Browser sessions, when `encryption-key` is set.
-    pub sessions: Option<crate::sessions::Sessions>,
+    pub sessions: Option<crate::session::Sessions>,
     /// The Redis shared by replicas, when `redis-url` is set.
     pub redis: Option<keygate_store::Redis>,
     /// `pass-override-headers`, parsed: the override headers let through.
@@ -102,7 +58,7 @@ impl Gateway {
 
     fn assemble(config: Config) -> Result<Self, GatewayError> {
         // Install the metrics recorder before anything records.
-        crate::ops::metrics_handle();
+        crate::metrics::handle();
         let rules = RuleSet::new(
             &config.resources,
             &config.match_claims,
@@ -189,7 +145,7 @@ impl Gateway {
         }
         let tls = config.tls_cert.is_some();
         let redis = keygate_store::Redis::from_config(&config)?;
-        let sessions = crate::sessions::Sessions::from_config(
+        let sessions = crate::session::Sessions::from_config(
             &config,
             Arc::clone(verifier.provider()),
             redis.clone(),
@@ -249,7 +205,7 @@ impl Gateway {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                crate::ops::metrics_handle().run_upkeep();
+                crate::metrics::handle().run_upkeep();
                 if let Some(keys) = &api_keys {
                     keys.flush_last_used().await;
                 }

@@ -271,19 +271,16 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, BadO
 /// Whether a cookie name is one of keygate's: `kg_session` and `kg_login`,
 /// and their chunks `kg_session-N`, `kg_login-N`.
 pub fn is_keygate_cookie(name: &str) -> bool {
-    [
-        crate::sessions::SESSION_COOKIE,
-        crate::sessions::LOGIN_COOKIE,
-    ]
-    .iter()
-    .any(|ours| {
-        name.strip_prefix(ours).is_some_and(|rest| {
-            rest.is_empty()
-                || rest
-                    .strip_prefix('-')
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    [crate::session::SESSION_COOKIE, crate::session::LOGIN_COOKIE]
+        .iter()
+        .any(|ours| {
+            name.strip_prefix(ours).is_some_and(|rest| {
+                rest.is_empty()
+                    || rest
+                        .strip_prefix('-')
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
         })
-    })
 }
 
 /// Removes keygate's own cookies from the request's `Cookie` headers (all of

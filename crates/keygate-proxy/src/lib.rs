@@ -1,34 +1,50 @@
-//! keygate's HTTP side: the request pipeline and the servers that run it.
+//! keygate's HTTP side: the servers, keygate's own endpoints and the request
+//! pipeline. The code is the chart of `docs/architecture.md`:
 //!
-//! Every request walks the same phases, each a plain function over one
-//! [`pipeline::RequestCtx`] (see `docs/architecture.md` for the chart):
-//!
-//! 1. **normalize** ([`pipeline::normalize`]) — parse the path once; strip
-//!    client-sent identity headers, and everything else [`hygiene`] removes
-//!    (hop-by-hop headers, upgrades other than websocket, forwarding and
-//!    override headers, keygate's own cookies);
-//! 2. **route** ([`RuleSet::route`](keygate_core::rules::RuleSet::route)) — find the
-//!    resource rule;
-//! 3. **authenticate** ([`pipeline::authenticate`]) — verify the credential;
-//! 4. **authorize** ([`pipeline::authorize`]) — evaluate the rule;
-//! 5. **forward** ([`forward`]) — stream to the upstream, or, in forward-auth
-//!    mode ([`forward_auth`]), answer 200 with the headers to inject;
-//! 6. **log** ([`pipeline::log`]) — one structured line and metrics.
+//! - [`server`] accepts connections and hands each request to
+//!   [`dispatch`] (the main listener) or [`admin`] (`listen-admin`);
+//! - [`dispatch`] runs phase 1 and sends `/oauth/*` to [`ops`] (health,
+//!   metrics, [`forward_auth`], [`login`], [`selfservice`] and [`keypage`]),
+//!   everything else through [`pipeline`];
+//! - the phases, each a module over one [`context::RequestCtx`]:
+//!   1. [`normalize`] — framing, the path parsed once, header hygiene
+//!      ([`hygiene`]), the credential taken out;
+//!   2. [`route`] — the resource rule (and an override header's);
+//!   3. [`authenticate`] — the credential verified (JWT, API key, session);
+//!   4. [`authorize`] — the rule evaluated;
+//!   5. [`forward`] — the upstream request, streamed by [`upstream`]; in
+//!      forward-auth mode, 200 with the headers to inject;
+//!   6. [`log`] — one structured line and metrics;
+//! - below them: [`gateway`] (what a request needs, built once),
+//!   [`session`] (the browser-session service), [`respond`] (the one error
+//!   edge), [`metrics`] and [`error`].
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authenticate;
+pub mod authorize;
+pub mod context;
+pub mod dispatch;
+pub mod error;
 pub mod forward;
 pub mod forward_auth;
 pub mod gateway;
 pub mod hygiene;
 pub mod keypage;
+pub mod log;
+pub mod login;
+pub mod metrics;
+pub mod normalize;
 pub mod ops;
 pub mod pipeline;
 pub mod respond;
+pub mod route;
 pub mod selfservice;
 pub mod server;
-pub mod sessions;
+pub mod session;
+pub mod upstream;
 
-pub use gateway::{Gateway, GatewayError};
+pub use error::GatewayError;
+pub use gateway::Gateway;
 pub use server::Server;

@@ -13,9 +13,9 @@
 //! receives the offline refresh token, stores it encrypted under the new key
 //! and answers the key exactly once.
 
+use crate::context::{Credential, RequestCtx};
 use crate::gateway::Gateway;
-use crate::pipeline::{Credential, Refused, RequestCtx};
-use crate::respond::{self, Body, Refusal};
+use crate::respond::{self, Body, Refusal, Refused};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -141,7 +141,7 @@ async fn identify(
     credential: &Credential,
 ) -> Result<Arc<Identity>, Refused> {
     // Management endpoints always need a credential, whatever default-deny says.
-    crate::pipeline::verify_credential(gw, credential, ctx).await
+    crate::authenticate::verify_credential(gw, credential, ctx).await
 }
 
 /// Reads a small JSON body; an empty body is `{}`.

@@ -3,8 +3,9 @@
 //! and the bounds on every connection: a cap on open connections, a header
 //! timeout, and an idle timeout.
 
-use crate::gateway::{Gateway, GatewayError};
-use crate::pipeline;
+use crate::dispatch;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -150,7 +151,7 @@ impl Server {
                 let resp = if admin {
                     crate::admin::handle(gateway, req, peer).await
                 } else {
-                    pipeline::handle(gateway, req, peer).await
+                    dispatch::handle(gateway, req, peer).await
                 };
                 Ok::<_, Infallible>(resp)
             }

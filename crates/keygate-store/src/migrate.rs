@@ -10,7 +10,6 @@
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::StoreError;
-use crate::store::unix_now;
 
 /// A migration: its version and its SQL (one or more statements).
 type Migration = (i64, &'static str);
@@ -69,7 +68,7 @@ macro_rules! apply_pending {
                 .map_err(|source| StoreError::Migration { version, source })?;
             sqlx::query("INSERT INTO keygate_migrations (version, applied_at) VALUES ($1, $2)")
                 .bind(version)
-                .bind(unix_now())
+                .bind(i64::try_from(keygate_core::unix_now()).unwrap_or(i64::MAX))
                 .execute(&mut *$tx)
                 .await?;
         }

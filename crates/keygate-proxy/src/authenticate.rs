@@ -1,0 +1,140 @@
+//! Phase 3, **authenticate**: the credential verified when a rule needs
+//! one: a bearer JWT ([`keygate_auth::JwtVerifier`]), an API key exchanged
+//! for the provider token it stands for ([`keygate_keys::ApiKeys`]), or the
+//! browser session ([`crate::session`]), whose state-changing requests must
+//! also pass the Origin check.
+
+use crate::context::{Credential, RequestCtx};
+use crate::gateway::Gateway;
+use crate::respond::{Refusal, Refused};
+use crate::route::Routes;
+use http::Method;
+use http::header::HeaderMap;
+use keygate_auth::AuthError;
+use keygate_core::Identity;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Phase 3: the verified identity when a rule needs a credential.
+pub async fn run(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    credential: &Credential,
+    routes: &Routes<'_>,
+) -> Result<Option<Arc<Identity>>, Refused> {
+    match routes.need_credential(gw) {
+        true => verify_credential(gw, credential, ctx).await.map(Some),
+        false => Ok(None),
+    }
+}
+
+/// CSRF: a state-changing request authenticated by the session cookie must
+/// come from this gateway's own pages — its `Origin` must name this host
+/// (the `Host` the browser used). Bearer tokens and API keys are not sent
+/// by browsers on their own, so they need no such check.
+pub fn csrf_check(
+    ctx: &RequestCtx,
+    credential: &Credential,
+    headers: &HeaderMap,
+) -> Result<(), Refused> {
+    if !matches!(credential, Credential::Session(_))
+        || matches!(ctx.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return Ok(());
+    }
+    let trusted = ctx.trusted;
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = if trusted {
+        get("x-forwarded-host").or(get("host"))
+    } else {
+        get("host")
+    };
+    let origin_host = get("origin")
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, h)| h.trim_end_matches('/'));
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err(Refused {
+            refusal: Refusal::Forbidden(
+                "cross-site request refused: a cookie-authenticated request that changes state must send this site's Origin"
+                    .into(),
+            ),
+            reason: Cow::Borrowed("csrf"),
+        }),
+    }
+}
+
+/// Verifies a credential: a bearer JWT, or an API key exchanged for the
+/// provider token it stands for.
+pub async fn verify_credential(
+    gw: &Gateway,
+    credential: &Credential,
+    ctx: &mut RequestCtx,
+) -> Result<Arc<Identity>, Refused> {
+    match credential {
+        Credential::None => Err(Refused {
+            refusal: Refusal::NoCredential,
+            reason: Cow::Borrowed("no_credential"),
+        }),
+        Credential::Unusable(why, reason) => Err(Refused {
+            refusal: Refusal::BadCredential((*why).into()),
+            reason: Cow::Borrowed(reason),
+        }),
+        Credential::Bearer(token) => gw
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|e| auth_refusal(&e)),
+        Credential::Session(cookie) => {
+            let Some(sessions) = gw.sessions.as_ref() else {
+                return Err(Refused {
+                    refusal: Refusal::NoCredential,
+                    reason: Cow::Borrowed("no_credential"),
+                });
+            };
+            let access_token =
+                crate::session::current_access_token(sessions, cookie, &mut ctx.set_cookies)
+                    .await?;
+            let verified = gw
+                .verifier
+                .verify(access_token.expose())
+                .await
+                .map_err(|e| auth_refusal(&e))?;
+            Ok(Arc::new(
+                verified.reissued(keygate_core::AuthMethod::Session, None),
+            ))
+        }
+        Credential::ApiKey(key) => {
+            let Some(keys) = &gw.api_keys else {
+                return Err(Refused {
+                    refusal: Refusal::BadCredential(
+                        "API keys are not enabled on this gateway".into(),
+                    ),
+                    reason: Cow::Borrowed("api_keys_disabled"),
+                });
+            };
+            keys.authenticate(
+                key,
+                ctx.method.as_str(),
+                &ctx.path,
+                ctx.peer.ip(),
+                &gw.verifier,
+                &mut ctx.limit_headers,
+            )
+            .await
+            .map_err(Refused::from)
+        }
+    }
+}
+
+fn auth_refusal(e: &AuthError) -> Refused {
+    let refusal = if e.is_unavailable() {
+        Refusal::Unavailable("the OpenID provider is unavailable; try again shortly".into())
+    } else {
+        Refusal::BadCredential(e.to_string())
+    };
+    Refused {
+        refusal,
+        reason: Cow::Borrowed(e.reason()),
+    }
+}

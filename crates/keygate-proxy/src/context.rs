@@ -1,0 +1,158 @@
+//! The per-request context that every phase reads and writes, and the
+//! credential a request presents. The trusted-peer decision
+//! (`trusted-proxies`) is made once, when the context is created.
+
+use http::Method;
+use http::header::{self, HeaderMap, HeaderValue};
+use keygate_core::Identity;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::respond::Refusal;
+
+/// What the log phase reports about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forwarded (or, in forward-auth, approved) with a verified identity.
+    Allow,
+    /// Forwarded without a credential (white-listed, or unmatched without default deny).
+    Public,
+    /// Refused: 401 or 403.
+    Deny,
+    /// Refused as the client's error: a malformed or ambiguous request (400).
+    Invalid,
+    /// Refused: keygate/provider/upstream trouble (5xx).
+    Error,
+    /// One of keygate's own endpoints (`/oauth/health`, …).
+    Internal,
+}
+
+impl Decision {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Public => "public",
+            Decision::Deny => "deny",
+            Decision::Invalid => "invalid",
+            Decision::Error => "error",
+            Decision::Internal => "internal",
+        }
+    }
+}
+
+/// The per-request context every phase reads and writes.
+pub struct RequestCtx {
+    /// `X-Request-Id`: the client's when it sent a sane one, else generated.
+    pub request_id: HeaderValue,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the peer is one of `trusted-proxies`, whose forwarding
+    /// headers keygate believes: decided once, here.
+    pub trusted: bool,
+    /// The method being authorized (in forward-auth: the original one).
+    pub method: Method,
+    /// The normalized path (set by the normalize phase).
+    pub path: String,
+    /// The query string, passed through untouched; never used for matching.
+    pub query: Option<String>,
+    /// The matched rule's `uri`, or `unmatched`.
+    pub route: String,
+    /// The verified caller, if any.
+    pub identity: Option<Arc<Identity>>,
+    /// Outcome for the log line.
+    pub decision: Decision,
+    /// Short reason for the log line and metrics (`ok`, `expired`, …).
+    pub reason: Cow<'static, str>,
+    /// When the request arrived.
+    pub started: Instant,
+    /// A browser navigation (GET/HEAD accepting HTML, not XHR/fetch): without
+    /// a credential it is sent to login instead of getting a 401.
+    pub browser: bool,
+    /// `Set-Cookie` values to add to the response (a refreshed session).
+    pub set_cookies: Vec<String>,
+    /// An API key's rate-limit and quota headers, for the response.
+    pub limit_headers: keygate_keys::LimitHeaders,
+}
+
+impl RequestCtx {
+    /// Starts a context for a request that just arrived from `peer`
+    /// (`trusted`: one of `trusted-proxies`).
+    pub fn new(headers: &HeaderMap, method: Method, peer: SocketAddr, trusted: bool) -> Self {
+        let method_is_read = matches!(method, Method::GET | Method::HEAD);
+        RequestCtx {
+            request_id: request_id(headers),
+            peer,
+            trusted,
+            method,
+            path: String::new(),
+            query: None,
+            route: String::new(),
+            identity: None,
+            decision: Decision::Error,
+            reason: Cow::Borrowed("ok"),
+            started: Instant::now(),
+            browser: method_is_read && is_browser_navigation(headers),
+            set_cookies: Vec::new(),
+            limit_headers: Vec::new(),
+        }
+    }
+
+    /// Records a refusal's decision and reason for the log.
+    pub fn refused(&mut self, refusal: &Refusal, reason: Cow<'static, str>) {
+        self.decision = match refusal {
+            Refusal::NoCredential
+            | Refusal::BadCredential(_)
+            | Refusal::Forbidden(_)
+            | Refusal::MethodNotAllowed(_)
+            | Refusal::TooManyRequests(..) => Decision::Deny,
+            Refusal::BadRequest(_) | Refusal::NotFound => Decision::Invalid,
+            _ => Decision::Error,
+        };
+        self.reason = reason;
+    }
+}
+
+/// The credential a request presents, taken out of its headers in phase 1
+/// (API keys are removed from the request there, so no key ever reaches
+/// the upstream).
+pub enum Credential {
+    /// Nothing presented.
+    None,
+    /// `Authorization: Bearer <JWT>`.
+    Bearer(String),
+    /// An API key, from the key header, `Bearer kg…` or Basic's password.
+    ApiKey(String),
+    /// An `Authorization` header keygate cannot use; the text says why.
+    Unusable(&'static str, &'static str),
+    /// A browser session from the session cookie.
+    Session(Box<crate::session::SessionCookie>),
+}
+
+/// `Accept` names HTML and no `X-Requested-With`: a page load, not an API call.
+fn is_browser_navigation(headers: &HeaderMap) -> bool {
+    !headers.contains_key("x-requested-with")
+        && headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/html"))
+}
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id")
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    let id = uuid::Uuid::new_v4();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static("-"))
+}
+
+pub use crate::respond::Refused;

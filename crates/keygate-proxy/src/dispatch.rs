@@ -1,0 +1,35 @@
+//! The main listener's entry: phase 1 for every request, then keygate's own
+//! endpoints (`/oauth/*`, [`crate::ops`]) or the pipeline to the upstream
+//! ([`crate::pipeline`]); both end in [`crate::pipeline::finish`].
+
+use crate::context::{Decision, RequestCtx};
+use crate::gateway::Gateway;
+use crate::respond::Body;
+use crate::{normalize, ops, pipeline};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Serves one request from the main listener.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let trusted = gw.trusted_peer(peer.ip());
+    let mut ctx = RequestCtx::new(req.headers(), req.method().clone(), peer, trusted);
+    let result = match normalize::run(&gw, &mut ctx, &mut req) {
+        Err(refused) => Err(refused),
+        Ok((credential, _)) if ctx.path.starts_with("/oauth/") => {
+            // keygate's own endpoints forward nothing.
+            ctx.decision = Decision::Internal;
+            ctx.route = "/oauth".into();
+            ops::serve(&gw, &mut ctx, req, credential).await
+        }
+        Ok((credential, websocket)) => {
+            pipeline::proxy(&gw, &mut ctx, req, credential, websocket).await
+        }
+    };
+    pipeline::finish(&gw, &mut ctx, result)
+}

@@ -1,0 +1,243 @@
+//! Phase 5, forward: stream the request to the upstream and the response
+//! back. Bodies are never buffered; `Upgrade` (websockets) is spliced through
+//! after the upstream answers 101; SSE and chunked responses stream as they come.
+
+use crate::error::GatewayError;
+use crate::hygiene::strip_response_hop_by_hop;
+use crate::respond::{Body, Refusal};
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate_core::config::Config;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The upstream: its base URL and a keep-alive connection pool.
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Base path without a trailing slash ("" for `/`).
+    base_path: String,
+    client: Client<Connector, ClientBody>,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the upstream client from `upstream-url`, `upstream-ca` and the timeouts.
+    pub fn new(config: &Config) -> Result<Self, GatewayError> {
+        let url = config.upstream_url.as_deref().unwrap_or_default();
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| GatewayError::config("upstream-url", e))?;
+        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| GatewayError::config("upstream-url", format!("`{url}` has no host")))?;
+        if uri.query().is_some() {
+            return Err(GatewayError::config(
+                "upstream-url",
+                "must not contain a query",
+            ));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.upstream_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = tls_config(config)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.upstream_keepalive_timeout)
+            .pool_max_idle_per_host(1024)
+            .set_host(true)
+            .build(connector);
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path,
+            client,
+            response_timeout: config.upstream_response_header_timeout,
+        })
+    }
+
+    /// The upstream URI for a normalized path and the original query.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
+        let mut pq = String::with_capacity(
+            self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Refusal::BadRequest("the request target cannot be forwarded".into()))
+    }
+
+    /// Sends the prepared request and returns the upstream's response,
+    /// splicing an upgraded connection when the upstream switches protocols.
+    /// The request carries no hop-by-hop header any more (phase 1 removed
+    /// the client's); `Connection: upgrade` and `Upgrade: websocket` are
+    /// added back for an authorized websocket upgrade only.
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<Body>, Refusal> {
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let mut req = req.map(|body| ClientBody {
+            inner: body,
+            failed: Arc::clone(&client_failed),
+        });
+        if client_upgrade.is_some() {
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            req.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let mut resp = match sent {
+            Err(_) => {
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "timeout")
+                    .increment(1);
+                return Err(Refusal::GatewayTimeout);
+            }
+            Ok(Err(_)) if client_failed.load(Ordering::Relaxed) => {
+                // The client's body broke off or was malformed: its error,
+                // not the upstream's.
+                metrics::counter!("keygate_client_errors_total", "kind" => "body").increment(1);
+                return Err(Refusal::BadRequest(
+                    "the request body was malformed or ended early".into(),
+                ));
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "connect")
+                    .increment(1);
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                return Err(Refusal::BadGateway);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                // Nothing was asked to upgrade: an upstream that switches
+                // anyway is broken, and its bytes are not passed on.
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "unrequested_upgrade")
+                    .increment(1);
+                return Err(Refusal::BadGateway);
+            };
+            let upgrade = resp.headers().get(header::UPGRADE).cloned();
+            if !upgrade
+                .as_ref()
+                .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+            {
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "unrequested_upgrade")
+                    .increment(1);
+                return Err(Refusal::BadGateway);
+            }
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            strip_response_hop_by_hop(resp.headers_mut());
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            return Ok(resp.map(Either::Left));
+        }
+        strip_response_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(Either::Left))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client's request body on its way upstream; remembers whether it
+    /// failed, so that a broken or malformed upload is answered as the
+    /// client's error (400), not the upstream's (502).
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        failed: Arc<AtomicBool>,
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            this.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn tls_config(config: &Config) -> Result<rustls::ClientConfig, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.upstream_ca {
+        Some(path) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    GatewayError::config("upstream-ca", format!("{}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::config("upstream-ca", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
