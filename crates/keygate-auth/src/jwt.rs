@@ -19,7 +19,6 @@
 use crate::error::AuthError;
 use crate::grants::{GrantError, Grants};
 use crate::provider::{Keys, Provider};
-use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 pub use keygate_core::config::TokenIntrospection;
@@ -103,33 +102,11 @@ impl<V: ExpiresAt> moka::Expiry<TokenHash, Arc<V>> for UntilExp {
     }
 }
 
-/// The parts of a JWT header keygate reads before verifying: the algorithm
-/// (checked against the allow-list) and the key id.
-#[derive(Debug, serde::Deserialize)]
-pub struct RawHeader {
-    /// `alg`, as written.
-    pub alg: String,
-    /// `kid`, when present.
-    #[serde(default)]
-    pub kid: Option<String>,
-}
-
 impl JwtVerifier {
     /// Creates a verifier. Algorithm names not known to the JWT library are
     /// refused here; `none` and HMAC algorithms are never accepted.
     pub fn new(provider: Arc<Provider>, settings: VerifierSettings) -> Result<Self, String> {
-        let mut algorithms = Vec::new();
-        for name in &settings.algorithms {
-            let alg: Algorithm = name
-                .parse()
-                .map_err(|_| format!("unknown algorithm `{name}`"))?;
-            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                return Err(format!(
-                    "`{name}` is symmetric; keygate accepts only asymmetric algorithms"
-                ));
-            }
-            algorithms.push(alg);
-        }
+        let algorithms = crate::jws::algorithms(&settings.algorithms)?;
         let cache = Cache::builder()
             .max_capacity(settings.cache_size)
             .expire_after(UntilExp)
@@ -146,6 +123,12 @@ impl JwtVerifier {
             cache,
             introspections,
         })
+    }
+
+    /// The signature algorithms accepted (`signing-algorithms`): the one
+    /// list for access, ID and logout tokens.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
     }
 
     /// The provider whose keys this verifier uses.
@@ -175,12 +158,8 @@ impl JwtVerifier {
     }
 
     async fn verify_uncached(&self, token: &str, hash: TokenHash) -> Result<Identity, AuthError> {
-        let header = parse_header(token)?;
-        let alg: Algorithm = header
-            .alg
-            .parse()
-            .ok()
-            .filter(|a| self.algorithms.contains(a))
+        let header = crate::jws::header(token).map_err(|_| AuthError::Malformed)?;
+        let alg = crate::jws::allowed(&header, &self.algorithms)
             .ok_or_else(|| AuthError::UnsupportedAlgorithm(truncate(&header.alg)))?;
         let kid = header.kid.unwrap_or_default();
 
@@ -222,13 +201,10 @@ impl JwtVerifier {
         kid: &str,
         keys: &Keys,
     ) -> Result<Map<String, Value>, AuthError> {
-        let key = keys
-            .by_kid
-            .get(kid)
-            .ok_or_else(|| AuthError::UnknownKey(keys.metadata.issuer.clone()))?;
-        if key.alg.is_some_and(|a| a != alg) {
-            return Err(AuthError::UnsupportedAlgorithm(format!("{alg:?}")));
-        }
+        let key = crate::jws::key_for(keys, Some(kid), alg).map_err(|e| match e {
+            crate::jws::KeyError::Unknown => AuthError::UnknownKey(keys.metadata.issuer.clone()),
+            crate::jws::KeyError::Algorithm => AuthError::UnsupportedAlgorithm(format!("{alg:?}")),
+        })?;
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.leeway = self.settings.leeway.as_secs();
@@ -397,21 +373,6 @@ fn map_error(kind: &ErrorKind) -> AuthError {
     }
 }
 
-/// Splits a compact JWT into its three parts and decodes the header only
-/// (nothing of the payload is read before the signature is verified).
-pub fn parse_header(token: &str) -> Result<RawHeader, AuthError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthError::Malformed);
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| AuthError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
-}
-
 /// `iss` of a signature-verified token is not `expected`.
 fn wrong_issuer(expected: &str, found: &str) -> AuthError {
     AuthError::WrongIssuer {
@@ -445,21 +406,130 @@ fn now_secs() -> u64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
-    #[test]
-    fn rejects_alg_none_header_before_any_key_lookup() {
-        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let token = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"sub":"x"}"#));
-        let h = parse_header(&token).unwrap();
-        assert_eq!(h.alg, "none");
-        assert!("none".parse::<Algorithm>().is_err());
+    use crate::jws::test_keys;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const AUD: &str = "api";
+
+    /// A verifier over the test provider's keys (or none loaded).
+    fn verifier(loaded: bool) -> (EncodingKey, JwtVerifier) {
+        let provider = Provider::new(crate::ProviderSettings {
+            discovery_url: test_keys::ISSUER.into(),
+            refresh_interval: Duration::from_secs(300),
+            min_refresh_interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(100),
+            skip_tls_verify: false,
+        })
+        .unwrap();
+        let (key, keys) = test_keys::pair();
+        if loaded {
+            provider.install_keys(keys);
+        }
+        let settings = VerifierSettings {
+            audiences: vec![AUD.into()],
+            algorithms: crate::jws::ASYMMETRIC
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect(),
+            leeway: Duration::from_secs(5),
+            max_token_size: 16 * 1024,
+            cache_size: 100,
+            authorized_parties: Vec::new(),
+            introspection: TokenIntrospection::Never,
+            client_id: "keygate".into(),
+            client_secret: Secret::default(),
+        };
+        (key, JwtVerifier::new(provider, settings).unwrap())
     }
 
-    #[test]
-    fn rejects_tokens_without_three_parts() {
-        assert_eq!(parse_header("a.b").err(), Some(AuthError::Malformed));
-        assert_eq!(parse_header("a.b.c.d").err(), Some(AuthError::Malformed));
-        assert_eq!(parse_header("!!!.b.c").err(), Some(AuthError::Malformed));
+    fn claims() -> Value {
+        json!({ "iss": test_keys::ISSUER, "aud": AUD, "sub": "u1", "exp": now_secs() + 300 })
+    }
+
+    fn sign(key: &EncodingKey, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[tokio::test]
+    async fn a_well_signed_token_verifies_and_its_claims_are_read() {
+        let (key, v) = verifier(true);
+        let id = v.verify(&sign(&key, &claims())).await.unwrap();
+        assert_eq!(id.subject, "u1");
+    }
+
+    #[tokio::test]
+    async fn alg_none_and_hmac_are_refused_before_any_key_lookup() {
+        // No keys are loaded: a lookup would answer ProviderUnavailable.
+        let (_, v) = verifier(false);
+        let body = b64(&claims().to_string());
+        for alg in ["none", "HS256", "HS512"] {
+            let token = format!(
+                "{}.{body}.c2ln",
+                b64(&format!(r#"{{"alg":"{alg}","kid":"k1"}}"#))
+            );
+            assert_eq!(
+                v.verify(&token).await.err(),
+                Some(AuthError::UnsupportedAlgorithm(alg.into())),
+                "{alg}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn tampered_forged_and_foreign_tokens_are_refused() {
+        let (key, v) = verifier(true);
+        let good = sign(&key, &claims());
+        // One claim changed after signing.
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let altered = b64(&json!({ "iss": test_keys::ISSUER, "aud": AUD, "sub": "admin", "exp": now_secs() + 300 }).to_string());
+        parts[1] = &altered;
+        assert_eq!(
+            v.verify(&parts.join(".")).await.err(),
+            Some(AuthError::BadSignature)
+        );
+        // Signed by another key under the same kid.
+        let (other, _) = test_keys::pair();
+        assert_eq!(
+            v.verify(&sign(&other, &claims())).await.err(),
+            Some(AuthError::BadSignature)
+        );
+        let with = |k: &str, val: Value| {
+            let mut c = claims();
+            c[k] = val;
+            sign(&key, &c)
+        };
+        assert_eq!(
+            v.verify(&with("exp", json!(now_secs() - 60))).await.err(),
+            Some(AuthError::Expired)
+        );
+        assert!(matches!(
+            v.verify(&with("iss", json!("http://evil.example")))
+                .await
+                .err(),
+            Some(AuthError::WrongIssuer { .. })
+        ));
+        assert!(matches!(
+            v.verify(&with("aud", json!("other-api"))).await.err(),
+            Some(AuthError::WrongAudience { .. })
+        ));
+        assert_eq!(
+            v.verify(&with("typ", json!("ID"))).await.err(),
+            Some(AuthError::WrongTokenType)
+        );
+        assert_eq!(v.verify("a.b").await.err(), Some(AuthError::Malformed));
+        assert_eq!(
+            v.verify(&"x".repeat(16 * 1024 + 1)).await.err(),
+            Some(AuthError::TooLarge)
+        );
     }
 
     #[test]

@@ -17,7 +17,6 @@
 
 use crate::oauth::{self, Answer, describe, pkce_challenge};
 use crate::provider::Keys;
-use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use keygate_core::Secret;
@@ -30,18 +29,6 @@ const MAX_LEEWAY_SECS: u64 = 60;
 const MAX_ID_TOKEN_SIZE: usize = 16 * 1024;
 /// Return-to paths longer than this are replaced by `/`.
 const MAX_RETURN_TO: usize = 2048;
-/// Signature algorithms accepted for ID tokens (asymmetric only).
-const ALGORITHMS: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
 
 /// The start of a login: where to send the browser, and what to remember.
 #[derive(Clone, Debug)]
@@ -271,13 +258,6 @@ pub async fn exchange_code(
     })
 }
 
-#[derive(Deserialize)]
-struct RawHeader {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
 /// Verifies the ID token, in this order: size → header → algorithm
 /// (RS/PS/ES/EdDSA) → key by `kid` → signature → `iss` == the provider's
 /// issuer → `aud` contains `id_token_audience` → `exp`/`nbf` (leeway at most
@@ -287,6 +267,7 @@ struct RawHeader {
 pub fn verify_id_token(
     id_token: &str,
     keys: &Keys,
+    algorithms: &[Algorithm],
     id_token_audience: &str,
     nonce: &str,
     leeway_secs: u64,
@@ -295,20 +276,12 @@ pub fn verify_id_token(
     if id_token.len() > MAX_ID_TOKEN_SIZE {
         return Err(LoginError::IdToken("malformed"));
     }
-    let header = parse_header(id_token)?;
-    let alg: Algorithm = header
-        .alg
-        .parse()
-        .ok()
-        .filter(|a| ALGORITHMS.contains(a))
-        .ok_or(LoginError::IdToken("algorithm"))?;
-    let key = keys
-        .by_kid
-        .get(header.kid.as_deref().unwrap_or_default())
-        .ok_or(LoginError::IdToken("unknown key"))?;
-    if key.alg.is_some_and(|a| a != alg) {
-        return Err(LoginError::IdToken("algorithm"));
-    }
+    let header = crate::jws::header(id_token).map_err(|_| LoginError::IdToken("malformed"))?;
+    let alg = crate::jws::allowed(&header, algorithms).ok_or(LoginError::IdToken("algorithm"))?;
+    let key = crate::jws::key_for(keys, header.kid.as_deref(), alg).map_err(|e| match e {
+        crate::jws::KeyError::Unknown => LoginError::IdToken("unknown key"),
+        crate::jws::KeyError::Algorithm => LoginError::IdToken("algorithm"),
+    })?;
     let mut validation = Validation::new(alg);
     validation.algorithms = vec![alg];
     validation.leeway = leeway;
@@ -376,25 +349,13 @@ fn check_of(kind: &ErrorKind) -> &'static str {
     }
 }
 
-fn parse_header(token: &str) -> Result<RawHeader, LoginError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(LoginError::IdToken("malformed"));
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| LoginError::IdToken("malformed"))?;
-    serde_json::from_slice(&bytes).map_err(|_| LoginError::IdToken("malformed"))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::provider::{Metadata, VerifyKey};
     use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine as _;
     use jsonwebtoken::{DecodingKey, EncodingKey, Header};
     use serde_json::json;
     use std::collections::HashMap;
@@ -570,7 +531,7 @@ mod tests {
     }
 
     fn failed_check(token: &str, keys: &Keys, aud: &str, nonce: &str) -> String {
-        verify_id_token(token, keys, aud, nonce, 30)
+        verify_id_token(token, keys, &crate::jws::ASYMMETRIC, aud, nonce, 30)
             .unwrap_err()
             .to_string()
     }
@@ -579,7 +540,15 @@ mod tests {
     fn verify_id_token_names_each_failed_check() {
         let (key, keys) = test_keys();
         let good = sign(&key, &id_claims());
-        let claims = verify_id_token(&good, &keys, "APP-frontend", "n-1", 30).unwrap();
+        let claims = verify_id_token(
+            &good,
+            &keys,
+            &crate::jws::ASYMMETRIC,
+            "APP-frontend",
+            "n-1",
+            30,
+        )
+        .unwrap();
         assert_eq!(claims["sub"], "alice");
 
         let msg = failed_check(&good, &keys, "APP-backend", "n-1");
@@ -626,10 +595,30 @@ mod tests {
         }
         // Several audiences are fine when azp names the relying party.
         let multi = with(json!({"aud": ["APP-frontend", "keygate"]}));
-        assert!(verify_id_token(&multi, &keys, "APP-frontend", "n-1", 30).is_ok());
+        assert!(
+            verify_id_token(
+                &multi,
+                &keys,
+                &crate::jws::ASYMMETRIC,
+                "APP-frontend",
+                "n-1",
+                30
+            )
+            .is_ok()
+        );
         // No azp with a single audience is fine too.
         let no_azp = with(json!({"azp": null}));
-        assert!(verify_id_token(&no_azp, &keys, "APP-frontend", "n-1", 30).is_ok());
+        assert!(
+            verify_id_token(
+                &no_azp,
+                &keys,
+                &crate::jws::ASYMMETRIC,
+                "APP-frontend",
+                "n-1",
+                30
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -664,6 +653,16 @@ mod tests {
         let mut c = id_claims();
         c["exp"] = json!(keygate_core::unix_now() - 120);
         let expired = sign(&key, &c);
-        assert!(verify_id_token(&expired, &keys, "APP-frontend", "n-1", 3600).is_err());
+        assert!(
+            verify_id_token(
+                &expired,
+                &keys,
+                &crate::jws::ASYMMETRIC,
+                "APP-frontend",
+                "n-1",
+                3600
+            )
+            .is_err()
+        );
     }
 }

@@ -161,6 +161,14 @@ impl Provider {
         self.keys.read().ok().and_then(|k| k.clone())
     }
 
+    /// Installs `keys` as if fetched (unit tests of the verifiers).
+    #[cfg(test)]
+    pub(crate) fn install_keys(&self, keys: Keys) {
+        if let Ok(mut k) = self.keys.write() {
+            *k = Some(Arc::new(keys));
+        }
+    }
+
     /// Starts the background task: load (retrying with back-off until it
     /// works), then refresh every `refresh_interval`. Returns at once.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {

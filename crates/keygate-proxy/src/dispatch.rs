@@ -1,11 +1,12 @@
 //! The main listener's entry: phase 1 for every request, then keygate's own
 //! endpoints (`/oauth/*`, [`crate::ops`]) or the pipeline to the upstream
-//! ([`crate::pipeline`]); both end in [`crate::pipeline::finish`].
+//! ([`crate::pipeline`]); both end in [`crate::pipeline::finish`]. A
+//! cookie-authenticated write needs this site's `Origin` on either path.
 
 use crate::context::{Decision, RequestCtx};
 use crate::gateway::Gateway;
 use crate::respond::Body;
-use crate::{normalize, ops, pipeline};
+use crate::{authenticate, normalize, ops, pipeline};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -25,7 +26,10 @@ pub async fn handle(
             // keygate's own endpoints forward nothing.
             ctx.decision = Decision::Internal;
             ctx.route = "/oauth".into();
-            ops::serve(&gw, &mut ctx, req, credential).await
+            match authenticate::csrf_check(&ctx, &credential, req.headers()) {
+                Ok(()) => ops::serve(&gw, &mut ctx, req, credential).await,
+                Err(refused) => Err(refused),
+            }
         }
         Ok((credential, websocket)) => {
             pipeline::proxy(&gw, &mut ctx, req, credential, websocket).await

@@ -416,15 +416,9 @@ fn session_key(id: &Secret) -> String {
 
 /// 32 random bytes, base64url.
 pub(crate) fn new_session_id() -> Result<Secret, keygate_auth::session::SessionError> {
-    use aws_lc_rs::rand::SecureRandom as _;
-    use base64::Engine as _;
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| keygate_auth::session::SessionError::Random)?;
-    Ok(Secret::new(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
-    ))
+    keygate_auth::oauth::random_token()
+        .map(Secret::new)
+        .map_err(|_| keygate_auth::session::SessionError::Random)
 }
 
 /// The access token to use for a session: the stored one while it is

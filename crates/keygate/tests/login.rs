@@ -145,7 +145,15 @@ async fn code_flow_with_pkce_verifies_the_id_token_for_the_relying_party() {
 
     // The ID token is for the relying party, with our nonce.
     let nonce = &login.start.pending.nonce;
-    let claims = verify_id_token(tokens.id_token.expose(), &keys, CLIENT, nonce, 30).unwrap();
+    let claims = verify_id_token(
+        tokens.id_token.expose(),
+        &keys,
+        &keygate_auth::jws::ASYMMETRIC,
+        CLIENT,
+        nonce,
+        30,
+    )
+    .unwrap();
     assert_eq!(claims["sub"], ALICE);
     assert_eq!(claims["nonce"], nonce.as_str());
 
@@ -158,22 +166,43 @@ async fn code_flow_with_pkce_verifies_the_id_token_for_the_relying_party() {
         serde_json::json!(["keygate", "APP-backend", "account"])
     );
     for audience in ["keygate", "APP-backend"] {
-        let err = verify_id_token(tokens.id_token.expose(), &keys, audience, nonce, 30)
-            .unwrap_err()
-            .to_string();
+        let err = verify_id_token(
+            tokens.id_token.expose(),
+            &keys,
+            &keygate_auth::jws::ASYMMETRIC,
+            audience,
+            nonce,
+            30,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("ID token") && err.contains("audience"),
             "{err}"
         );
     }
-    let err = verify_id_token(tokens.id_token.expose(), &keys, CLIENT, "other-nonce", 30)
-        .unwrap_err()
-        .to_string();
+    let err = verify_id_token(
+        tokens.id_token.expose(),
+        &keys,
+        &keygate_auth::jws::ASYMMETRIC,
+        CLIENT,
+        "other-nonce",
+        30,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("ID token") && err.contains("nonce"), "{err}");
     // The access token is no ID token, even where its audience would match.
-    let err = verify_id_token(tokens.access_token.expose(), &keys, "keygate", nonce, 30)
-        .unwrap_err()
-        .to_string();
+    let err = verify_id_token(
+        tokens.access_token.expose(),
+        &keys,
+        &keygate_auth::jws::ASYMMETRIC,
+        "keygate",
+        nonce,
+        30,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("ID token"), "{err}");
 
     // A code is good once.
