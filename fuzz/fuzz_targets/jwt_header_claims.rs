@@ -1,5 +1,5 @@
 //! Fuzzes what keygate reads of a bearer JWT: the unverified header
-//! (`parse_header`), the claims turned into an `Identity` (`from_claims`),
+//! (`jws::header`), the claims turned into an `Identity` (`from_claims`),
 //! and the full `jsonwebtoken::decode` with a fixed RS256 key, which no
 //! fuzzed token may pass.
 //!
@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use keygate_auth::jwt::parse_header;
+use keygate_auth::jws::header as parse_header;
 use keygate_core::{AuthMethod, Identity, Secret};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
