@@ -82,7 +82,7 @@ pub async fn verify_credential(
         }),
         Credential::Bearer(token) => gw
             .verifier
-            .verify(token)
+            .verify(token.expose())
             .await
             .map_err(|e| auth_refusal(&e)),
         Credential::Session(cookie) => {
@@ -114,7 +114,7 @@ pub async fn verify_credential(
                 });
             };
             keys.authenticate(
-                key,
+                key.expose(),
                 ctx.method.as_str(),
                 &ctx.path,
                 ctx.peer.ip(),

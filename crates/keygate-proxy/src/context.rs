@@ -4,7 +4,7 @@
 
 use http::Method;
 use http::header::{self, HeaderMap, HeaderValue};
-use keygate_core::Identity;
+use keygate_core::{Identity, Secret};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,9 +122,9 @@ pub enum Credential {
     /// Nothing presented.
     None,
     /// `Authorization: Bearer <JWT>`.
-    Bearer(String),
+    Bearer(Secret),
     /// An API key, from the key header, `Bearer kg…` or Basic's password.
-    ApiKey(String),
+    ApiKey(Secret),
     /// An `Authorization` header keygate cannot use; the text says why.
     Unusable(&'static str, &'static str),
     /// A browser session from the session cookie.

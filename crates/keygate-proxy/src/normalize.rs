@@ -11,6 +11,7 @@ use crate::respond::{Refusal, Refused};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Version};
 use hyper::body::Incoming;
+use keygate_core::Secret;
 use keygate_core::config::is_identity_header;
 use keygate_core::normalize::{NormalizeOptions, normalize_path};
 use std::borrow::Cow;
@@ -167,7 +168,7 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
             );
         }
         return match value.to_str() {
-            Ok(v) => Credential::ApiKey(v.trim().to_owned()),
+            Ok(v) => Credential::ApiKey(Secret::new(v.trim())),
             Err(_) => Credential::Unusable("malformed API key", "api_key_malformed"),
         };
     }
@@ -183,9 +184,9 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
     if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
         if keygate_auth::apikey::has_key_prefix(rest) {
             headers.remove(header::AUTHORIZATION);
-            return Credential::ApiKey(rest.to_owned());
+            return Credential::ApiKey(Secret::new(rest));
         }
-        return Credential::Bearer(rest.to_owned());
+        return Credential::Bearer(Secret::new(rest));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         use base64::Engine as _;
@@ -198,7 +199,7 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
             && keygate_auth::apikey::has_key_prefix(&p)
         {
             headers.remove(header::AUTHORIZATION);
-            return Credential::ApiKey(p);
+            return Credential::ApiKey(Secret::new(p));
         }
     }
     Credential::Unusable(

@@ -55,7 +55,12 @@ pub async fn serve(
                 });
             };
             let (token, expires_in) = keys
-                .token_for(key, ctx.peer.ip(), &gw.verifier, &mut ctx.limit_headers)
+                .token_for(
+                    key.expose(),
+                    ctx.peer.ip(),
+                    &gw.verifier,
+                    &mut ctx.limit_headers,
+                )
                 .await?;
             Ok(respond::json(
                 StatusCode::OK,
