@@ -269,7 +269,7 @@ pub async fn logout(
         // The cookie is cleared, but another copy of it could still open
         // the session on another replica: say so rather than pretend.
         tracing::warn!("logout could not be recorded in the session store");
-        let mut resp = refused.refusal.into_response();
+        let mut resp = Refused::from(refused).refusal.into_response();
         for value in clear {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 resp.headers_mut().append(header::SET_COOKIE, v);

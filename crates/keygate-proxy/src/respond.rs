@@ -1,6 +1,7 @@
 //! Every response keygate itself writes (errors, health, forward-auth), and
 //! the error edge: the one place where the services' typed errors
-//! ([`KeyError`], [`ManageError`], [`DeviceError`]) become a [`Refusal`]
+//! ([`KeyError`], [`ManageError`], [`DeviceError`],
+//! [`crate::session::SessionError`]) become a [`Refusal`]
 //! with its HTTP status and a reason for logs and metrics. Bodies are small
 //! JSON objects `{"error": …, "error_description": …}`; never a token or a
 //! cause (a provider URL, a database message): causes go to the log.
@@ -180,6 +181,18 @@ impl From<ManageError> for Refused {
                 tracing::error!(error = %other, "key management failed");
                 Refusal::Unavailable("the key could not be made; try again shortly".into())
             }
+        };
+        Refused { refusal, reason }
+    }
+}
+
+impl From<crate::session::SessionError> for Refused {
+    fn from(e: crate::session::SessionError) -> Self {
+        use crate::session::SessionError;
+        let reason = Cow::Borrowed(e.reason());
+        let refusal = match e {
+            SessionError::Ended(_) => Refusal::NoCredential,
+            other => Refusal::Unavailable(other.to_string()),
         };
         Refused { refusal, reason }
     }

@@ -167,19 +167,14 @@ impl Sessions {
         session::clear_cookie_headers(SESSION_COOKIE, chunks, self.secure)
     }
 
-    pub(crate) fn redis_or_unavailable(&self) -> Result<&Redis, Refused> {
-        self.redis.as_ref().ok_or_else(|| {
-            refused(
-                Refusal::Unavailable("the session store is unavailable".into()),
-                "session_store_unavailable",
-            )
-        })
+    pub(crate) fn redis_or_unavailable(&self) -> Result<&Redis, SessionError> {
+        self.redis.as_ref().ok_or(SessionError::NoStore)
     }
 
     /// The session a cookie names: the cookie's own, or the one Redis keeps
     /// under its id. `Ok(None)` when Redis no longer has it (logged out,
     /// expired); 503 when Redis cannot be asked.
-    pub async fn load(&self, cookie: &SessionCookie) -> Result<Option<SessionState>, Refused> {
+    pub async fn load(&self, cookie: &SessionCookie) -> Result<Option<SessionState>, SessionError> {
         let id = match cookie {
             SessionCookie::State(state) => return Ok(Some(state.clone())),
             SessionCookie::Id(id) => id,
@@ -203,12 +198,10 @@ impl Sessions {
         &self,
         state: &SessionState,
         existing: Option<&SessionCookie>,
-    ) -> Result<Vec<String>, Refused> {
+    ) -> Result<Vec<String>, SessionError> {
         let now = now();
         let lifetime = state.session_expires_at.saturating_sub(now).max(1);
-        let failed = |e: keygate_auth::session::SessionError| {
-            refused(Refusal::Unavailable(e.to_string()), "session_failed")
-        };
+        let failed = |e: keygate_auth::session::SessionError| SessionError::Sealing(Arc::new(e));
         if !self.server_side {
             let sealed = self.sealer.seal(state, SESSION_COOKIE).map_err(failed)?;
             return Ok(session::set_cookie_headers(
@@ -268,7 +261,7 @@ impl Sessions {
     /// login is remembered as ended (here, and in Redis for every replica)
     /// until such a cookie would have expired. An error means the logout
     /// could not be recorded where every replica sees it.
-    pub(crate) async fn end(&self, cookie: &SessionCookie) -> Result<(), Refused> {
+    pub(crate) async fn end(&self, cookie: &SessionCookie) -> Result<(), SessionError> {
         match cookie {
             SessionCookie::Id(id) => {
                 let redis = self.redis_or_unavailable()?;
@@ -291,7 +284,7 @@ impl Sessions {
     /// or its user since it began. Looked up here, and with Redis in the
     /// markers every replica leaves there (one round trip). Server-side
     /// sessions are deleted by the logout instead, so they need no lookup.
-    pub(crate) async fn logged_out(&self, state: &SessionState) -> Result<bool, Refused> {
+    pub(crate) async fn logged_out(&self, state: &SessionState) -> Result<bool, SessionError> {
         if self.server_side {
             return Ok(false);
         }
@@ -363,7 +356,7 @@ impl Sessions {
     /// Ends the sessions a logout names (`sid:…`, `sub:…` or `login:…`);
     /// `at_ms` is when the logout happened (a logout by `sub` ends the
     /// sessions that began before it).
-    pub(crate) async fn end_by(&self, marker: &str, at_ms: u64) -> Result<(), Refused> {
+    pub(crate) async fn end_by(&self, marker: &str, at_ms: u64) -> Result<(), SessionError> {
         let now = at_ms;
         if self.server_side {
             let redis = self.redis_or_unavailable()?;
@@ -400,11 +393,8 @@ fn login_marker(state: &SessionState) -> String {
     }
 }
 
-fn store_unavailable() -> Refused {
-    refused(
-        Refusal::Unavailable("the session store is unavailable; try again shortly".into()),
-        "session_store_unavailable",
-    )
+fn store_unavailable() -> SessionError {
+    SessionError::StoreUnavailable
 }
 
 /// Redis key of a server-side session: the SHA-256 of its id, so a dump of
@@ -432,11 +422,11 @@ pub async fn current_access_token(
     sessions: &Sessions,
     cookie: &SessionCookie,
     set_cookies: &mut Vec<String>,
-) -> Result<Secret, Refused> {
+) -> Result<Secret, SessionError> {
     let now = now();
     let ended = |set_cookies: &mut Vec<String>, reason: &'static str| {
         set_cookies.extend(sessions.clear_headers(1));
-        refused(Refusal::NoCredential, reason)
+        SessionError::Ended(reason)
     };
     let Some(state) = sessions.load(cookie).await? else {
         return Err(ended(set_cookies, "session_ended"));
@@ -498,18 +488,47 @@ pub async fn current_access_token(
             Ok(new_state.access_token.clone())
         }
         Err(e) => match &*e {
-            RefreshError::Grant(e) if e.is_unavailable() => Err(refused(
-                Refusal::Unavailable(
-                    "the OpenID provider is unavailable; try again shortly".into(),
-                ),
-                "provider_unavailable",
-            )),
+            RefreshError::Grant(e) if e.is_unavailable() => Err(SessionError::ProviderUnavailable),
             RefreshError::Grant(_) => Err(ended(set_cookies, "session_refresh_refused")),
-            RefreshError::Store(r) => Err(Refused {
-                refusal: r.refusal.clone(),
-                reason: r.reason.clone(),
-            }),
+            RefreshError::Store(e) => Err(e.clone()),
         },
+    }
+}
+
+/// Why a session cannot be used or kept. The proxy's error edge
+/// ([`crate::respond`]) turns it into a 401 (the session ended: log in
+/// again) or a 503.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The session has ended; the reason is for logs and metrics
+    /// (`session_ended`, `session_logged_out`, `session_expired`,
+    /// `session_refresh_refused`).
+    #[error("the session has ended ({0})")]
+    Ended(&'static str),
+    /// `session-store: redis` without a Redis.
+    #[error("the session store is unavailable")]
+    NoStore,
+    /// Redis cannot be asked.
+    #[error("the session store is unavailable; try again shortly")]
+    StoreUnavailable,
+    /// The provider cannot be reached for a refresh.
+    #[error("the OpenID provider is unavailable; try again shortly")]
+    ProviderUnavailable,
+    /// A session could not be sealed.
+    #[error("{0}")]
+    Sealing(#[source] Arc<keygate_auth::session::SessionError>),
+}
+
+impl SessionError {
+    /// The short reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SessionError::Ended(reason) => reason,
+            SessionError::NoStore | SessionError::StoreUnavailable => "session_store_unavailable",
+            SessionError::ProviderUnavailable => "provider_unavailable",
+            SessionError::Sealing(_) => "session_failed",
+        }
     }
 }
 
@@ -520,7 +539,7 @@ type Refreshed = (Arc<SessionState>, Vec<String>);
 #[derive(Debug)]
 enum RefreshError {
     Grant(keygate_auth::grants::GrantError),
-    Store(Refused),
+    Store(SessionError),
 }
 
 /// With server-side sessions, at most one replica refreshes a session at a
@@ -550,10 +569,7 @@ async fn refreshed_elsewhere(
             }
             Some(_) => {}
             None => {
-                return Err(RefreshError::Store(refused(
-                    Refusal::NoCredential,
-                    "session_ended",
-                )));
+                return Err(RefreshError::Store(SessionError::Ended("session_ended")));
             }
         }
     }
