@@ -353,10 +353,8 @@ fn check_of(kind: &ErrorKind) -> &'static str {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::provider::{Metadata, VerifyKey};
-    use aws_lc_rs::signature::KeyPair as _;
     use base64::Engine as _;
-    use jsonwebtoken::{DecodingKey, EncodingKey, Header};
+    use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
     use std::collections::HashMap;
 
@@ -479,41 +477,12 @@ mod tests {
         }
     }
 
-    const ISSUER: &str = "http://idp.example/realms/acme";
+    const ISSUER: &str = crate::jws::test_keys::ISSUER;
 
     /// An Ed25519 key pair: the signing key and provider `Keys` holding the
     /// public key under `kid` "k1".
     fn test_keys() -> (EncodingKey, Keys) {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let public = pair.public_key().as_ref().to_vec();
-        let mut by_kid = HashMap::new();
-        by_kid.insert(
-            "k1".to_owned(),
-            VerifyKey {
-                key: DecodingKey::from_ed_der(&public),
-                alg: None,
-            },
-        );
-        let metadata = Metadata {
-            issuer: ISSUER.to_owned(),
-            jwks_uri: format!("{ISSUER}/certs"),
-            token_endpoint: None,
-            authorization_endpoint: None,
-            device_authorization_endpoint: None,
-            revocation_endpoint: None,
-            introspection_endpoint: None,
-            end_session_endpoint: None,
-        };
-        (
-            EncodingKey::from_ed_der(pkcs8.as_ref()),
-            Keys {
-                metadata,
-                by_kid,
-                generation: 1,
-            },
-        )
+        crate::jws::test_keys::pair()
     }
 
     fn id_claims() -> Value {

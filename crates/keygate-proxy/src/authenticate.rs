@@ -42,14 +42,10 @@ pub fn csrf_check(
     {
         return Ok(());
     }
-    let trusted = ctx.trusted;
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = if trusted {
-        get("x-forwarded-host").or(get("host"))
-    } else {
-        get("host")
-    };
-    let origin_host = get("origin")
+    let host = ctx.client_host(headers);
+    let origin_host = headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
         .and_then(|o| o.split_once("://"))
         .map(|(_, h)| h.trim_end_matches('/'));
     match (origin_host, host) {

@@ -100,6 +100,16 @@ impl RequestCtx {
         }
     }
 
+    /// The host the client used: `X-Forwarded-Host` from a trusted proxy,
+    /// else `Host`.
+    pub fn client_host<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        match self.trusted {
+            true => get("x-forwarded-host").or(get("host")),
+            false => get("host"),
+        }
+    }
+
     /// Records a refusal's decision and reason for the log.
     pub fn refused(&mut self, refusal: &Refusal, reason: Cow<'static, str>) {
         self.decision = match refusal {

@@ -43,17 +43,14 @@ fn redirect_uri(
     if let Some(url) = &sessions.redirection_url {
         return Some(url.clone());
     }
-    let trusted = ctx.trusted;
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = if trusted {
-        get("x-forwarded-host").or(get("host"))
-    } else {
-        get("host")
-    }?;
+    let host = ctx.client_host(headers)?;
     if host.is_empty() || host.contains(['/', '\\', '@', ' ']) {
         return None;
     }
-    let proto = match (trusted, get("x-forwarded-proto")) {
+    let forwarded_proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok());
+    let proto = match (ctx.trusted, forwarded_proto) {
         (true, Some(p)) if p == "https" || p == "http" => p,
         _ if gw.tls => "https",
         _ => "http",
