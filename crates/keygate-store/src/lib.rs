@@ -29,9 +29,6 @@ mod record;
 pub mod shared;
 mod store;
 
-#[cfg(feature = "testing")]
-pub mod testing;
-
 pub use error::StoreError;
 pub use keygate_core::keys::KeyKind;
 pub use record::{AuditEntry, HashMatch, KeyFilter, KeyRecord};

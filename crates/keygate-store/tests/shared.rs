@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_store::testing::RedisServer;
 use keygate_store::{Redis, SharedError};
+use keygate_testkit::RedisServer;
 use std::time::{Duration, Instant};
 
 fn connect(server: &RedisServer) -> Redis {

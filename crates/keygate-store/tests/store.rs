@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_store::testing::PgServer;
 use keygate_store::{AuditEntry, HashMatch, KeyFilter, KeyKind, KeyRecord, KeyStore, StoreError};
+use keygate_testkit::PgServer;
 use sqlx::Connection;
 
 // ---------------------------------------------------------------------------

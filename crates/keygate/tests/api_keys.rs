@@ -4,10 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::browser::act_as_user;
-use common::*;
+use keygate_testkit::browser::act_as_user;
+use keygate_testkit::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -684,7 +682,7 @@ async fn cli_creates_lists_and_revokes_service_keys() {
 /// The same flow on a real PostgreSQL server: create, use, revoke, refuse.
 #[tokio::test(flavor = "multi_thread")]
 async fn service_keys_on_postgresql() {
-    let pg = keygate_store::testing::PgServer::start().await;
+    let pg = keygate_testkit::PgServer::start().await;
     let url = pg.create_database("keygate_e2e").await;
     let stack = Stack::start(&keys_config_with(&url, "")).await;
     assert_eq!(

@@ -4,10 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::keycloak::Keycloak;
-use common::*;
+use keygate_testkit::keycloak::Keycloak;
+use keygate_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -923,16 +921,6 @@ async fn keycloak_seeds_001_004_login_refresh_keys_and_logout_in_chromium() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     let kc = Keycloak::shared().await;
-    let root = repo_root();
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run ./dev/test.sh (it installs Debian's chromium)"
-    );
-    assert!(
-        root.join("dev/browser/node_modules/playwright-core")
-            .exists(),
-        "dev/browser has no node_modules: run ./dev/test.sh (it runs `npm ci --prefix dev/browser`)"
-    );
     let upstream = Upstream::start().await;
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = reserved.local_addr().unwrap().port();
@@ -992,17 +980,10 @@ async fn keycloak_seeds_001_004_login_refresh_keys_and_logout_in_chromium() {
     keygate.wait_ready().await;
 
     let shots = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new("node")
-        .arg(root.join("dev/browser/keycloak.mjs"))
+    let mut child = chromium_script("keycloak.mjs", shots.path())
         .args(["--keygate", &base, "--keycloak", &kc.base, "--user", &user])
         .args(["--password", password, "--audience", "APP-backend"])
         .args(["--lifespan", &SPA_TOKEN_LIFESPAN.to_string()])
-        .arg("--shots")
-        .arg(
-            std::env::var_os("KEYGATE_SCREENSHOTS")
-                .map(|d| root.join(d))
-                .unwrap_or_else(|| shots.path().to_path_buf()),
-        )
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -1201,7 +1182,7 @@ async fn keycloak_seeds_001_004_login_refresh_keys_and_logout_in_chromium() {
     let start: Value = start.json().await.unwrap();
     let uri = start["verification_uri_complete"].as_str().unwrap();
     assert!(uri.starts_with(&kc.issuer()), "{uri}");
-    let page = common::browser::act_as_user(uri, &user, true).await;
+    let page = keygate_testkit::browser::act_as_user(uri, &user, true).await;
     assert!(
         page.body.contains("Device Login Successful"),
         "{}",
@@ -1569,8 +1550,8 @@ async fn keycloak_guide_kcadm_setup_script_sets_up_every_mode() {
 
     // The browser login (spa, forward-auth): Keycloak accepts keygate's
     // redirect URI and PKCE; the upstream gets keygate's token for `kg`.
-    let mut browser = common::browser::Browser::new();
-    let page = common::browser::login_at(
+    let mut browser = keygate_testkit::browser::Browser::new();
+    let page = keygate_testkit::browser::login_at(
         &mut browser,
         &gateway,
         "/oauth/authorize?return_to=/ops/page",
@@ -1606,7 +1587,7 @@ async fn device_flow_key(keygate: &Keygate, issuer: &str, user: &str) -> String 
     let start: Value = start.json().await.unwrap();
     let uri = start["verification_uri_complete"].as_str().unwrap();
     assert!(uri.starts_with(issuer), "{uri}");
-    let page = common::browser::act_as_user(uri, user, true).await;
+    let page = keygate_testkit::browser::act_as_user(uri, user, true).await;
     assert!(
         page.body.contains("Device Login Successful"),
         "{}",

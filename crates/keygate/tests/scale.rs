@@ -6,11 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::browser::{Browser, login_at};
-use common::*;
-use keygate_store::testing::{PgServer, RedisServer};
+use keygate_testkit::browser::{Browser, login_at};
+use keygate_testkit::*;
+use keygate_testkit::{PgServer, RedisServer};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

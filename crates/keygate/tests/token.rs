@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;

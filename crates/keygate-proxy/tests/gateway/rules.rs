@@ -1,10 +1,6 @@
 //! Route rules end to end: which tokens reach which routes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 
 const RULES: &str = r#"
 resources:

@@ -101,7 +101,7 @@ impl Keycloak {
 
     /// An admin access token (master realm, `admin-cli`).
     pub async fn admin_token(&self) -> String {
-        super::access_token(
+        crate::access_token(
             &format!("{}/realms/master/protocol/openid-connect/token", self.base),
             &[
                 ("grant_type", "password"),
@@ -150,7 +150,7 @@ impl Keycloak {
 /// Starts `dev/keycloak/keycloak.sh` for this process and waits for its
 /// `READY <base-url>` line (the first start downloads Keycloak: minutes).
 fn start_for_this_process() -> String {
-    let script = super::repo_root().join("dev/keycloak/keycloak.sh");
+    let script = crate::repo_root().join("dev/keycloak/keycloak.sh");
     let mut child = Command::new("bash")
         .arg(&script)
         .args(["start", "--exit-with", &std::process::id().to_string()])

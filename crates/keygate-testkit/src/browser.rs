@@ -1,8 +1,6 @@
 //! A tiny cookie-keeping "browser" over reqwest that fills in the provider's
 //! pages (login, device confirmation) as a user would.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 
 pub struct Browser {
@@ -16,10 +14,16 @@ pub struct Page {
     pub body: String,
 }
 
+impl Default for Browser {
+    fn default() -> Browser {
+        Browser::new()
+    }
+}
+
 impl Browser {
     pub fn new() -> Browser {
         Browser {
-            http: super::client(),
+            http: crate::client(),
             cookies: HashMap::new(),
         }
     }

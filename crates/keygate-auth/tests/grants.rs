@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
+use keygate_testkit::browser::act_as_user;
 
-use common::browser::act_as_user;
-
-use common::{Idp, claims_of};
 use keygate_auth::grants::{DevicePoll, GrantError, Grants};
 use keygate_auth::{Provider, ProviderSettings};
 use keygate_core::Secret;
+use keygate_testkit::{Idp, claims_of};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,8 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-use common::*;
+use keygate_testkit::*;
 
 use keygate_auth::login::{LoginError, LoginStart, exchange_code, start_login, verify_id_token};
 use keygate_auth::provider::Keys;

@@ -1,11 +1,7 @@
 //! Bearer JWT validation end to end: dev/idp issues (or signs) the token,
 //! keygate verifies it, the echo upstream reports what reached it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 use serde_json::{Value, json};
 
 async fn refused(stack: &Stack, token: &str) -> (u16, Value, Option<String>) {

@@ -3,12 +3,8 @@
 //! for `APP-backend`), the session cookie on API calls, XHR vs page loads,
 //! open redirects, tampered cookies and logout.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::browser::{Browser, Page, first_form, login_at};
-use common::*;
+use keygate_testkit::browser::{Browser, Page, first_form, login_at};
+use keygate_testkit::*;
 use serde_json::Value;
 
 const KEY: &str = "0123456789abcdefghijklmnopqrstuv";
@@ -557,7 +553,7 @@ async fn key_page_creates_lists_and_revokes_personal_keys() {
     .unwrap();
     let href = between(&approve, "<a href=\"", "\"").replace("&amp;", "&");
     let flow = between(&approve, "name=\"flow_id\" value=\"", "\"").to_owned();
-    common::browser::act_as_user(&href, "alice", true).await;
+    keygate_testkit::browser::act_as_user(&href, "alice", true).await;
     let shown = post("/oauth/keys/new/finish", vec![("flow_id", flow)], true)
         .await
         .unwrap()

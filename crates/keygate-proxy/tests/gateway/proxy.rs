@@ -1,12 +1,8 @@
 //! Forwarding: websockets, SSE streaming, HTTP/2 (h2c and h2 over TLS),
 //! request bodies, upstream failures, and the operations endpoints.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
 use futures_util::{SinkExt, StreamExt};
+use keygate_testkit::*;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,10 +1,6 @@
 //! The provider down at start-up, and down after start-up.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]

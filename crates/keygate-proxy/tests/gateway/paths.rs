@@ -1,11 +1,7 @@
 //! Path attacks: none reaches a protected route without its roles.
 //! Requests are written raw so no client library normalizes them first.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 
 const RULES: &str = r#"
 resources:

@@ -1,120 +1,14 @@
 //! Forward-auth through a real nginx (`auth_request`), and the
 //! `trusted-proxies` check.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use keygate_testkit::*;
 
 const RULES: &str = "resources:\n  - uri: /public/*\n    white-listed: true\n  - uri: /admin/*\n    roles: [admin]\n";
-
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx_binary() -> String {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
-        if std::path::Path::new(p).exists() {
-            return p.to_owned();
-        }
-    }
-    panic!("nginx is not installed: run ./dev/test.sh, which installs Debian's nginx");
-}
-
-/// nginx in front of the upstream, asking keygate's /oauth/auth first — the
-/// set-up of docs/examples/nginx-forward-auth.conf.
-#[allow(clippy::zombie_processes)] // `Nginx::drop` kills and waits.
-async fn start_nginx(keygate: std::net::SocketAddr, upstream: std::net::SocketAddr) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let d = dir.path().display();
-    let conf = format!(
-        r#"
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /_keygate_auth {{
-      internal;
-      proxy_pass http://{keygate}/oauth/auth;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-    }}
-    location / {{
-      auth_request /_keygate_auth;
-      auth_request_set $kg_authorization $upstream_http_authorization;
-      auth_request_set $kg_subject $upstream_http_x_auth_subject;
-      auth_request_set $kg_username $upstream_http_x_auth_username;
-      auth_request_set $kg_roles $upstream_http_x_auth_roles;
-      proxy_set_header Authorization $kg_authorization;
-      proxy_set_header X-Auth-Subject $kg_subject;
-      proxy_set_header X-Auth-Username $kg_username;
-      proxy_set_header X-Auth-Roles $kg_roles;
-      proxy_pass http://{upstream};
-    }}
-  }}
-}}
-"#
-    );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new(nginx_binary())
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Nginx {
-                child,
-                port,
-                _dir: dir,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "nginx did not start; see {}/error.log",
-        dir.path().display()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_auth_request_allows_denies_and_passes_identity() {
     let stack = Stack::start(&format!("trusted-proxies: [127.0.0.1]\n{RULES}")).await;
-    let nginx = start_nginx(stack.keygate.addr, stack.upstream.addr).await;
+    let nginx = Nginx::forward_auth(stack.keygate.addr, stack.upstream.addr).await;
     let base = format!("http://127.0.0.1:{}", nginx.port);
     let http = client();
     let alice = stack.idp.token("alice").await;
@@ -196,7 +90,7 @@ async fn nginx_auth_request_allows_denies_and_passes_identity() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_is_refused_when_not_a_trusted_proxy() {
     let stack = Stack::start(&format!("trusted-proxies: [10.0.0.0/8]\n{RULES}")).await;
-    let nginx = start_nginx(stack.keygate.addr, stack.upstream.addr).await;
+    let nginx = Nginx::forward_auth(stack.keygate.addr, stack.upstream.addr).await;
     let alice = stack.idp.token("alice").await;
     let resp = client()
         .get(format!("http://127.0.0.1:{}/admin/x", nginx.port))

@@ -1,10 +1,6 @@
 //! What reaches the upstream: spoofed identity headers never do; keygate's do.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_sent_identity_headers_never_reach_the_upstream() {

@@ -2,11 +2,7 @@
 //! override what keygate decided. Each test is named after the attack it
 //! replays against a running keygate with a real provider and upstream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -8,32 +8,16 @@
 //! Needs /usr/bin/chromium and `dev/browser/node_modules`: `./dev/test.sh`
 //! installs both. Without them the test fails, it never skips.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use keygate_testkit::*;
 use std::process::Stdio;
 use std::time::Duration;
 
 const KEY: &str = "0123456789abcdefghijklmnopqrstuv";
 const SERVER_SECRET: &str = "test-server-secret-0123456789abcdef-0123456789";
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn login_api_call_key_page_and_logout_in_chromium() {
-    let root = repo_root();
     let shots = tempfile::tempdir().unwrap();
-    let script = root.join("dev/browser/e2e.mjs");
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run ./dev/test.sh (it installs Debian's chromium)"
-    );
-    assert!(
-        root.join("dev/browser/node_modules/playwright-core")
-            .exists(),
-        "dev/browser has no node_modules: run ./dev/test.sh (it runs `npm ci --prefix dev/browser`)"
-    );
 
     // keygate as APP-frontend on a known port (the provider must know the
     // callback URL); hold the port while the provider and upstream pick theirs.
@@ -56,19 +40,11 @@ async fn login_api_call_key_page_and_logout_in_chromium() {
     let keygate = Keygate::start_yaml(&yaml).await;
     keygate.wait_ready().await;
 
-    let child = tokio::process::Command::new("node")
-        .arg(&script)
+    let child = chromium_script("e2e.mjs", shots.path())
         .arg("--keygate")
         .arg(&base)
-        .arg("--shots")
-        .arg(
-            std::env::var_os("KEYGATE_SCREENSHOTS")
-                .map(|d| root.join(d))
-                .unwrap_or_else(|| shots.path().to_path_buf()),
-        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("cannot start node: is Node.js installed?");
     let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
