@@ -12,7 +12,7 @@
 //! | [`RedisServer`] | a private Redis server, plain or TLS |
 //! | [`Browser`] | a cookie-keeping client that fills in the provider's pages |
 //! | [`chromium_script`] | headless Chromium, driven by a Playwright script of `dev/browser` |
-//! | [`Keygate`], [`Stack`] | keygate in this process (feature `gateway`) |
+//! | `Keygate`, `Stack` | keygate in this process (feature `gateway`) |
 //!
 //! A test that needs a server fails when it is missing; it never skips.
 //! Never used by the keygate binary.
