@@ -144,12 +144,7 @@ pub async fn callback(
             "bad_callback",
         ));
     };
-    let cookies: Vec<&str> = req
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let cookies = crate::session::cookie_headers(req.headers());
     let pending: PendingLogin = session::read_cookie(&cookies, LOGIN_COOKIE)
         .and_then(|(v, _)| sessions.sealer.open_json(&v, LOGIN_COOKIE).ok())
         .filter(|p: &PendingLogin| p.created_at + LOGIN_TTL > now())
@@ -248,7 +243,7 @@ pub async fn logout(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
     let sessions = enabled(gw)?;
-    let (cookie, chunks) = match sessions.read(req.headers()) {
+    let (cookie, chunks) = match sessions.read(&crate::session::cookie_headers(req.headers())) {
         Ok(Some((cookie, chunks))) => (Some(cookie), chunks),
         Ok(None) => (None, 0),
         Err(chunks) => (None, chunks),

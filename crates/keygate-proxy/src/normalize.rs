@@ -211,7 +211,11 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
 /// The session cookie, when browser sessions are on. A cookie that cannot
 /// be opened (tampered, truncated, sealed with another key) counts as none.
 fn session_credential(gw: &Gateway, headers: &HeaderMap) -> Credential {
-    match gw.sessions.as_ref().map(|s| s.read(headers)) {
+    match gw
+        .sessions
+        .as_ref()
+        .map(|s| s.read(&crate::session::cookie_headers(headers)))
+    {
         Some(Ok(Some((cookie, _)))) => Credential::Session(Box::new(cookie)),
         _ => Credential::None,
     }
