@@ -1,5 +1,7 @@
 //! Why a credential was not accepted.
 
+use keygate_core::Reason;
+
 /// A credential that could not be verified. The `Display` text is short and
 /// safe to send to the client; it never contains the token, and claim values
 /// only of a token whose signature verified (its `aud` and `azp`, shortened).
@@ -86,23 +88,23 @@ pub enum AuthError {
 
 impl AuthError {
     /// A stable, short machine-readable reason for logs and metrics labels.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            AuthError::TooLarge => "token_too_large",
-            AuthError::Malformed => "token_malformed",
-            AuthError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
-            AuthError::UnknownKey(_) => "unknown_key",
-            AuthError::BadSignature => "bad_signature",
-            AuthError::Expired => "expired",
-            AuthError::NotYetValid => "not_yet_valid",
-            AuthError::WrongIssuer { .. } => "wrong_issuer",
-            AuthError::WrongAudience { .. } => "wrong_audience",
-            AuthError::Lightweight(_) => "lightweight_token",
-            AuthError::Inactive => "inactive_token",
-            AuthError::MissingClaim(_) => "missing_claim",
-            AuthError::WrongAuthorizedParty => "wrong_azp",
-            AuthError::WrongTokenType => "wrong_token_type",
-            AuthError::ProviderUnavailable => "provider_unavailable",
+            AuthError::TooLarge => Reason::TokenTooLarge,
+            AuthError::Malformed => Reason::TokenMalformed,
+            AuthError::UnsupportedAlgorithm(_) => Reason::UnsupportedAlgorithm,
+            AuthError::UnknownKey(_) => Reason::UnknownKey,
+            AuthError::BadSignature => Reason::BadSignature,
+            AuthError::Expired => Reason::Expired,
+            AuthError::NotYetValid => Reason::NotYetValid,
+            AuthError::WrongIssuer { .. } => Reason::WrongIssuer,
+            AuthError::WrongAudience { .. } => Reason::WrongAudience,
+            AuthError::Lightweight(_) => Reason::LightweightToken,
+            AuthError::Inactive => Reason::InactiveToken,
+            AuthError::MissingClaim(_) => Reason::MissingClaim,
+            AuthError::WrongAuthorizedParty => Reason::WrongAzp,
+            AuthError::WrongTokenType => Reason::WrongTokenType,
+            AuthError::ProviderUnavailable => Reason::ProviderUnavailable,
         }
     }
 

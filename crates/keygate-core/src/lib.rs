@@ -11,10 +11,12 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod normalize;
+pub mod reason;
 pub mod rules;
 pub mod secret;
 
 pub use identity::{AuthMethod, Identity};
+pub use reason::Reason;
 pub use secret::Secret;
 
 /// The current time in Unix seconds (0 if the clock is before 1970).

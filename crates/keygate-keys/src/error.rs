@@ -7,6 +7,7 @@
 use crate::limits::Limited;
 use keygate_auth::AuthError;
 use keygate_auth::grants::GrantError;
+use keygate_core::Reason;
 use keygate_store::StoreError;
 
 /// Why a key was refused; remembered (here and in Redis) for unknown,
@@ -106,22 +107,22 @@ pub enum KeyError {
 
 impl KeyError {
     /// The short reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            KeyError::Malformed => "api_key_malformed",
-            KeyError::Unknown => "api_key_unknown",
-            KeyError::Revoked => "api_key_revoked",
-            KeyError::Expired => "api_key_expired",
-            KeyError::Rejected(_) => "api_key_rejected",
-            KeyError::MethodNotAllowed(_) => "api_key_method_not_allowed",
-            KeyError::RouteNotAllowed => "api_key_route_not_allowed",
-            KeyError::NetworkNotAllowed => "api_key_network_not_allowed",
+            KeyError::Malformed => Reason::ApiKeyMalformed,
+            KeyError::Unknown => Reason::ApiKeyUnknown,
+            KeyError::Revoked => Reason::ApiKeyRevoked,
+            KeyError::Expired => Reason::ApiKeyExpired,
+            KeyError::Rejected(_) => Reason::ApiKeyRejected,
+            KeyError::MethodNotAllowed(_) => Reason::ApiKeyMethodNotAllowed,
+            KeyError::RouteNotAllowed => Reason::ApiKeyRouteNotAllowed,
+            KeyError::NetworkNotAllowed => Reason::ApiKeyNetworkNotAllowed,
             KeyError::Limited(l) => l.reason,
-            KeyError::StoreUnavailable => "store_unavailable",
-            KeyError::ProviderUnavailable => "provider_unavailable",
-            KeyError::TokenNotAccepted(_) => "api_key_token_rejected",
-            KeyError::Restricted => "api_key_restricted",
-            KeyError::LimitedToken => "api_key_limited",
+            KeyError::StoreUnavailable => Reason::StoreUnavailable,
+            KeyError::ProviderUnavailable => Reason::ProviderUnavailable,
+            KeyError::TokenNotAccepted(_) => Reason::ApiKeyTokenRejected,
+            KeyError::Restricted => Reason::ApiKeyRestricted,
+            KeyError::LimitedToken => Reason::ApiKeyLimited,
         }
     }
 }
@@ -154,14 +155,14 @@ pub enum ManageError {
 
 impl ManageError {
     /// The short reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ManageError::Invalid(_) => "invalid_request",
-            ManageError::NotFound => "not_found",
-            ManageError::Store(_) => "store_unavailable",
-            ManageError::Provider(_) => "provider_unavailable",
-            ManageError::ProviderRefused(_) => "provider_refused",
-            ManageError::Crypto(_) => "internal_error",
+            ManageError::Invalid(_) => Reason::InvalidRequest,
+            ManageError::NotFound => Reason::NotFound,
+            ManageError::Store(_) => Reason::StoreUnavailable,
+            ManageError::Provider(_) => Reason::ProviderUnavailable,
+            ManageError::ProviderRefused(_) => Reason::ProviderRefused,
+            ManageError::Crypto(_) => Reason::InternalError,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! until the full burst is back), and `X-Quota-Limit`, `X-Quota-Remaining`,
 //! `X-Quota-Reset` for quotas; refusals are 429 with `Retry-After`.
 
+use keygate_core::Reason;
 use keygate_core::limits::{Quota, RateLimit};
 use keygate_core::unix_now;
 use keygate_store::Redis;
@@ -33,7 +34,7 @@ pub struct Limited {
     /// Seconds until a retry can succeed (at least 1).
     pub retry_after: u64,
     /// `rate_limited` or `quota_exceeded`, for logs and metrics.
-    pub reason: &'static str,
+    pub reason: Reason,
 }
 
 /// The rate limiter and quota counter of API keys.
@@ -98,7 +99,7 @@ impl Limiter {
                 return Err(Limited {
                     description: format!("rate limit of {rate} exceeded for this API key"),
                     retry_after: ceil_secs(d.retry_after).max(1),
-                    reason: "rate_limited",
+                    reason: Reason::RateLimited,
                 });
             }
         }
@@ -123,7 +124,7 @@ impl Limiter {
                         }
                     ),
                     retry_after: left.max(1),
-                    reason: "quota_exceeded",
+                    reason: Reason::QuotaExceeded,
                 });
             }
         }
@@ -257,7 +258,7 @@ mod tests {
             .check("k1", Some(rate), None, &mut h)
             .await
             .unwrap_err();
-        assert_eq!(refused.reason, "rate_limited");
+        assert_eq!(refused.reason, Reason::RateLimited);
         assert_eq!(refused.retry_after, 1);
         assert_eq!(header(&h, "ratelimit-remaining"), "0");
         assert!(refused.description.contains("2/s burst 3"));
@@ -297,7 +298,7 @@ mod tests {
                 .check("k", None, Some(quota), &mut h)
                 .await
                 .unwrap_err();
-            assert_eq!(refused.reason, "quota_exceeded");
+            assert_eq!(refused.reason, Reason::QuotaExceeded);
             assert_eq!(header(&h, "x-quota-remaining"), "0");
             assert!(refused.retry_after >= 1 && refused.retry_after <= 86_400);
         }

@@ -9,11 +9,11 @@ use crate::selfservice::read_json;
 use crate::{authenticate, log, normalize};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use keygate_core::Reason;
 use keygate_core::keys::KeyKind;
 use keygate_keys::NewServiceKey;
 use keygate_store::KeyFilter;
 use serde_json::json;
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,14 +71,14 @@ async fn route(
     let Credential::Bearer(_) = &credential else {
         return Err(Refused {
             refusal: Refusal::NoCredential,
-            reason: Cow::Borrowed("no_credential"),
+            reason: Reason::NoCredential,
         });
     };
     let identity = authenticate::verify_credential(gw, &credential, ctx).await?;
     if !identity.has_role(keys.admin_role()) {
         return Err(Refused {
             refusal: Refusal::Forbidden(format!("missing role: {}", keys.admin_role())),
-            reason: Cow::Borrowed("not_admin"),
+            reason: Reason::NotAdmin,
         });
     }
     ctx.decision = Decision::Allow;
@@ -149,14 +149,14 @@ async fn route(
                     Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
                     Some(_) => Err(Refused {
                         refusal: Refusal::BadRequest(format!("`{name}` must be a string or null")),
-                        reason: Cow::Borrowed("invalid_request"),
+                        reason: Reason::InvalidRequest,
                     }),
                 }
             };
             if let Some(unknown) = body.keys().find(|k| *k != "rate_limit" && *k != "quota") {
                 return Err(Refused {
                     refusal: Refusal::BadRequest(format!("unknown field `{unknown}`")),
-                    reason: Cow::Borrowed("invalid_request"),
+                    reason: Reason::InvalidRequest,
                 });
             }
             let (rate, quota) = (field("rate_limit")?, field("quota")?);
@@ -202,7 +202,7 @@ pub fn parse_grace(grace: Option<&str>) -> Result<Option<Duration>, Refused> {
         None | Some("") | Some("0") | Some("0s") => Ok(None),
         Some(g) => humantime::parse_duration(g).map(Some).map_err(|_| Refused {
             refusal: Refusal::BadRequest(format!("`{g}` is not a duration like 10m")),
-            reason: Cow::Borrowed("invalid_request"),
+            reason: Reason::InvalidRequest,
         }),
     }
 }
@@ -213,7 +213,7 @@ fn filter_from_query(query: Option<&str>) -> Result<KeyFilter, Refused> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = |what: &str| Refused {
             refusal: Refusal::BadRequest(format!("bad query parameter `{what}`")),
-            reason: Cow::Borrowed("invalid_request"),
+            reason: Reason::InvalidRequest,
         };
         match k {
             "owner" => filter.owner = Some(keygate_core::encoding::form_decode(v)),

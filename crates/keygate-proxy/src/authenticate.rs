@@ -12,7 +12,7 @@ use http::Method;
 use http::header::HeaderMap;
 use keygate_auth::AuthError;
 use keygate_core::Identity;
-use std::borrow::Cow;
+use keygate_core::Reason;
 use std::sync::Arc;
 
 /// Phase 3: the verified identity when a rule needs a credential.
@@ -55,7 +55,7 @@ pub fn csrf_check(
                 "cross-site request refused: a cookie-authenticated request that changes state must send this site's Origin"
                     .into(),
             ),
-            reason: Cow::Borrowed("csrf"),
+            reason: Reason::Csrf,
         }),
     }
 }
@@ -70,11 +70,11 @@ pub async fn verify_credential(
     match credential {
         Credential::None => Err(Refused {
             refusal: Refusal::NoCredential,
-            reason: Cow::Borrowed("no_credential"),
+            reason: Reason::NoCredential,
         }),
         Credential::Unusable(why, reason) => Err(Refused {
             refusal: Refusal::BadCredential((*why).into()),
-            reason: Cow::Borrowed(reason),
+            reason: *reason,
         }),
         Credential::Bearer(token) => gw
             .verifier
@@ -85,7 +85,7 @@ pub async fn verify_credential(
             let Some(sessions) = gw.sessions.as_ref() else {
                 return Err(Refused {
                     refusal: Refusal::NoCredential,
-                    reason: Cow::Borrowed("no_credential"),
+                    reason: Reason::NoCredential,
                 });
             };
             let access_token =
@@ -106,7 +106,7 @@ pub async fn verify_credential(
                     refusal: Refusal::BadCredential(
                         "API keys are not enabled on this gateway".into(),
                     ),
-                    reason: Cow::Borrowed("api_keys_disabled"),
+                    reason: Reason::ApiKeysDisabled,
                 });
             };
             keys.authenticate(
@@ -131,6 +131,6 @@ fn auth_refusal(e: &AuthError) -> Refused {
     };
     Refused {
         refusal,
-        reason: Cow::Borrowed(e.reason()),
+        reason: e.reason(),
     }
 }

@@ -5,8 +5,8 @@ use crate::gateway::Gateway;
 use crate::respond::{Refusal, Refused};
 use crate::route::Routes;
 use keygate_core::Identity;
+use keygate_core::Reason;
 use keygate_core::rules::Route;
-use std::borrow::Cow;
 
 /// Phase 4: both rules of [`Routes`] must allow the identity.
 pub fn run(gw: &Gateway, routes: &Routes<'_>, identity: Option<&Identity>) -> Result<(), Refused> {
@@ -30,6 +30,6 @@ pub fn authorize(
         .authorize(route, identity)
         .map_err(|denied| Refused {
             refusal: Refusal::Forbidden(denied.reason),
-            reason: Cow::Borrowed("not_allowed"),
+            reason: Reason::NotAllowed,
         })
 }

@@ -4,8 +4,8 @@
 
 use http::Method;
 use http::header::{self, HeaderMap, HeaderValue};
+use keygate_core::Reason;
 use keygate_core::{Identity, Secret};
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,7 +65,7 @@ pub struct RequestCtx {
     /// Outcome for the log line.
     pub decision: Decision,
     /// Short reason for the log line and metrics (`ok`, `expired`, …).
-    pub reason: Cow<'static, str>,
+    pub reason: Reason,
     /// When the request arrived.
     pub started: Instant,
     /// A browser navigation (GET/HEAD accepting HTML, not XHR/fetch): without
@@ -92,7 +92,7 @@ impl RequestCtx {
             route: String::new(),
             identity: None,
             decision: Decision::Error,
-            reason: Cow::Borrowed("ok"),
+            reason: Reason::Ok,
             started: Instant::now(),
             browser: method_is_read && is_browser_navigation(headers),
             set_cookies: Vec::new(),
@@ -111,7 +111,7 @@ impl RequestCtx {
     }
 
     /// Records a refusal's decision and reason for the log.
-    pub fn refused(&mut self, refusal: &Refusal, reason: Cow<'static, str>) {
+    pub fn refused(&mut self, refusal: &Refusal, reason: Reason) {
         self.decision = match refusal {
             Refusal::NoCredential
             | Refusal::BadCredential(_)
@@ -136,7 +136,7 @@ pub enum Credential {
     /// An API key, from the key header, `Bearer kg…` or Basic's password.
     ApiKey(Secret),
     /// An `Authorization` header keygate cannot use; the text says why.
-    Unusable(&'static str, &'static str),
+    Unusable(&'static str, Reason),
     /// A browser session from the session cookie.
     Session(Box<crate::session::SessionCookie>),
 }

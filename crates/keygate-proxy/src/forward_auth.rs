@@ -11,7 +11,7 @@ use crate::respond::{self, Body, Refusal, Refused};
 use crate::{authenticate, forward, normalize, pipeline};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use std::borrow::Cow;
+use keygate_core::Reason;
 
 /// Answers one forward-auth request.
 pub async fn handle(
@@ -26,7 +26,7 @@ pub async fn handle(
     if !ctx.trusted {
         return Err(Refused {
             refusal: Refusal::Forbidden("forward-auth is answered only to trusted-proxies".into()),
-            reason: Cow::Borrowed("untrusted_proxy"),
+            reason: Reason::UntrustedProxy,
         });
     }
     let (method, uri) = original_request(req.headers())?;
@@ -45,7 +45,7 @@ pub async fn handle(
     let overrides = hygiene::take_overrides(&mut headers, &all_override_headers()).map_err(
         |hygiene::BadOverride(why)| Refused {
             refusal: Refusal::BadRequest(why.into()),
-            reason: Cow::Borrowed("bad_override_header"),
+            reason: Reason::BadOverrideHeader,
         },
     )?;
     let identity = pipeline::check(gw, ctx, &credential, &overrides).await?;
@@ -78,11 +78,11 @@ pub fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused
             (None, _) => Ok(None),
             (Some(v), None) => v.to_str().map(Some).map_err(|_| Refused {
                 refusal: Refusal::BadRequest(format!("{name} is not visible ASCII")),
-                reason: Cow::Borrowed("bad_original_request"),
+                reason: Reason::BadOriginalRequest,
             }),
             (Some(_), Some(_)) => Err(Refused {
                 refusal: Refusal::BadRequest(format!("{name} appears more than once")),
-                reason: Cow::Borrowed("bad_original_request"),
+                reason: Reason::BadOriginalRequest,
             }),
         }
     };
@@ -99,7 +99,7 @@ pub fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused
                 "X-Forwarded-Method/Uri and X-Original-Method/URI disagree; the front proxy must set (or clear) both"
                     .into(),
             ),
-            reason: Cow::Borrowed("conflicting_original_request"),
+            reason: Reason::ConflictingOriginalRequest,
         });
     }
     let (method, uri) = match (fm.or(om), fu.or(ou)) {
@@ -110,14 +110,14 @@ pub fn original_request(headers: &HeaderMap) -> Result<(Method, String), Refused
                     "forward-auth needs X-Forwarded-Method and X-Forwarded-Uri, or X-Original-Method and X-Original-URI"
                         .into(),
                 ),
-                reason: Cow::Borrowed("missing_original_request"),
+                reason: Reason::MissingOriginalRequest,
             });
         }
     };
     let method =
         Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()).map_err(|_| Refused {
             refusal: Refusal::BadRequest("the original method is not a valid HTTP method".into()),
-            reason: Cow::Borrowed("bad_original_method"),
+            reason: Reason::BadOriginalMethod,
         })?;
     // Traefik sends the path and query; some set-ups send a full URL.
     let uri = match uri.find("://") {

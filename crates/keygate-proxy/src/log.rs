@@ -11,7 +11,7 @@ pub fn log(ctx: &RequestCtx, status: http::StatusCode) {
         "keygate_requests_total",
         "route" => ctx.route.clone(),
         "decision" => decision,
-        "reason" => ctx.reason.clone(),
+        "reason" => ctx.reason.as_str(),
     )
     .increment(1);
     metrics::histogram!("keygate_request_duration_seconds", "decision" => decision)

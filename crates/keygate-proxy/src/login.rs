@@ -12,7 +12,7 @@ use crate::context::RequestCtx;
 use crate::gateway::Gateway;
 use crate::respond::{self, Body, Refusal, Refused};
 use crate::session::{
-    LOGIN_COOKIE, LOGOUT_TOKEN_MAX_AGE, Sessions, new_session_id, now, now_ms, redirect, refused,
+    LOGIN_COOKIE, LOGOUT_TOKEN_MAX_AGE, Sessions, new_session_id, now, now_ms, redirect,
 };
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use keygate_auth::login::{self, PendingLogin};
 use keygate_auth::logout::LogoutOf;
 use keygate_auth::session::{self, SessionState};
+use keygate_core::Reason;
 use std::sync::Arc;
 
 /// How long a login may take at the provider.
@@ -68,9 +69,9 @@ fn enabled(gw: &Gateway) -> Result<&Sessions, Refused> {
 /// The provider's keys and metadata, or 503 while they are not loaded.
 fn provider_keys(gw: &Gateway) -> Result<Arc<keygate_auth::provider::Keys>, Refused> {
     gw.verifier.provider().keys().ok_or_else(|| {
-        refused(
+        Refused::new(
             Refusal::Unavailable("the OpenID provider is unavailable".into()),
-            "provider_unavailable",
+            Reason::ProviderUnavailable,
         )
     })
 }
@@ -88,15 +89,15 @@ pub async fn authorize(
         .authorization_endpoint
         .clone()
         .ok_or_else(|| {
-            refused(
+            Refused::new(
                 Refusal::Unavailable("the provider has no authorization endpoint".into()),
-                "provider_unavailable",
+                Reason::ProviderUnavailable,
             )
         })?;
     let redirect_uri = redirect_uri(gw, sessions, ctx, req.headers()).ok_or_else(|| {
-        refused(
+        Refused::new(
             Refusal::BadRequest("cannot tell this gateway's address (Host)".into()),
-            "bad_host",
+            Reason::BadHost,
         )
     })?;
     let return_to = query_param(ctx.query.as_deref(), "return_to").unwrap_or_else(|| "/".into());
@@ -107,11 +108,11 @@ pub async fn authorize(
         &sessions.scopes,
         &return_to,
     )
-    .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "login_failed"))?;
+    .map_err(|e| Refused::new(Refusal::Unavailable(e.to_string()), Reason::LoginFailed))?;
     let sealed = sessions
         .sealer
         .seal_json(&start.pending, LOGIN_COOKIE)
-        .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "login_failed"))?;
+        .map_err(|e| Refused::new(Refusal::Unavailable(e.to_string()), Reason::LoginFailed))?;
     let cookies = session::set_cookie_headers(LOGIN_COOKIE, &sealed, LOGIN_TTL, sessions.secure, 0);
     Ok(redirect(&start.authorization_url, &cookies))
 }
@@ -132,16 +133,16 @@ pub async fn callback(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(40)
             .collect();
-        return Err(refused(
+        return Err(Refused::new(
             Refusal::BadCredential(format!("the provider refused the login: {safe}")),
-            "login_refused",
+            Reason::LoginRefused,
         ));
     }
     let (Some(code), Some(state)) = (query_param(query, "code"), query_param(query, "state"))
     else {
-        return Err(refused(
+        return Err(Refused::new(
             Refusal::BadRequest("the callback needs `code` and `state`".into()),
-            "bad_callback",
+            Reason::BadCallback,
         ));
     };
     let cookies = crate::session::cookie_headers(req.headers());
@@ -149,25 +150,25 @@ pub async fn callback(
         .and_then(|(v, _)| sessions.sealer.open_json(&v, LOGIN_COOKIE).ok())
         .filter(|p: &PendingLogin| p.created_at + LOGIN_TTL > now())
         .ok_or_else(|| {
-            refused(
+            Refused::new(
                 Refusal::BadRequest("no login in progress (or it expired): start again".into()),
-                "no_pending_login",
+                Reason::NoPendingLogin,
             )
         })?;
     if aws_lc_rs::constant_time::verify_slices_are_equal(pending.state.as_bytes(), state.as_bytes())
         .is_err()
     {
-        return Err(refused(
+        return Err(Refused::new(
             Refusal::BadRequest("the login's state does not match".into()),
-            "state_mismatch",
+            Reason::StateMismatch,
         ));
     }
     let keys = provider_keys(gw)?;
     let token_endpoint = keys.metadata.token_endpoint.clone().unwrap_or_default();
     let redirect_uri = redirect_uri(gw, sessions, ctx, req.headers()).ok_or_else(|| {
-        refused(
+        Refused::new(
             Refusal::BadRequest("cannot tell this gateway's address (Host)".into()),
-            "bad_host",
+            Reason::BadHost,
         )
     })?;
     let tokens = login::exchange_code(
@@ -181,8 +182,11 @@ pub async fn callback(
     )
     .await
     .map_err(|e| match e.is_unavailable() {
-        true => refused(Refusal::Unavailable(e.to_string()), "provider_unavailable"),
-        false => refused(Refusal::BadCredential(e.to_string()), "code_rejected"),
+        true => Refused::new(
+            Refusal::Unavailable(e.to_string()),
+            Reason::ProviderUnavailable,
+        ),
+        false => Refused::new(Refusal::BadCredential(e.to_string()), Reason::CodeRejected),
     })?;
     let id_claims = login::verify_id_token(
         tokens.id_token.expose(),
@@ -192,15 +196,20 @@ pub async fn callback(
         &pending.nonce,
         sessions.leeway,
     )
-    .map_err(|e| refused(Refusal::BadCredential(e.to_string()), "id_token_rejected"))?;
+    .map_err(|e| {
+        Refused::new(
+            Refusal::BadCredential(e.to_string()),
+            Reason::IdTokenRejected,
+        )
+    })?;
     let identity = gw
         .verifier
         .verify(tokens.access_token.expose())
         .await
         .map_err(|e| {
-            refused(
+            Refused::new(
                 Refusal::BadCredential(format!("access token rejected: {e}")),
-                "access_token_rejected",
+                Reason::AccessTokenRejected,
             )
         })?;
     let now = now();
@@ -221,7 +230,7 @@ pub async fn callback(
         session_expires_at: now + session_lifetime,
         created_at_ms: now_ms(),
         id: new_session_id()
-            .map_err(|e| refused(Refusal::Unavailable(e.to_string()), "session_failed"))?
+            .map_err(|e| Refused::new(Refusal::Unavailable(e.to_string()), Reason::SessionFailed))?
             .expose()
             .to_owned(),
     };
@@ -323,9 +332,9 @@ pub async fn backchannel_logout(
 ) -> Result<Response<Body>, Refused> {
     let sessions = enabled(gw)?;
     let bad = |why: &str| {
-        refused(
+        Refused::new(
             Refusal::BadRequest(format!("invalid logout token: {why}")),
-            "bad_logout_token",
+            Reason::BadLogoutToken,
         )
     };
     let form_type = req
@@ -338,11 +347,11 @@ pub async fn backchannel_logout(
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
     if !form_type {
-        return Err(refused(
+        return Err(Refused::new(
             Refusal::BadRequest(
                 "a back-channel logout request must be application/x-www-form-urlencoded".into(),
             ),
-            "bad_logout_request",
+            Reason::BadLogoutRequest,
         ));
     }
     use http_body_util::BodyExt as _;
@@ -378,11 +387,11 @@ pub async fn backchannel_logout(
     let at_ms = iat.saturating_add(1).saturating_mul(1000).min(now_ms());
     sessions.end_by(&marker, at_ms).await.map_err(|_| {
         // §2.8: a logout that failed is answered 400, too.
-        refused(
+        Refused::new(
             Refusal::BadRequest(
                 "the logout could not be recorded; the session store is unavailable".into(),
             ),
-            "logout_failed",
+            Reason::LogoutFailed,
         )
     })?;
     let mut resp = respond::empty(StatusCode::OK);

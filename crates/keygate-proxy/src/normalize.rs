@@ -11,10 +11,10 @@ use crate::respond::{Refusal, Refused};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Version};
 use hyper::body::Incoming;
+use keygate_core::Reason;
 use keygate_core::Secret;
 use keygate_core::config::is_identity_header;
 use keygate_core::normalize::{NormalizeOptions, normalize_path};
-use std::borrow::Cow;
 
 /// Phase 1 for a request that just arrived: checks its framing and method,
 /// sets `ctx.path` and `ctx.query`, cleans its headers and takes out its
@@ -64,16 +64,16 @@ pub(crate) fn check_method(method: &Method) -> Result<(), Refused> {
     if refused {
         return Err(Refused {
             refusal: Refusal::MethodNotAllowed(format!("{method} is not passed through keygate")),
-            reason: Cow::Borrowed("method_refused"),
+            reason: Reason::MethodRefused,
         });
     }
     Ok(())
 }
 
-fn bad_request(why: &'static str, reason: &'static str) -> Refused {
+fn bad_request(why: &'static str, reason: Reason) -> Refused {
     Refused {
         refusal: Refusal::BadRequest(why.into()),
-        reason: Cow::Borrowed(reason),
+        reason,
     }
 }
 
@@ -84,18 +84,18 @@ fn bad_request(why: &'static str, reason: &'static str) -> Refused {
 fn check_framing(req: &Request<Incoming>) -> Result<(), Refused> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return Err(bad_request("more than one Host header", "bad_host")),
+        (_, Some(_)) => return Err(bad_request("more than one Host header", Reason::BadHost)),
         (host, None) => host,
     };
     match (host, req.uri().authority()) {
         (None, None) if req.version() == Version::HTTP_11 => Err(bad_request(
             "an HTTP/1.1 request needs a Host header",
-            "bad_host",
+            Reason::BadHost,
         )),
         (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => {
             Err(bad_request(
                 "the Host header and the request target name different hosts",
-                "bad_host",
+                Reason::BadHost,
             ))
         }
         _ => Ok(()),
@@ -118,7 +118,7 @@ pub fn normalize(gw: &Gateway, target: &str) -> Result<(String, Option<String>),
         Ok(path) => Ok((path, query)),
         Err(e) => Err(Refused {
             refusal: Refusal::BadRequest(format!("invalid path: {e}")),
-            reason: Cow::Borrowed("invalid_path"),
+            reason: Reason::InvalidPath,
         }),
     }
 }
@@ -154,7 +154,7 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
         (Some(_), Some(_)) => {
             return Credential::Unusable(
                 "more than one Authorization header",
-                "ambiguous_credential",
+                Reason::AmbiguousCredential,
             );
         }
         (Some(v), None) => Some(v.to_str().map(str::to_owned)),
@@ -164,12 +164,12 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
             headers.remove(header::AUTHORIZATION);
             return Credential::Unusable(
                 "send either an API key or an Authorization header, not both",
-                "ambiguous_credential",
+                Reason::AmbiguousCredential,
             );
         }
         return match value.to_str() {
             Ok(v) => Credential::ApiKey(Secret::new(v.trim())),
-            Err(_) => Credential::Unusable("malformed API key", "api_key_malformed"),
+            Err(_) => Credential::Unusable("malformed API key", Reason::ApiKeyMalformed),
         };
     }
     let Some(value) = authorization else {
@@ -177,7 +177,7 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
     };
     let Ok(value) = value else {
         headers.remove(header::AUTHORIZATION);
-        return Credential::Unusable("token is malformed", "token_malformed");
+        return Credential::Unusable("token is malformed", Reason::TokenMalformed);
     };
     let (scheme, rest) = value.split_once(' ').unwrap_or((value.as_str(), ""));
     let rest = rest.trim();
@@ -204,7 +204,7 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
     }
     Credential::Unusable(
         "the Authorization header must be `Bearer <token>`, or carry an API key",
-        "unsupported_scheme",
+        Reason::UnsupportedScheme,
     )
 }
 

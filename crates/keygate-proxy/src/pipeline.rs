@@ -13,6 +13,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use keygate_core::Identity;
+use keygate_core::Reason;
 use std::sync::Arc;
 
 /// Phases 2–4 for `ctx`'s method and path (and an override's): the
@@ -47,7 +48,7 @@ pub async fn proxy(
     let overrides = hygiene::take_overrides(req.headers_mut(), &gw.override_headers).map_err(
         |hygiene::BadOverride(why)| Refused {
             refusal: Refusal::BadRequest(why.into()),
-            reason: std::borrow::Cow::Borrowed("bad_override_header"),
+            reason: Reason::BadOverrideHeader,
         },
     )?;
     check(gw, ctx, &credential, &overrides).await?;

@@ -11,8 +11,8 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use keygate_core::Reason;
 use keygate_keys::{DeviceError, KeyError, ManageError};
-use std::borrow::Cow;
 
 /// The body of every response: the upstream's, streamed, or keygate's own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -75,6 +75,22 @@ impl Refusal {
         }
     }
 
+    /// The reason for logs and metrics when nothing more specific is known.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::BadRequest(_) => Reason::InvalidRequest,
+            Refusal::NoCredential => Reason::Unauthorized,
+            Refusal::BadCredential(_) => Reason::InvalidToken,
+            Refusal::Forbidden(_) => Reason::Forbidden,
+            Refusal::NotFound => Reason::NotFound,
+            Refusal::MethodNotAllowed(_) => Reason::MethodNotAllowed,
+            Refusal::TooManyRequests(..) => Reason::RateLimited,
+            Refusal::BadGateway => Reason::BadGateway,
+            Refusal::Unavailable(_) => Reason::TemporarilyUnavailable,
+            Refusal::GatewayTimeout => Reason::GatewayTimeout,
+        }
+    }
+
     /// The human-readable `error_description`.
     pub fn description(&self) -> &str {
         match self {
@@ -113,25 +129,32 @@ impl Refusal {
     }
 }
 
+impl Refused {
+    /// A refusal and its reason.
+    pub fn new(refusal: Refusal, reason: Reason) -> Refused {
+        Refused { refusal, reason }
+    }
+}
+
 /// A refusal with the short reason recorded in logs and metrics.
 #[derive(Debug)]
 pub struct Refused {
     /// What the client gets.
     pub refusal: Refusal,
     /// Why, for operators.
-    pub reason: Cow<'static, str>,
+    pub reason: Reason,
 }
 
 impl From<Refusal> for Refused {
     fn from(refusal: Refusal) -> Self {
-        let reason = Cow::Borrowed(refusal.code());
+        let reason = refusal.reason();
         Refused { refusal, reason }
     }
 }
 
 impl From<KeyError> for Refused {
     fn from(e: KeyError) -> Self {
-        let reason = Cow::Borrowed(e.reason());
+        let reason = e.reason();
         let refusal = match e {
             KeyError::Malformed
             | KeyError::Unknown
@@ -157,7 +180,7 @@ impl From<KeyError> for Refused {
 
 impl From<ManageError> for Refused {
     fn from(e: ManageError) -> Self {
-        let reason = Cow::Borrowed(e.reason());
+        let reason = e.reason();
         let refusal = match e {
             ManageError::Invalid(why) => Refusal::BadRequest(why),
             ManageError::NotFound => Refusal::NotFound,
@@ -189,7 +212,7 @@ impl From<ManageError> for Refused {
 impl From<crate::session::SessionError> for Refused {
     fn from(e: crate::session::SessionError) -> Self {
         use crate::session::SessionError;
-        let reason = Cow::Borrowed(e.reason());
+        let reason = e.reason();
         let refusal = match e {
             SessionError::Ended(_) => Refusal::NoCredential,
             other => Refusal::Unavailable(other.to_string()),
@@ -221,7 +244,7 @@ pub fn device_outcome(e: DeviceError) -> Result<Response<Body>, Refused> {
                 refusal: Refusal::Unavailable(
                     "the OpenID provider could not complete the device flow".into(),
                 ),
-                reason: Cow::Borrowed("provider_unavailable"),
+                reason: Reason::ProviderUnavailable,
             });
         }
     };

@@ -21,11 +21,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use keygate_core::Identity;
+use keygate_core::Reason;
 use keygate_keys::ApiKeys;
 use keygate_store::KeyFilter;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Largest JSON body these endpoints read.
@@ -51,7 +51,7 @@ pub async fn serve(
             let Credential::ApiKey(key) = &credential else {
                 return Err(Refused {
                     refusal: Refusal::NoCredential,
-                    reason: Cow::Borrowed("no_credential"),
+                    reason: Reason::NoCredential,
                 });
             };
             let (token, expires_in) = keys
@@ -153,7 +153,7 @@ async fn identify(
 pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Refused> {
     let bad = |why: String| Refused {
         refusal: Refusal::BadRequest(why),
-        reason: Cow::Borrowed("bad_body"),
+        reason: Reason::BadBody,
     };
     let body: Bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -208,7 +208,7 @@ async fn key_page(
         .await
         .map_err(|_| Refused {
             refusal: Refusal::BadRequest("the form is too large".into()),
-            reason: Cow::Borrowed("bad_body"),
+            reason: Reason::BadBody,
         })?
         .to_bytes();
     let form = crate::keypage::parse_form(&body);

@@ -2,10 +2,9 @@
 //! `keygate-sessions` crate (re-exported here); this module adds the
 //! redirects the login flow answers with.
 
-use crate::respond::{self, Body, Refusal, Refused};
+use crate::respond::{self, Body};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use std::borrow::Cow;
 
 pub use keygate_sessions::*;
 
@@ -41,11 +40,4 @@ pub(crate) fn redirect(location: &str, cookies: &[String]) -> Response<Body> {
         }
     }
     resp
-}
-
-pub(crate) fn refused(refusal: Refusal, reason: &'static str) -> Refused {
-    Refused {
-        refusal,
-        reason: Cow::Borrowed(reason),
-    }
 }

@@ -1,5 +1,6 @@
 //! The session service's one error type.
 
+use keygate_core::Reason;
 use std::sync::Arc;
 
 /// Why a session cannot be used or kept. The proxy's error edge turns it
@@ -11,7 +12,7 @@ pub enum SessionError {
     /// (`session_ended`, `session_logged_out`, `session_expired`,
     /// `session_refresh_refused`).
     #[error("the session has ended ({0})")]
-    Ended(&'static str),
+    Ended(Reason),
     /// `session-store: redis` without a Redis.
     #[error("the session store is unavailable")]
     NoStore,
@@ -28,12 +29,14 @@ pub enum SessionError {
 
 impl SessionError {
     /// The short reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            SessionError::Ended(reason) => reason,
-            SessionError::NoStore | SessionError::StoreUnavailable => "session_store_unavailable",
-            SessionError::ProviderUnavailable => "provider_unavailable",
-            SessionError::Sealing(_) => "session_failed",
+            SessionError::Ended(reason) => *reason,
+            SessionError::NoStore | SessionError::StoreUnavailable => {
+                Reason::SessionStoreUnavailable
+            }
+            SessionError::ProviderUnavailable => Reason::ProviderUnavailable,
+            SessionError::Sealing(_) => Reason::SessionFailed,
         }
     }
 }

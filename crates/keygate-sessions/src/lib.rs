@@ -115,7 +115,7 @@ mod tests {
         let err = current_access_token(&sessions, &cookie, &mut set_cookies)
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "session_logged_out");
+        assert_eq!(err.reason(), keygate_core::Reason::SessionLoggedOut);
         assert!(
             set_cookies[0].starts_with("kg_session=;"),
             "{set_cookies:?}"
@@ -149,7 +149,10 @@ mod tests {
     #[tokio::test]
     async fn a_valid_access_token_is_used_and_an_expired_one_without_refresh_ends_the_session() {
         let sessions = sessions("");
-        for (valid_for, expect) in [(60, Ok("at-1")), (-1, Err("session_expired"))] {
+        for (valid_for, expect) in [
+            (60, Ok("at-1")),
+            (-1, Err(keygate_core::Reason::SessionExpired)),
+        ] {
             let saved = sessions.save(&state(valid_for), None).await.unwrap();
             let (cookie, _) = sessions.read(&[&cookie_header(&saved)]).unwrap().unwrap();
             let mut set_cookies = Vec::new();

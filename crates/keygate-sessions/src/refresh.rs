@@ -7,6 +7,7 @@ use crate::service::{
     REFRESH_LOCK_TTL, SessionCookie, Sessions, now, session_key, store_unavailable,
 };
 use keygate_auth::session::SessionState;
+use keygate_core::Reason;
 use keygate_core::Secret;
 use std::sync::Arc;
 
@@ -23,24 +24,24 @@ pub async fn current_access_token(
     set_cookies: &mut Vec<String>,
 ) -> Result<Secret, SessionError> {
     let now = now();
-    let ended = |set_cookies: &mut Vec<String>, reason: &'static str| {
+    let ended = |set_cookies: &mut Vec<String>, reason: Reason| {
         set_cookies.extend(sessions.clear_headers(1));
         SessionError::Ended(reason)
     };
     let Some(state) = sessions.load(cookie).await? else {
-        return Err(ended(set_cookies, "session_ended"));
+        return Err(ended(set_cookies, Reason::SessionEnded));
     };
     if sessions.logged_out(&state).await? {
-        return Err(ended(set_cookies, "session_logged_out"));
+        return Err(ended(set_cookies, Reason::SessionLoggedOut));
     }
     if state.access_expires_at > now {
         return Ok(state.access_token.clone());
     }
     let Some(refresh_token) = state.refresh_token.clone().filter(|_| sessions.refresh) else {
-        return Err(ended(set_cookies, "session_expired"));
+        return Err(ended(set_cookies, Reason::SessionExpired));
     };
     if state.session_expires_at <= now {
-        return Err(ended(set_cookies, "session_expired"));
+        return Err(ended(set_cookies, Reason::SessionExpired));
     }
     let digest = aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
@@ -88,7 +89,7 @@ pub async fn current_access_token(
         }
         Err(e) => match &*e {
             RefreshError::Grant(e) if e.is_unavailable() => Err(SessionError::ProviderUnavailable),
-            RefreshError::Grant(_) => Err(ended(set_cookies, "session_refresh_refused")),
+            RefreshError::Grant(_) => Err(ended(set_cookies, Reason::SessionRefreshRefused)),
             RefreshError::Store(e) => Err(e.clone()),
         },
     }
@@ -131,7 +132,9 @@ async fn refreshed_elsewhere(
             }
             Some(_) => {}
             None => {
-                return Err(RefreshError::Store(SessionError::Ended("session_ended")));
+                return Err(RefreshError::Store(SessionError::Ended(
+                    Reason::SessionEnded,
+                )));
             }
         }
     }
