@@ -1,7 +1,7 @@
 //! Every response keygate itself writes (errors, health, forward-auth), and
 //! the error edge: the one place where the services' typed errors
 //! ([`KeyError`], [`ManageError`], [`DeviceError`],
-//! [`crate::session::SessionError`]) become a [`Refusal`]
+//! [`SessionError`]) become a [`Refusal`]
 //! with its HTTP status and a reason for logs and metrics. Bodies are small
 //! JSON objects `{"error": …, "error_description": …}`; never a token or a
 //! cause (a provider URL, a database message): causes go to the log.
@@ -13,6 +13,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use keygate_core::Reason;
 use keygate_keys::{DeviceError, KeyError, ManageError};
+use keygate_sessions::SessionError;
 
 /// The body of every response: the upstream's, streamed, or keygate's own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -209,9 +210,8 @@ impl From<ManageError> for Refused {
     }
 }
 
-impl From<crate::session::SessionError> for Refused {
-    fn from(e: crate::session::SessionError) -> Self {
-        use crate::session::SessionError;
+impl From<SessionError> for Refused {
+    fn from(e: SessionError) -> Self {
         let reason = e.reason();
         let refusal = match e {
             SessionError::Ended(_) => Refusal::NoCredential,

@@ -4,11 +4,10 @@
 
 use crate::error::SessionError;
 use crate::service::{
-    REFRESH_LOCK_TTL, SessionCookie, Sessions, now, session_key, store_unavailable,
+    REFRESH_LOCK_TTL, Refreshed, SessionCookie, Sessions, now, session_key, store_unavailable,
 };
 use keygate_auth::session::SessionState;
-use keygate_core::Reason;
-use keygate_core::Secret;
+use keygate_core::{Reason, Secret};
 use std::sync::Arc;
 
 /// The access token to use for a session: the stored one while it is
@@ -94,9 +93,6 @@ pub async fn current_access_token(
         },
     }
 }
-
-/// A refreshed session and the `Set-Cookie` values that carry it.
-pub(crate) type Refreshed = (Arc<SessionState>, Vec<String>);
 
 /// Why a session could not be refreshed.
 #[derive(Debug)]

@@ -3,7 +3,6 @@
 //! cookie handed back as a `Set-Cookie` value.
 
 use crate::error::SessionError;
-use crate::refresh::Refreshed;
 use keygate_auth::grants::Grants;
 use keygate_auth::session::{self, CookieSealer, SessionState};
 use keygate_core::Secret;
@@ -19,6 +18,9 @@ pub const LOGIN_COOKIE: &str = "kg_login";
 
 /// The longest a session cookie lives (and a back-channel logout is remembered).
 pub(crate) const MAX_SESSION_SECS: u64 = 30 * 24 * 3600;
+
+/// A refreshed session and the `Set-Cookie` values that carry it.
+pub(crate) type Refreshed = (Arc<SessionState>, Vec<String>);
 
 /// Browser-session settings and the cookie sealer.
 pub struct Sessions {
