@@ -101,14 +101,18 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                for line in e.to_string().lines() {
+                    eprintln!("error: {line}");
+                }
                 ExitCode::FAILURE
             }
         },
         Some(("serve", m)) => match load(m) {
             Ok(loaded) => serve(loaded),
             Err(e) => {
-                eprintln!("error: {e}");
+                for line in e.to_string().lines() {
+                    eprintln!("error: {line}");
+                }
                 ExitCode::FAILURE
             }
         },

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod interpolate;
 mod keys;
 mod settings;
 mod token;

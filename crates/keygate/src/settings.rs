@@ -497,7 +497,18 @@ pub fn load(
     file: Option<&Path>,
     overrides: &[(&'static Key, String, Source)],
 ) -> Result<Loaded, LoadError> {
+    load_with(file, overrides, &|name| std::env::var(name).ok())
+}
+
+/// [`load`], with `env` for the file's `${VAR}` references.
+fn load_with(
+    file: Option<&Path>,
+    overrides: &[(&'static Key, String, Source)],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, LoadError> {
     let mut warnings = Vec::new();
+    // The file's errors, all of them, so one `check-config` shows every one.
+    let mut errors = Vec::new();
     let mut sources: Vec<(String, Source)> = Vec::new();
     let mut doc = Mapping::new();
     if let Some(path) = file {
@@ -530,10 +541,8 @@ pub fn load(
                 if v.as_bool() == Some(false) {
                     continue;
                 }
-                return Err(LoadError(format!(
-                    "config file {}: `{name}`: {why}",
-                    path.display()
-                )));
+                errors.push(format!("config file {}: `{name}`: {why}", path.display()));
+                continue;
             }
             if let Some((_, why)) = GATEKEEPER_UNSUPPORTED.iter().find(|(n, _)| *n == name) {
                 warnings.push(format!(
@@ -542,16 +551,27 @@ pub fn load(
                 ));
                 continue;
             }
-            if !KEYS.iter().any(|key| key.name == name) {
-                return Err(LoadError(format!(
+            let Some(key) = KEYS.iter().find(|key| key.name == name) else {
+                errors.push(format!(
                     "config file {}: unknown key `{name}`{}",
                     path.display(),
                     did_you_mean(&name)
-                )));
-            }
+                ));
+                continue;
+            };
+            let v = match interpolate_value(key, v, env) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(format!("config file {}: `{name}`: {e}", path.display()));
+                    continue;
+                }
+            };
             sources.push((name.clone(), Source::File(path.to_owned())));
             doc.insert(Value::String(name), v);
         }
+    }
+    if !errors.is_empty() {
+        return Err(LoadError(errors.join("\n")));
     }
     for (key, raw, source) in overrides {
         let value = parse_override(key, raw).map_err(|e| LoadError(format!("{source}: {e}")))?;
@@ -650,6 +670,58 @@ fn parse_override(key: &Key, raw: &str) -> Result<Value, String> {
         }
         Kind::Yaml => serde_yaml_ng::from_str(raw)
             .map_err(|e| format!("`{}` expects YAML or JSON: {e}", key.name))?,
+    })
+}
+
+/// A file value with its `${VAR}` references expanded
+/// ([`crate::interpolate`]). A whole top-level value that was a string is
+/// then read as the key's kind, as an environment variable would be
+/// (`listen-port: ${PORT}` is a number); nested strings stay strings.
+fn interpolate_value(
+    key: &Key,
+    value: Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, String> {
+    match value {
+        Value::String(s) => match crate::interpolate::expand(&s, env).map_err(|e| e.to_string())? {
+            std::borrow::Cow::Borrowed(_) => Ok(Value::String(s)),
+            std::borrow::Cow::Owned(expanded) => match key.kind {
+                Kind::Str | Kind::Yaml => Ok(Value::String(expanded)),
+                _ => parse_override(key, &expanded),
+            },
+        },
+        other => expand_nested(other, env).map_err(|e| e.to_string()),
+    }
+}
+
+/// Expands the strings inside a sequence or mapping (not the mapping's keys).
+fn expand_nested(
+    value: Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, crate::interpolate::InterpolateError> {
+    Ok(match value {
+        Value::String(s) => Value::String(crate::interpolate::expand(&s, env)?.into_owned()),
+        Value::Sequence(items) => Value::Sequence(
+            items
+                .into_iter()
+                .map(|v| expand_nested(v, env))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Mapping(m) => {
+            let mut out = Mapping::new();
+            for (k, v) in m {
+                out.insert(k, expand_nested(v, env)?);
+            }
+            Value::Mapping(out)
+        }
+        Value::Tagged(t) => {
+            let t = *t;
+            Value::Tagged(Box::new(serde_yaml_ng::value::TaggedValue {
+                tag: t.tag,
+                value: expand_nested(t.value, env)?,
+            }))
+        }
+        other => other,
     })
 }
 
@@ -884,5 +956,58 @@ mod tests {
                 .0
                 .contains("`discovery-url` is required")
         );
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KG_SECRET" => Some("c$ient-secret".into()),
+            "KG_REFRESH" => Some("true".into()),
+            "KG_SKEW" => Some("10s".into()),
+            "KG_AUDIENCES" => Some("api, web".into()),
+            "KG_SERVER_SECRET" => Some("server-secret-from-env-0123456789abcdef".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn variables_expand_in_values_typed_as_the_key_and_nested() {
+        let f = file(&format!(
+            "{MINIMAL}client-secret: ${{KG_SECRET}}\n\
+             enable-refresh-tokens: ${{KG_REFRESH}}\n\
+             clock-skew: ${{KG_SKEW}}\n\
+             access-token-audience: ${{KG_AUDIENCES}}\n\
+             scopes: [\"${{KG_SCOPE:-email}}\", \"pa$$id\"]\n\
+             api-keys:\n  server-secret: ${{KG_SERVER_SECRET}}\n"
+        ));
+        let config = load_with(Some(f.path()), &[], &env).unwrap().config;
+        assert_eq!(config.client_secret.expose(), "c$ient-secret");
+        assert!(config.enable_refresh_tokens);
+        assert_eq!(config.clock_skew, std::time::Duration::from_secs(10));
+        assert_eq!(config.access_token_audience, ["api", "web"]);
+        assert_eq!(config.scopes, ["email", "pa$id"]);
+        assert_eq!(
+            config.api_keys.server_secret.expose(),
+            "server-secret-from-env-0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn every_missing_variable_and_unknown_key_is_reported_at_once() {
+        let f = file(&format!(
+            "{MINIMAL}client-secret: ${{KG_NOPE}}\nencryption-key: ${{KG_ALSO_NOPE}}\nupstrem-url: x\n"
+        ));
+        let err = load_with(Some(f.path()), &[], &env).err().unwrap().0;
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(
+            lines[0].contains("`client-secret`") && lines[0].contains("`KG_NOPE`"),
+            "{err}"
+        );
+        assert!(
+            lines[1].contains("`encryption-key`") && lines[1].contains("`KG_ALSO_NOPE`"),
+            "{err}"
+        );
+        assert!(lines[2].contains("unknown key `upstrem-url`"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
     }
 }

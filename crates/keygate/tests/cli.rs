@@ -306,3 +306,52 @@ fn personal_keys_refuse_service_key_options() {
         "{err}"
     );
 }
+
+/// `${VAR}` in the file, as docs/config.md writes it: expanded from the
+/// environment (the value never printed), a default when unset, and a
+/// missing variable named with its key, every one at once.
+#[test]
+fn check_config_expands_variables_and_names_each_missing_one() {
+    let f = write_config(
+        "discovery-url: ${KG_TEST_ISSUER}\nclient-id: keygate\nclient-secret: ${KG_TEST_SECRET}\n\
+         upstream-url: http://127.0.0.1:2\nlisten: ${KG_TEST_LISTEN:-127.0.0.1:4444}\n",
+    );
+    let out = keygate()
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .env("KG_TEST_ISSUER", "http://127.0.0.1:1/realms/acme")
+        .env("KG_TEST_SECRET", "secret-from-the-environment")
+        .env_remove("KG_TEST_LISTEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("discovery-url: http://127.0.0.1:1/realms/acme"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("listen: 127.0.0.1:4444"), "{stdout}");
+    assert!(!stdout.contains("secret-from-the-environment"), "{stdout}");
+
+    let out = keygate()
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .env_remove("KG_TEST_ISSUER")
+        .env_remove("KG_TEST_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("`discovery-url`") && stderr.contains("`KG_TEST_ISSUER` is not set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`client-secret`") && stderr.contains("`KG_TEST_SECRET` is not set"),
+        "{stderr}"
+    );
+}
