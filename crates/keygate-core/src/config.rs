@@ -511,9 +511,57 @@ pub mod duration {
         }
     }
 
-    /// Serializes as humantime text.
+    /// Serializes as [`format`] text.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
+        s.collect_str(&format(*d))
+    }
+
+    /// A duration as people write it in a config: days, hours, minutes,
+    /// seconds and milliseconds, each only when not zero (`365d`, `1h30m`,
+    /// `30s`, `1s500ms`; `0s`). Never months or years, whose length
+    /// humantime guesses (365 days would print as `11months 30days 3h 50m
+    /// 24s`). It parses back to the same duration.
+    pub fn format(d: Duration) -> String {
+        let mut secs = d.as_secs();
+        let ms = d.subsec_millis();
+        let mut out = String::new();
+        for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+            if secs >= len {
+                out.push_str(&format!("{}{unit}", secs / len));
+                secs %= len;
+            }
+        }
+        if ms > 0 {
+            out.push_str(&format!("{ms}ms"));
+        }
+        if out.is_empty() {
+            out.push_str("0s");
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::format;
+        use std::time::Duration;
+
+        #[test]
+        fn durations_print_as_written_and_parse_back() {
+            for (text, secs, ms) in [
+                ("365d", 365 * 86_400, 0),
+                ("1h30m", 5_400, 0),
+                ("30s", 30, 0),
+                ("1m30s", 90, 0),
+                ("1d2h3m4s", 93_784, 0),
+                ("1s500ms", 1, 500),
+                ("250ms", 0, 250),
+                ("0s", 0, 0),
+            ] {
+                let d = Duration::from_secs(secs) + Duration::from_millis(ms);
+                assert_eq!(format(d), text);
+                assert_eq!(humantime::parse_duration(text).ok(), Some(d), "{text}");
+            }
+        }
     }
 }
 
@@ -599,7 +647,7 @@ impl Config {
                 key: "clock-skew",
                 message: format!(
                     "{} is more than the 60s keygate allows",
-                    humantime::format_duration(self.clock_skew)
+                    duration::format(self.clock_skew)
                 ),
             });
         }

@@ -74,7 +74,7 @@ impl ApiKeys {
             return Err(ManageError::Invalid(format!(
                 "the longest lifetime of a {} key is {}",
                 kind.as_str(),
-                humantime::format_duration(max)
+                keygate_core::config::duration::format(max)
             )));
         }
         if lifetime.is_zero() {
