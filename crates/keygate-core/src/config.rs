@@ -511,7 +511,7 @@ pub mod duration {
         }
     }
 
-    /// Serializes as [`format`] text.
+    /// Serializes as [`format()`] text.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format(*d))
     }
