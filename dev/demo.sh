@@ -131,16 +131,19 @@ DEMO_KEY=$("$BIN" keys create --config dev/demo.yaml --kind service --client-id 
   --client-secret-file "$LOGS/svc-reporting.secret" --description "demo key" --expires-in 1d 2>>"$LOGS/keys.log" | head -n1)
 case "$DEMO_KEY" in kgs_*) ;; *) die "could not create the demo API key (see $LOGS/keys.log)";; esac
 
+# The token commands print the access token, or the provider's refusal (a
+# wrong password: "invalid_grant") on stderr, so that the variable is not
+# silently empty.
 if command -v jq >/dev/null 2>&1; then
-  PICK_TOKEN="jq -r .access_token"
+  PICK_TOKEN="jq -r 'if .access_token then .access_token else (\"the provider refused: \" + (.error_description // .error) + \"\\n\" | halt_error) end'"
   PRETTY=" | jq ."
 else
-  PICK_TOKEN="node -e 'let s=\"\";process.stdin.on(\"data\",d=>s+=d).on(\"end\",()=>console.log(JSON.parse(s).access_token))'"
+  PICK_TOKEN="node -e 'let s=\"\";process.stdin.on(\"data\",d=>s+=d).on(\"end\",()=>{const j=JSON.parse(s);if(j.access_token)console.log(j.access_token);else{console.error(\"the provider refused: \"+(j.error_description||j.error));process.exit(1)}})'"
   PRETTY=""
 fi
 TOKEN_URL="$ISSUER/protocol/openid-connect/token"
 token_cmd() {
-  echo "curl -fsS -d grant_type=password -d username=$1 -d password=$1 -d client_id=keygate -d client_secret=keygate-secret $TOKEN_URL | $PICK_TOKEN"
+  echo "curl -sS -d grant_type=password -d username=$1 -d password=$2 -d client_id=keygate -d client_secret=keygate-secret $TOKEN_URL | $PICK_TOKEN"
 }
 
 cat <<EOF
@@ -150,8 +153,8 @@ Users: alice (admin, APP-backend:editor, group /ops), bob (user, APP-backend:vie
 Rules: dev/demo.yaml. Copy and paste into another terminal:
 
 # 1. Get access tokens from the provider (password grant, client keygate)
-ALICE=\$($(token_cmd alice))
-BOB=\$($(token_cmd bob))
+ALICE=\$($(token_cmd alice alice))
+BOB=\$($(token_cmd bob bob))
 
 # 2. Through keygate: 200; the upstream echoes Authorization and the X-Auth-* headers it received
 curl -sS -H "Authorization: Bearer \$ALICE" '$KEYGATE/api/items?page=2'$PRETTY

@@ -582,12 +582,17 @@ function escapeHtml(s) {
   }[c]));
 }
 
-function loginPage(uid, { error, username = '' } = {}) {
+function loginPage(uid, { error, username = '', userCode } = {}) {
+  // A device flow's sign-in shows the code, as Keycloak's device page does,
+  // so the user can check it against the one the device printed.
+  const device = userCode
+    ? `<p id="device-code">Signing in approves the device that shows the code <code>${escapeHtml(userCode)}</code>. Go on only if it is the code your device printed.</p>\n`
+    : '';
   return `<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Sign in to acme</title></head>
 <body>
 <h1 id="kc-page-title">Sign in to your account</h1>
-${error ? `<div id="input-error" class="alert-error">${escapeHtml(error)}</div>` : ''}
+${device}${error ? `<div id="input-error" class="alert-error">${escapeHtml(error)}</div>` : ''}
 <form id="kc-form-login" action="${MOUNT}/interaction/${encodeURIComponent(uid)}/login" method="post">
   <label for="username">Username or email</label>
   <input id="username" name="username" type="text" value="${escapeHtml(username)}" autofocus autocomplete="username">
@@ -635,8 +640,13 @@ async function handleInteraction(req, res, url) {
   } catch (err) {
     return sendHtml(res, 400, `<!DOCTYPE html><html><body><h1>We are sorry...</h1><p>${escapeHtml(err.message)}</p></body></html>`);
   }
+  // Stored without the mask's dash; shown as the device printed it (****-****).
+  const stored = details.deviceCode
+    ? (await provider.DeviceCode.find(details.deviceCode, { ignoreExpiration: true }))?.userCode
+    : undefined;
+  const userCode = stored?.replace(/^([A-Z]{4})([A-Z]{4})$/, '$1-$2');
   if (!m[2] && req.method === 'GET') {
-    if (details.prompt.name === 'login') return sendHtml(res, 200, loginPage(details.uid));
+    if (details.prompt.name === 'login') return sendHtml(res, 200, loginPage(details.uid, { userCode }));
     if (details.prompt.name === 'consent') return autoConsent(provider, req, res, details);
     return sendJson(res, 501, { error: 'unsupported prompt' });
   }
@@ -645,7 +655,7 @@ async function handleInteraction(req, res, url) {
     const username = form.get('username') ?? '';
     const user = users.get(username) ?? [...users.values()].find((u) => u.email === username);
     if (!user || user.serviceAccountClientId || user.password !== form.get('password')) {
-      return sendHtml(res, 200, loginPage(details.uid, { error: 'Invalid username or password.', username }));
+      return sendHtml(res, 200, loginPage(details.uid, { error: 'Invalid username or password.', username, userCode }));
     }
     return provider.interactionFinished(req, res, {
       login: { accountId: user.id, acr: '1', remember: true },

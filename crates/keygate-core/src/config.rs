@@ -163,9 +163,19 @@ pub struct Config {
     /// Where API keys and their audit trail live: `sqlite://path` or `postgres://…`.
     #[serde(default = "default_store_url")]
     pub store_url: StoreUrl,
-    /// Address of the admin API (`/admin/v1/…`); off when unset.
+    /// Address of the operations port: the admin API (`/admin/v1/…`),
+    /// metrics and the detailed health; off when unset. When set, the
+    /// public listener serves neither metrics nor the detailed health.
     #[serde(default)]
     pub listen_admin: Option<ListenAddr>,
+    /// Serve Prometheus metrics (at `/metrics` on `listen-admin`, else at
+    /// `/oauth/metrics`). keygate's default is on (gatekeeper's was off).
+    #[serde(default = "yes")]
+    pub enable_metrics: bool,
+    /// The public `/oauth/metrics` answers only requests from a loopback
+    /// address that no proxy relayed (gatekeeper's option).
+    #[serde(default)]
+    pub localhost_metrics: bool,
     /// API keys: presentation, lifetimes, caches. Off until a server secret is set.
     #[serde(default)]
     pub api_keys: ApiKeysConfig,
@@ -594,37 +604,39 @@ pub const SUPPORTED_ALGORITHMS: &[&str] = &[
 
 impl Config {
     /// Checks what serde cannot: required keys, ranges, cross-key rules, and
-    /// fills defaults that depend on other keys.
-    pub fn validate(&mut self) -> Result<(), ConfigError> {
+    /// fills defaults that depend on other keys. Every problem is reported,
+    /// not just the first, so that `check-config` lists them all at once.
+    pub fn validate(&mut self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
         if !self.api_keys.offline_keepalive.is_zero()
             && self.api_keys.offline_keepalive_check.is_zero()
         {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "api-keys",
                 message: "offline-keepalive-check must be longer than 0 (how often keygate looks for personal keys due for a keep-alive, e.g. 1h), or set offline-keepalive: 0 to turn the keep-alive off".into(),
             });
         }
         if self.discovery_url.as_deref().unwrap_or("").is_empty() {
-            return Err(ConfigError::Missing {
+            errors.push(ConfigError::Missing {
                 key: "discovery-url",
                 why: "keygate needs the provider's issuer URL to verify tokens",
             });
         }
         if self.client_id.is_empty() {
-            return Err(ConfigError::Missing {
+            errors.push(ConfigError::Missing {
                 key: "client-id",
                 why: "it names keygate at the provider and is the default token audience",
             });
         }
         match self.upstream_url.as_deref() {
             None | Some("") => {
-                return Err(ConfigError::Missing {
+                errors.push(ConfigError::Missing {
                     key: "upstream-url",
                     why: "keygate must know where to forward authorized requests",
                 });
             }
             Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                return Err(ConfigError::Invalid {
+                errors.push(ConfigError::Invalid {
                     key: "upstream-url",
                     message: format!("`{u}` must start with http:// or https://"),
                 });
@@ -637,13 +649,13 @@ impl Config {
         if self.token_introspection == TokenIntrospection::Always
             && self.client_secret.expose().is_empty()
         {
-            return Err(ConfigError::Missing {
+            errors.push(ConfigError::Missing {
                 key: "client-secret",
                 why: "`token-introspection: always` asks the provider about every token with keygate's client credentials",
             });
         }
         if self.clock_skew > MAX_LEEWAY {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "clock-skew",
                 message: format!(
                     "{} is more than the 60s keygate allows",
@@ -653,7 +665,7 @@ impl Config {
         }
         for alg in &self.signing_algorithms {
             if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
-                return Err(ConfigError::Invalid {
+                errors.push(ConfigError::Invalid {
                     key: "signing-algorithms",
                     message: format!(
                         "`{alg}` is not allowed; choose from {}",
@@ -663,37 +675,37 @@ impl Config {
             }
         }
         if self.signing_algorithms.is_empty() {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "signing-algorithms",
                 message: "must name at least one algorithm".into(),
             });
         }
         if self.tls_cert.is_some() != self.tls_private_key.is_some() {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "tls-cert",
                 message: "`tls-cert` and `tls-private-key` must be given together".into(),
             });
         }
         if self.server_idle_timeout.is_zero() {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "server-idle-timeout",
                 message: "must be more than 0".into(),
             });
         }
         if self.server_read_header_timeout.is_zero() {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "server-read-header-timeout",
                 message: "must be more than 0".into(),
             });
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "max-connections",
                 message: "must be at least 1".into(),
             });
         }
         if self.max_token_size < 512 {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "max-token-size",
                 message: "must be at least 512 bytes".into(),
             });
@@ -701,7 +713,7 @@ impl Config {
         if self.api_keys.default_lifetime_service > self.api_keys.max_lifetime_service
             || self.api_keys.default_lifetime_personal > self.api_keys.max_lifetime_personal
         {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "api-keys",
                 message: "a default lifetime is longer than the maximum lifetime of its kind"
                     .into(),
@@ -710,7 +722,7 @@ impl Config {
         if http_header_name_invalid(&self.api_keys.header)
             || is_identity_header(&self.api_keys.header)
         {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "api-keys",
                 message: format!(
                     "header `{}` is not a usable header name",
@@ -718,11 +730,13 @@ impl Config {
                 ),
             });
         }
-        self.api_keys.load_server_secret()?;
+        if let Err(e) = self.api_keys.load_server_secret() {
+            errors.push(e);
+        }
         if let Some(url) = &self.redis_url {
             let u = url.0.trim();
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                return Err(ConfigError::Invalid {
+                errors.push(ConfigError::Invalid {
                     key: "redis-url",
                     message: format!(
                         "`{}` must start with redis:// or rediss:// (TLS)",
@@ -737,26 +751,26 @@ impl Config {
                 .as_ref()
                 .is_some_and(|u| u.0.trim().starts_with("rediss://"))
         {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "redis-ca",
                 message: "needs a rediss:// redis-url (TLS)".into(),
             });
         }
         if self.redis_timeout.is_zero() || self.redis_timeout > Duration::from_secs(30) {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: "redis-timeout",
                 message: "must be more than 0 and at most 30s".into(),
             });
         }
         if self.session_store == SessionStore::Redis {
             if self.redis_url.is_none() {
-                return Err(ConfigError::Missing {
+                errors.push(ConfigError::Missing {
                     key: "redis-url",
                     why: "`session-store: redis` keeps sessions in Redis",
                 });
             }
             if self.encryption_key.is_empty() {
-                return Err(ConfigError::Missing {
+                errors.push(ConfigError::Missing {
                     key: "encryption-key",
                     why: "`session-store: redis` seals sessions (in Redis and the cookie) with it",
                 });
@@ -769,19 +783,22 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
                 || value.bytes().any(|b| b < 0x20 || b == 0x7f)
             {
-                return Err(ConfigError::Invalid {
+                errors.push(ConfigError::Invalid {
                     key: "headers",
                     message: format!("`{name}` is not a valid header name and value"),
                 });
             }
             if is_identity_header(name) {
-                return Err(ConfigError::Invalid {
+                errors.push(ConfigError::Invalid {
                     key: "headers",
                     message: format!("`{name}`: X-Auth-* headers are set by keygate only"),
                 });
             }
         }
-        Ok(())
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(errors),
+        }
     }
 }
 

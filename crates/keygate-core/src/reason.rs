@@ -145,6 +145,8 @@ reasons! {
     Csrf => "csrf",
     /// The admin API needs the admin role.
     NotAdmin => "not_admin",
+    /// `localhost-metrics`: metrics asked for from another host.
+    NotLocal => "not_local",
     /// Forward-auth or `X-Forwarded-*` from a peer not in `trusted-proxies`.
     UntrustedProxy => "untrusted_proxy",
     /// API keys are not configured.

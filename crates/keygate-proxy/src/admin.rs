@@ -1,6 +1,8 @@
-//! The admin API on `listen-admin`: `/admin/v1/keys…` for operators, each
-//! call authenticated by a bearer JWT that carries `api-keys.admin-role`,
-//! described by the OpenAPI document at `/admin/v1/openapi.json`.
+//! The operations port, `listen-admin`: `/metrics`, `/health` and `/ready`
+//! without a credential, and the admin API, `/admin/v1/keys…`, for
+//! operators, each call authenticated by a bearer JWT that carries
+//! `api-keys.admin-role`, described by the OpenAPI document at
+//! `/admin/v1/openapi.json`.
 
 use crate::context::{Credential, Decision, RequestCtx};
 use crate::gateway::Gateway;
@@ -56,6 +58,24 @@ async fn route(
     req: Request<Incoming>,
     credential: Credential,
 ) -> Result<Response<Body>, Refused> {
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    // The operations endpoints: this port is private, so they need no
+    // credential (like a Prometheus scrape or a kubelet probe).
+    match ctx.path.as_str() {
+        "/metrics" if read_only && gw.config.enable_metrics => {
+            ctx.decision = Decision::Internal;
+            return Ok(crate::ops::metrics());
+        }
+        "/health" if read_only => {
+            ctx.decision = Decision::Internal;
+            return Ok(crate::ops::health(gw).await);
+        }
+        "/ready" if read_only => {
+            ctx.decision = Decision::Internal;
+            return Ok(crate::ops::ready(gw));
+        }
+        _ => {}
+    }
     if ctx.path == "/admin/v1/openapi.json" && req.method() == Method::GET {
         ctx.decision = Decision::Internal;
         return Ok(respond::text(

@@ -52,6 +52,9 @@ pub struct RequestCtx {
     /// Whether the peer is one of `trusted-proxies`, whose forwarding
     /// headers keygate believes: decided once, here.
     pub trusted: bool,
+    /// An untrusted peer sent forwarding headers (removed in phase 1): it
+    /// relays someone else's request.
+    pub relayed: bool,
     /// The method being authorized (in forward-auth: the original one).
     pub method: Method,
     /// The normalized path (set by the normalize phase).
@@ -86,6 +89,7 @@ impl RequestCtx {
             request_id: request_id(headers),
             peer,
             trusted,
+            relayed: false,
             method,
             path: String::new(),
             query: None,

@@ -193,11 +193,14 @@ pub fn is_managed_header(name: &str) -> bool {
         || keygate_core::config::is_identity_header(name)
 }
 
-/// Removes the forwarding headers of a peer that is not a trusted proxy.
-pub fn strip_untrusted_forwarding(headers: &mut HeaderMap) {
+/// Removes the forwarding headers of a peer that is not a trusted proxy;
+/// true when there were any.
+pub fn strip_untrusted_forwarding(headers: &mut HeaderMap) -> bool {
+    let mut removed = false;
     for name in FORWARDING_HEADERS {
-        headers.remove(*name);
+        removed |= headers.remove(*name).is_some();
     }
+    removed
 }
 
 /// Whether `name` is a method- or URL-override header keygate knows.

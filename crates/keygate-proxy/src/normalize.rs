@@ -38,7 +38,7 @@ pub fn run(
     // Request hygiene, before keygate adds a single header of its own.
     let hop = hygiene::strip_client_hop_by_hop(&ctx.method, req.headers_mut());
     if !ctx.trusted {
-        hygiene::strip_untrusted_forwarding(req.headers_mut());
+        ctx.relayed = hygiene::strip_untrusted_forwarding(req.headers_mut());
     }
     strip_client_identity_headers(req.headers_mut());
     hygiene::strip_underscore_headers(

@@ -72,10 +72,15 @@ impl Keygate {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The Prometheus text of `/oauth/metrics`.
+    /// The Prometheus text: `/metrics` on the operations port when
+    /// `listen-admin` is set, else the public `/oauth/metrics`.
     pub async fn metrics(&self) -> String {
+        let url = match self.admin_addr {
+            Some(admin) => format!("http://{admin}/metrics"),
+            None => self.url("/oauth/metrics"),
+        };
         client()
-            .get(self.url("/oauth/metrics"))
+            .get(url)
             .send()
             .await
             .unwrap()

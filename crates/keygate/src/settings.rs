@@ -264,7 +264,17 @@ pub const KEYS: &[Key] = &[
     key(
         "listen-admin",
         Kind::Str,
-        "address of the admin API (/admin/v1/keys); off when unset",
+        "operations port: admin API (/admin/v1/keys), /metrics, detailed /health; off when unset",
+    ),
+    key(
+        "enable-metrics",
+        Kind::Bool,
+        "serve Prometheus metrics (/metrics on listen-admin, else /oauth/metrics) [default: true]",
+    ),
+    key(
+        "localhost-metrics",
+        Kind::Bool,
+        "the public /oauth/metrics answers loopback clients only [default: false]",
     ),
     key(
         "api-keys",
@@ -368,14 +378,6 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
         "keygate keeps the refresh token in its session (cookie or Redis); ignored",
     ),
     ("ingress.enabled", "not a keygate setting; ignored"),
-    (
-        "enable-metrics",
-        "metrics are always served at /oauth/metrics",
-    ),
-    (
-        "localhost-metrics",
-        "metrics are always served at /oauth/metrics",
-    ),
     ("enable-profiling", "not supported; ignored"),
     (
         "enable-security-filter",
@@ -509,6 +511,9 @@ fn load_with(
     let mut warnings = Vec::new();
     // The file's errors, all of them, so one `check-config` shows every one.
     let mut errors = Vec::new();
+    // Keys whose value was refused and left out, so a later check that
+    // misses them does not say so a second time.
+    let mut bad_keys: Vec<String> = Vec::new();
     let mut sources: Vec<(String, Source)> = Vec::new();
     let mut doc = Mapping::new();
     if let Some(path) = file {
@@ -563,6 +568,7 @@ fn load_with(
                 Ok(v) => v,
                 Err(e) => {
                     errors.push(format!("config file {}: `{name}`: {e}", path.display()));
+                    bad_keys.push(name);
                     continue;
                 }
             };
@@ -570,11 +576,15 @@ fn load_with(
             doc.insert(Value::String(name), v);
         }
     }
-    if !errors.is_empty() {
-        return Err(LoadError(errors.join("\n")));
-    }
     for (key, raw, source) in overrides {
-        let value = parse_override(key, raw).map_err(|e| LoadError(format!("{source}: {e}")))?;
+        let value = match parse_override(key, raw) {
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(format!("{source}: {e}"));
+                bad_keys.push(key.name.to_owned());
+                continue;
+            }
+        };
         sources.retain(|(n, _)| n != key.name);
         sources.push((key.name.to_owned(), source.clone()));
         doc.insert(Value::String(key.name.to_owned()), value);
@@ -587,27 +597,53 @@ fn load_with(
             .map(|(_, s)| s.clone())
             .unwrap_or(Source::Default)
     };
-    let mut config: Config =
-        serde_path_to_error::deserialize(Value::Mapping(doc)).map_err(|e| {
-            let path = e.path().to_string();
-            let top = path.split(['.', '[']).next().unwrap_or("").to_owned();
-            LoadError(format!(
-                "`{path}` (from {}): {}",
-                source_of(&top),
-                e.into_inner()
-            ))
-        })?;
-    config.validate().map_err(|e| {
-        let key = match &e {
-            keygate_core::config::ConfigError::Invalid { key, .. }
-            | keygate_core::config::ConfigError::Missing { key, .. } => *key,
-            _ => "",
-        };
-        match source_of(key) {
-            Source::Default => LoadError(e.to_string()),
-            s => LoadError(format!("{e} (from {s})")),
+    // A value of the wrong type is reported and its key left out, then the
+    // rest is read again, so that every such error shows at once.
+    let config = loop {
+        match serde_path_to_error::deserialize::<_, Config>(Value::Mapping(doc.clone())) {
+            Ok(config) => break Some(config),
+            Err(e) => {
+                let path = e.path().to_string();
+                let top = path.split(['.', '[']).next().unwrap_or("").to_owned();
+                if top.is_empty() && !bad_keys.is_empty() {
+                    // Most likely a required key that an earlier error left out.
+                    break None;
+                }
+                errors.push(format!(
+                    "`{path}` (from {}): {}",
+                    source_of(&top),
+                    e.into_inner()
+                ));
+                if doc.remove(top.as_str()).is_none() {
+                    break None;
+                }
+                bad_keys.push(top);
+            }
         }
-    })?;
+    };
+    let Some(mut config) = config else {
+        return Err(LoadError(errors.join("\n")));
+    };
+    if let Err(problems) = config.validate() {
+        for e in problems {
+            let key = match &e {
+                keygate_core::config::ConfigError::Invalid { key, .. }
+                | keygate_core::config::ConfigError::Missing { key, .. } => *key,
+                _ => "",
+            };
+            // A key whose value was refused above is missing here: said once.
+            if bad_keys.iter().any(|k| k == key) {
+                continue;
+            }
+            errors.push(match source_of(key) {
+                Source::Default => e.to_string(),
+                s => format!("{e} (from {s})"),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadError(errors.join("\n")));
+    }
     if config.skip_openid_provider_tls_verify {
         warnings.push(
             "skip-openid-provider-tls-verify is ON: any certificate is accepted from the provider, so a network \

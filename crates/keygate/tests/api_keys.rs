@@ -549,12 +549,7 @@ async fn personal_key_via_device_flow_carries_the_users_current_roles() {
     assert_eq!(resp.status(), 204);
     assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 401);
     // The offline session was revoked at the provider (RFC 7009).
-    let metrics = stack
-        .get("/oauth/metrics", None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.keygate.metrics().await;
     assert!(
         metrics
             .lines()

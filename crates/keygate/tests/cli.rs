@@ -355,3 +355,54 @@ fn check_config_expands_variables_and_names_each_missing_one() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_reports_every_error_at_once() {
+    // An unknown key, two values of the wrong type and three that fail
+    // validation: all six are named, each on its own `error:` line.
+    let f = write_config(
+        "discovery-url: http://127.0.0.1:1/realms/acme\nclient-id: keygate\n\
+         upstrem-url: http://127.0.0.1:2\nupstream-url: ftp://127.0.0.1:2\n\
+         max-connections: lots\nsecure-cookie: maybe\n\
+         clock-skew: 5m\nsigning-algorithms: [HS256]\n",
+    );
+    let out = keygate()
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for needle in [
+        "unknown key `upstrem-url` (did you mean `upstream-url`?)",
+        "`max-connections` (from config file",
+        "`secure-cookie` (from config file",
+        "`upstream-url`: `ftp://127.0.0.1:2` must start with http://",
+        "`clock-skew`: 5m is more than the 60s",
+        "`signing-algorithms`: `HS256` is not allowed",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from: {stderr}");
+    }
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        6,
+        "{stderr}"
+    );
+    // A value refused for a missing variable is not also called missing.
+    let f = write_config(
+        "discovery-url: ${KG_TEST_NOT_SET}\nclient-id: keygate\nupstream-url: http://127.0.0.1:2\n",
+    );
+    let out = keygate()
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .env_remove("KG_TEST_NOT_SET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -393,8 +393,10 @@ async fn redis_outage_keeps_jwts_and_cached_keys_and_recovers() {
     assert_eq!(cluster.with_key(0, &key).await, 200);
     let jwt = cluster.idp.token("alice").await;
 
+    // The detailed health is on the operations port (listen-admin).
+    let health_urls: Vec<String> = (0..2).map(|r| cluster.admin(r, "/health")).collect();
     let health = |r: usize| {
-        let url = cluster.replicas[r].url("/oauth/health");
+        let url = health_urls[r].clone();
         let http = cluster.http.clone();
         async move {
             let resp = http.get(url).send().await.unwrap();

@@ -277,3 +277,40 @@ test('stats count token requests by grant', async () => {
   assert.equal(s.token_requests, 3);
   assert.deepEqual(s.by_grant, { password: 2, client_credentials: 1 });
 });
+
+test('device flow: the sign-in page shows the user code the device printed', async () => {
+  const { status, body: start } = await form(`${issuer}/protocol/openid-connect/auth/device`, {
+    client_id: 'keygate', client_secret: 'keygate-secret', scope: 'openid offline_access',
+  });
+  assert.equal(status, 200);
+  let cookies = [];
+  const keep = (res) => {
+    const set = res.headers.getSetCookie().map((c) => c.split(';')[0]);
+    const names = new Set(set.map((c) => c.split('=')[0]));
+    cookies = [...cookies.filter((c) => !names.has(c.split('=')[0])), ...set];
+    return res;
+  };
+  const get = async (url) => keep(await fetch(url, { redirect: 'manual', headers: { cookie: cookies.join('; ') } }));
+  // verification_uri_complete posts the code itself (a self-submitting form).
+  const page = await (await get(start.verification_uri_complete)).text();
+  const xsrf = page.match(/name="xsrf" value="([^"]+)"/)[1];
+  const post = async (params) => keep(await fetch(`${issuer}/device`, {
+    method: 'POST',
+    redirect: 'manual',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', cookie: cookies.join('; ') },
+    body: new URLSearchParams({ xsrf, user_code: start.user_code, ...params }),
+  }));
+  // The confirmation page shows the code, then sign-in shows it again.
+  const confirm = await post({});
+  assert.equal(confirm.status, 200);
+  assert.ok((await confirm.text()).includes(`<code>${start.user_code}</code>`));
+  const posted = await post({ confirm: 'yes' });
+  assert.ok([302, 303].includes(posted.status), `POST /device: ${posted.status}`);
+  let res = posted;
+  for (let i = 0; i < 5 && [302, 303].includes(res.status); i += 1) {
+    res = await get(new URL(res.headers.get('location'), issuer).href);
+  }
+  const login = await res.text();
+  assert.match(login, /id="kc-form-login"/);
+  assert.ok(login.includes(`<code>${start.user_code}</code>`), login);
+});

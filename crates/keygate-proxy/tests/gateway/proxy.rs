@@ -168,6 +168,63 @@ async fn upstream_down_is_502_json() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn operations_port_serves_metrics_and_details_the_public_listener_does_not() {
+    let stack = Stack::start("listen-admin: 127.0.0.1:0\n").await;
+    let admin = stack.keygate.admin_addr.unwrap();
+    let token = stack.idp.token("alice").await;
+    assert_eq!(stack.get("/api", Some(&token)).await.status(), 200);
+    // Public: no metrics, and a health answer without the provider's state.
+    assert_eq!(stack.get("/oauth/metrics", None).await.status(), 404);
+    let health = stack.get("/oauth/health", None).await;
+    assert_eq!(health.status(), 200);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health, serde_json::json!({ "status": "ok" }));
+    assert_eq!(stack.get("/oauth/ready", None).await.status(), 200);
+    // Private: all of it, without a credential.
+    let get = |path: &str| stack.http.get(format!("http://{admin}{path}")).send();
+    let metrics = get("/metrics").await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("decision=\"allow\""), "{text}");
+    let health: serde_json::Value = get("/health").await.unwrap().json().await.unwrap();
+    assert_eq!(health["provider"]["keys_loaded"], true, "{health}");
+    assert_eq!(get("/ready").await.unwrap().status(), 200);
+    // The admin API still wants its bearer token.
+    assert_eq!(get("/admin/v1/keys").await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_be_turned_off_or_kept_to_localhost() {
+    let off = Stack::start("enable-metrics: false\n").await;
+    assert_eq!(off.get("/oauth/metrics", None).await.status(), 404);
+    let off_admin = Stack::start("enable-metrics: false\nlisten-admin: 127.0.0.1:0\n").await;
+    let admin = off_admin.keygate.admin_addr.unwrap();
+    let resp = off_admin
+        .http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let local = Stack::start("localhost-metrics: true\n").await;
+    assert_eq!(local.get("/oauth/metrics", None).await.status(), 200);
+    // A request relayed by a proxy on this host is not a local one.
+    for header in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        let resp = local
+            .http
+            .get(local.keygate.url("/oauth/metrics"))
+            .header(header, "203.0.113.9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{header}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body.to_string().contains("localhost only"), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_ready_and_metrics() {
     let stack = Stack::start("").await;
     let health = stack.get("/oauth/health", None).await;
