@@ -200,6 +200,32 @@ pub struct Config {
     /// Refresh a session's expired access token with its refresh token.
     #[serde(default)]
     pub enable_refresh_tokens: bool,
+    /// CORS: the origins (`https://app.example.com`) whose pages may call
+    /// through keygate; `*` for any (never with `cors-credentials`). Empty:
+    /// keygate does not answer CORS.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// CORS: regular expressions (matched against the whole origin) for
+    /// origins that cannot be listed, e.g. `https://[a-z0-9-]+\.preview\.example\.com`.
+    #[serde(default)]
+    pub cors_origin_patterns: Vec<String>,
+    /// CORS: methods a preflight may ask for.
+    #[serde(default = "default_cors_methods")]
+    pub cors_methods: Vec<String>,
+    /// CORS: request headers a preflight may ask for; default:
+    /// `Authorization`, `Content-Type` and the API-key header.
+    #[serde(default)]
+    pub cors_headers: Vec<String>,
+    /// CORS: response headers a page's script may read.
+    #[serde(default)]
+    pub cors_exposed_headers: Vec<String>,
+    /// CORS: allow credentialed requests (cookies, `Authorization`) from the
+    /// allowed origins; their cookie-authenticated writes pass the CSRF check.
+    #[serde(default)]
+    pub cors_credentials: bool,
+    /// CORS: how long a browser may cache a preflight's answer.
+    #[serde(default = "default_cors_max_age", with = "duration")]
+    pub cors_max_age: Duration,
     /// Redis for state shared by replicas: `redis://…` or `rediss://…` (TLS).
     #[serde(default)]
     pub redis_url: Option<StoreUrl>,
@@ -776,6 +802,12 @@ impl Config {
                 });
             }
         }
+        if self.cors_credentials && self.cors_origins.iter().any(|o| o.trim() == "*") {
+            errors.push(ConfigError::Invalid {
+                key: "cors-origins",
+                message: "`*` with `cors-credentials: true` would let every site make requests with your users' cookies and tokens; list the origins (or use cors-origin-patterns)".into(),
+            });
+        }
         for (name, value) in &self.headers {
             if name.is_empty()
                 || !name
@@ -866,6 +898,14 @@ fn default_server_idle() -> Duration {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_shutdown() -> Duration {
     Duration::from_secs(30)

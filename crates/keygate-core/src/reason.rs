@@ -147,6 +147,9 @@ reasons! {
     NotAdmin => "not_admin",
     /// `localhost-metrics`: metrics asked for from another host.
     NotLocal => "not_local",
+    /// A CORS preflight from an origin, or for a method or header, that
+    /// `cors-*` does not allow.
+    CorsRefused => "cors_refused",
     /// Forward-auth or `X-Forwarded-*` from a peer not in `trusted-proxies`.
     UntrustedProxy => "untrusted_proxy",
     /// API keys are not configured.

@@ -30,9 +30,11 @@ pub async fn run(
 
 /// CSRF: a state-changing request authenticated by the session cookie must
 /// come from this gateway's own pages — its `Origin` must name this host
-/// (the `Host` the browser used). Bearer tokens and API keys are not sent
-/// by browsers on their own, so they need no such check.
+/// (the `Host` the browser used), or, with `cors-credentials`, an origin
+/// that CORS allows by name or pattern. Bearer tokens and API keys are not
+/// sent by browsers on their own, so they need no such check.
 pub fn csrf_check(
+    gw: &Gateway,
     ctx: &RequestCtx,
     credential: &Credential,
     headers: &HeaderMap,
@@ -43,9 +45,14 @@ pub fn csrf_check(
         return Ok(());
     }
     let host = ctx.client_host(headers);
-    let origin_host = headers
-        .get("origin")
-        .and_then(|v| v.to_str().ok())
+    let origin = headers.get("origin").and_then(|v| v.to_str().ok());
+    // With `cors-credentials`, the allowed origins' pages may write too.
+    if let (Some(cors), Some(origin)) = (&gw.cors, origin)
+        && cors.trusts_writes_from(origin)
+    {
+        return Ok(());
+    }
+    let origin_host = origin
         .and_then(|o| o.split_once("://"))
         .map(|(_, h)| h.trim_end_matches('/'));
     match (origin_host, host) {

@@ -78,6 +78,9 @@ pub struct RequestCtx {
     pub set_cookies: Vec<String>,
     /// An API key's rate-limit and quota headers, for the response.
     pub limit_headers: keygate_keys::LimitHeaders,
+    /// The request's `Origin`, kept for the response's CORS headers (only
+    /// when CORS is on).
+    pub origin: Option<HeaderValue>,
 }
 
 impl RequestCtx {
@@ -101,6 +104,7 @@ impl RequestCtx {
             browser: method_is_read && is_browser_navigation(headers),
             set_cookies: Vec::new(),
             limit_headers: Vec::new(),
+            origin: None,
         }
     }
 

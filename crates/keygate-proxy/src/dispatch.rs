@@ -2,6 +2,7 @@
 //! endpoints (`/oauth/*`, [`crate::ops`]) or the pipeline to the upstream
 //! ([`crate::pipeline`]); both end in [`crate::pipeline::finish`]. A
 //! cookie-authenticated write needs this site's `Origin` on either path.
+//! With CORS on, a preflight is answered here, before either.
 
 use crate::context::{Decision, RequestCtx};
 use crate::gateway::Gateway;
@@ -20,13 +21,27 @@ pub async fn handle(
 ) -> Response<Body> {
     let trusted = gw.trusted_peer(peer.ip());
     let mut ctx = RequestCtx::new(req.headers(), req.method().clone(), peer, trusted);
+    if gw.cors.is_some() {
+        ctx.origin = req.headers().get(http::header::ORIGIN).cloned();
+    }
     let result = match normalize::run(&gw, &mut ctx, &mut req) {
         Err(refused) => Err(refused),
+        // A CORS preflight carries no credential: keygate answers it.
+        Ok(_)
+            if let Some(answer) = gw
+                .cors
+                .as_ref()
+                .and_then(|c| c.preflight(req.method(), req.headers())) =>
+        {
+            ctx.decision = Decision::Internal;
+            ctx.route = "preflight".into();
+            answer
+        }
         Ok((credential, _)) if ctx.path.starts_with("/oauth/") => {
             // keygate's own endpoints forward nothing.
             ctx.decision = Decision::Internal;
             ctx.route = "/oauth".into();
-            match authenticate::csrf_check(&ctx, &credential, req.headers()) {
+            match authenticate::csrf_check(&gw, &ctx, &credential, req.headers()) {
                 Ok(()) => ops::serve(&gw, &mut ctx, req, credential).await,
                 Err(refused) => Err(refused),
             }

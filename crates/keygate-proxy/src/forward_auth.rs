@@ -37,7 +37,7 @@ pub async fn handle(
     ctx.query = query;
     // The Origin check of cookie-authenticated writes, on the original
     // method (the auth request itself is a GET).
-    authenticate::csrf_check(ctx, &credential, req.headers())?;
+    authenticate::csrf_check(gw, ctx, &credential, req.headers())?;
     // The front proxy forwards the client's request itself, override
     // headers included, and keygate cannot remove them: every one present is
     // authorized as the upstream would read it.

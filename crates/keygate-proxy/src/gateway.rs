@@ -33,6 +33,8 @@ pub struct Gateway {
     pub redis: Option<keygate_store::Redis>,
     /// `pass-override-headers`, parsed: the override headers let through.
     pub override_headers: Vec<HeaderName>,
+    /// The CORS policy, when `cors-origins` or `cors-origin-patterns` is set.
+    pub cors: Option<crate::cors::Cors>,
 }
 
 impl Gateway {
@@ -143,6 +145,7 @@ impl Gateway {
                 .map_err(|e| GatewayError::config("pass-override-headers", e))?;
             override_headers.push(name);
         }
+        let cors = crate::cors::Cors::from_config(&config)?;
         let tls = config.tls_cert.is_some();
         let redis = keygate_store::Redis::from_config(&config)?;
         let sessions = crate::session::Sessions::from_config(
@@ -162,6 +165,7 @@ impl Gateway {
             sessions,
             redis,
             override_headers,
+            cors,
         })
     }
 

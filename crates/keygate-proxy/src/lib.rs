@@ -15,6 +15,8 @@
 //!   5. [`forward`] — the upstream request, streamed by [`upstream`]; in
 //!      forward-auth mode, 200 with the headers to inject;
 //!   6. [`log`] — one structured line and metrics;
+//! - beside them: [`cors`] (preflights answered, CORS headers on every
+//!   response);
 //! - below them: [`gateway`] (what a request needs, built once),
 //!   [`session`] (the browser-session service), [`respond`] (the one error
 //!   edge), [`metrics`] and [`error`].
@@ -25,6 +27,7 @@ pub mod admin;
 pub mod authenticate;
 pub mod authorize;
 pub mod context;
+pub mod cors;
 pub mod dispatch;
 pub mod error;
 pub mod forward;

@@ -44,7 +44,7 @@ pub async fn proxy(
     credential: Credential,
     websocket: bool,
 ) -> Result<Response<Body>, Refused> {
-    authenticate::csrf_check(ctx, &credential, req.headers())?;
+    authenticate::csrf_check(gw, ctx, &credential, req.headers())?;
     let overrides = hygiene::take_overrides(req.headers_mut(), &gw.override_headers).map_err(
         |hygiene::BadOverride(why)| Refused {
             refusal: Refusal::BadRequest(why.into()),
@@ -52,7 +52,11 @@ pub async fn proxy(
         },
     )?;
     check(gw, ctx, &credential, &overrides).await?;
-    forward::forward(gw, ctx, req, websocket).await
+    let mut resp = forward::forward(gw, ctx, req, websocket).await?;
+    if let Some(cors) = &gw.cors {
+        cors.strip_upstream(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 /// The end of every request on the main listener: a refusal becomes its
@@ -92,6 +96,9 @@ pub fn finish(
     for (name, value) in ctx.limit_headers.drain(..) {
         resp.headers_mut()
             .insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+    if let Some(cors) = &gw.cors {
+        cors.decorate(ctx.origin.as_ref(), resp.headers_mut());
     }
     log::log(ctx, resp.status());
     resp

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 /// An echo upstream. `GET /sse` streams three events; `/slow` answers after
 /// one second; a websocket upgrade on `/ws` echoes messages; anything else
-/// answers JSON `{method, path, query, headers, body}`.
+/// answers JSON `{method, path, query, headers, body}`, under
+/// `/upstream-cors` with permissive CORS headers of its own.
 pub struct Upstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -123,7 +124,14 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, std::con
         "method": method, "path": path, "query": query, "version": version,
         "headers": headers, "body_len": body.len(),
     });
-    Ok(Response::builder()
+    let mut builder = Response::builder();
+    if path.starts_with("/upstream-cors") {
+        // An upstream that answers CORS itself (permissively).
+        builder = builder
+            .header("access-control-allow-origin", "*")
+            .header("access-control-allow-methods", "*");
+    }
+    Ok(builder
         .header("content-type", "application/json")
         .header("connection", "x-hop")
         .header("x-hop", "must-not-reach-client")

@@ -317,6 +317,41 @@ pub const KEYS: &[Key] = &[
         Kind::Bool,
         "refresh expired session access tokens transparently [default: false]",
     ),
+    key(
+        "cors-origins",
+        Kind::List,
+        "CORS: origins allowed to call from a browser (https://app.example.com), or * [default: none, CORS off]",
+    ),
+    key(
+        "cors-origin-patterns",
+        Kind::List,
+        "CORS: regular expressions for allowed origins, matched against the whole origin",
+    ),
+    key(
+        "cors-methods",
+        Kind::List,
+        "CORS: methods a preflight may ask for [default: GET,HEAD,POST,PUT,PATCH,DELETE]",
+    ),
+    key(
+        "cors-headers",
+        Kind::List,
+        "CORS: request headers a preflight may ask for [default: Authorization,Content-Type,the API-key header]",
+    ),
+    key(
+        "cors-exposed-headers",
+        Kind::List,
+        "CORS: response headers a page may read",
+    ),
+    key(
+        "cors-credentials",
+        Kind::Bool,
+        "CORS: allow cookies and Authorization from the allowed origins [default: false]",
+    ),
+    key(
+        "cors-max-age",
+        Kind::Duration,
+        "CORS: how long a browser may cache a preflight answer [default: 10m]",
+    ),
     Key {
         name: "redis-url",
         kind: Kind::Str,
@@ -396,30 +431,6 @@ pub const GATEKEEPER_UNSUPPORTED: &[(&str, &str)] = &[
     (
         "server-write-timeout",
         "not supported (responses stream); ignored",
-    ),
-    (
-        "cors-origins",
-        "CORS is not supported yet; answer CORS in the upstream",
-    ),
-    (
-        "cors-methods",
-        "CORS is not supported yet; answer CORS in the upstream",
-    ),
-    (
-        "cors-headers",
-        "CORS is not supported yet; answer CORS in the upstream",
-    ),
-    (
-        "cors-credentials",
-        "CORS is not supported yet; answer CORS in the upstream",
-    ),
-    (
-        "cors-max-age",
-        "CORS is not supported yet; answer CORS in the upstream",
-    ),
-    (
-        "cors-exposed-headers",
-        "CORS is not supported yet; answer CORS in the upstream",
     ),
     (
         "openid-provider-proxy",

@@ -62,3 +62,59 @@ async fn login_api_call_key_page_and_logout_in_chromium() {
     drop(upstream);
     drop(idp);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_fetch_with_credentials_from_another_port_in_chromium() {
+    let shots = tempfile::tempdir().unwrap();
+    // keygate and the two other sites on known ports: the provider must know
+    // the callback URL, and cors-origins names the allowed site.
+    let reserved: Vec<_> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = reserved
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let (port, allowed, other) = (ports[0], ports[1], ports[2]);
+    let base = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start_with(&["--redirect-uri", &format!("{base}/oauth/callback")]).await;
+    let upstream = Upstream::start().await;
+    drop(reserved);
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\ndiscovery-url: {}\nclient-id: APP-frontend\nclient-secret: frontend-secret\n\
+         upstream-url: {}\nlog-level: warn\nencryption-key: {KEY}\nsecure-cookie: false\n\
+         access-token-audience: [APP-backend, keygate]\n\
+         cors-origins: [http://127.0.0.1:{allowed}]\ncors-credentials: true\n\
+         cors-exposed-headers: [X-Request-Id]\n",
+        idp.issuer,
+        upstream.url()
+    );
+    let keygate = Keygate::start_yaml(&yaml).await;
+    keygate.wait_ready().await;
+    let token = idp.token("alice").await;
+
+    let child = chromium_script("cors.mjs", shots.path())
+        .arg("--keygate")
+        .arg(&base)
+        .arg("--allowed-port")
+        .arg(allowed.to_string())
+        .arg("--other-port")
+        .arg(other.to_string())
+        .arg("--token")
+        .arg(&token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start node: is Node.js installed?");
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("dev/browser/cors.mjs did not finish within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("E2E OK"),
+        "dev/browser/cors.mjs failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod cors;
 mod forward_auth;
 mod headers;
 mod hygiene;
