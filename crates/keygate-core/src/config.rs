@@ -200,6 +200,14 @@ pub struct Config {
     /// Refresh a session's expired access token with its refresh token.
     #[serde(default)]
     pub enable_refresh_tokens: bool,
+    /// Rate limit of each subject (`sub`) calling with a bearer token or a
+    /// session, e.g. `50/s burst 100`; API keys have their own.
+    #[serde(default)]
+    pub rate_limit_subject: Option<RateLimit>,
+    /// Rate limit of each client address on routes that need no
+    /// credential (IPv6 counted per /64), e.g. `20/s`.
+    #[serde(default)]
+    pub rate_limit_address: Option<RateLimit>,
     /// CORS: the origins (`https://app.example.com`) whose pages may call
     /// through keygate; `*` for any (never with `cors-credentials`). Empty:
     /// keygate does not answer CORS.

@@ -1,6 +1,8 @@
 //! Rate limits and usage quotas of API keys, checked in phase 3 once the key
 //! is known and before it is exchanged, so a key over its limit costs
-//! neither the provider nor the upstream anything.
+//! neither the provider nor the upstream anything. The same machinery
+//! limits bearer and session callers per subject and anonymous ones per
+//! client address (`rate-limit-subject`, `rate-limit-address`).
 //!
 //! With `redis-url` the counters live in Redis and every replica shares
 //! them (GCRA on Redis's clock; fixed calendar windows for quotas). Without
@@ -84,6 +86,22 @@ impl Limiter {
         quota: Option<Quota>,
         headers: &mut LimitHeaders,
     ) -> Result<(), Limited> {
+        self.check_for(key_id, "this API key", rate, quota, headers)
+            .await
+    }
+
+    /// [`Limiter::check`] for any caller: `id` names its counters (keep
+    /// the namespaces apart: `sub:…`, `ip:…`), `what` names it in the
+    /// refusal ("this API key", "this user").
+    pub async fn check_for(
+        &self,
+        id: &str,
+        what: &str,
+        rate: Option<RateLimit>,
+        quota: Option<Quota>,
+        headers: &mut LimitHeaders,
+    ) -> Result<(), Limited> {
+        let key_id = id;
         if let Some(rate) = rate {
             let d = self.rate(key_id, rate).await;
             let burst_span = rate.interval() * rate.burst;
@@ -97,7 +115,7 @@ impl Limiter {
             push(headers, "ratelimit-reset", ceil_secs(d.ahead));
             if !d.allowed {
                 return Err(Limited {
-                    description: format!("rate limit of {rate} exceeded for this API key"),
+                    description: format!("rate limit of {rate} exceeded for {what}"),
                     retry_after: ceil_secs(d.retry_after).max(1),
                     reason: Reason::RateLimited,
                 });
@@ -117,7 +135,7 @@ impl Limiter {
             if !allowed {
                 return Err(Limited {
                     description: format!(
-                        "usage quota of {quota} used up for this API key; it refills at the start of the next {}",
+                        "usage quota of {quota} used up for {what}; it refills at the start of the next {}",
                         match quota.period {
                             keygate_core::limits::QuotaPeriod::Day => "day (UTC)",
                             keygate_core::limits::QuotaPeriod::Month => "month (UTC)",

@@ -48,7 +48,7 @@ pub async fn handle(
             reason: Reason::BadOverrideHeader,
         },
     )?;
-    let identity = pipeline::check(gw, ctx, &credential, &overrides).await?;
+    let identity = pipeline::check(gw, ctx, &credential, &overrides, req.headers()).await?;
     let mut resp = respond::empty(StatusCode::OK);
     if let Some(identity) = &identity {
         forward::identity_headers(gw, identity, resp.headers_mut());

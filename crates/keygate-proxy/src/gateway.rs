@@ -35,6 +35,9 @@ pub struct Gateway {
     pub override_headers: Vec<HeaderName>,
     /// The CORS policy, when `cors-origins` or `cors-origin-patterns` is set.
     pub cors: Option<crate::cors::Cors>,
+    /// The callers' rate limiter, when `rate-limit-subject` or
+    /// `rate-limit-address` is set.
+    pub limiter: Option<keygate_keys::Limiter>,
 }
 
 impl Gateway {
@@ -153,6 +156,8 @@ impl Gateway {
             Arc::clone(verifier.provider()),
             redis.clone(),
         )?;
+        let limiter = (config.rate_limit_subject.is_some() || config.rate_limit_address.is_some())
+            .then(|| keygate_keys::Limiter::new(redis.clone()));
         Ok(Gateway {
             config,
             rules,
@@ -166,6 +171,7 @@ impl Gateway {
             redis,
             override_headers,
             cors,
+            limiter,
         })
     }
 

@@ -11,7 +11,8 @@
 //!      ([`hygiene`]), the credential taken out;
 //!   2. [`route`] — the resource rule (and an override header's);
 //!   3. [`authenticate`] — the credential verified (JWT, API key, session);
-//!   4. [`authorize`] — the rule evaluated;
+//!   4. [`authorize`] — the rule evaluated, then [`limits`] — the
+//!      caller's rate limit (per subject or per address);
 //!   5. [`forward`] — the upstream request, streamed by [`upstream`]; in
 //!      forward-auth mode, 200 with the headers to inject;
 //!   6. [`log`] — one structured line and metrics;
@@ -35,6 +36,7 @@ pub mod forward_auth;
 pub mod gateway;
 pub mod hygiene;
 pub mod keypage;
+pub mod limits;
 pub mod log;
 pub mod login;
 pub mod metrics;

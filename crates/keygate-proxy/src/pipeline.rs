@@ -8,7 +8,8 @@ use crate::context::{Credential, Decision, RequestCtx};
 use crate::gateway::Gateway;
 use crate::hygiene::{self, Overrides};
 use crate::respond::{Body, Refusal, Refused};
-use crate::{authenticate, authorize, forward, log, route, session};
+use crate::{authenticate, authorize, forward, limits, log, route, session};
+use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -24,10 +25,12 @@ pub async fn check(
     ctx: &mut RequestCtx,
     credential: &Credential,
     overrides: &Overrides,
+    headers: &HeaderMap,
 ) -> Result<Option<Arc<Identity>>, Refused> {
     let routes = route::run(gw, ctx, overrides)?;
     let identity = authenticate::run(gw, ctx, credential, &routes).await?;
     authorize::run(gw, &routes, identity.as_deref())?;
+    limits::run(gw, ctx, credential, identity.as_deref(), headers).await?;
     ctx.decision = match identity {
         Some(_) => Decision::Allow,
         None => Decision::Public,
@@ -51,7 +54,7 @@ pub async fn proxy(
             reason: Reason::BadOverrideHeader,
         },
     )?;
-    check(gw, ctx, &credential, &overrides).await?;
+    check(gw, ctx, &credential, &overrides, req.headers()).await?;
     let mut resp = forward::forward(gw, ctx, req, websocket).await?;
     if let Some(cors) = &gw.cors {
         cors.strip_upstream(resp.headers_mut());

@@ -318,6 +318,16 @@ pub const KEYS: &[Key] = &[
         "refresh expired session access tokens transparently [default: false]",
     ),
     key(
+        "rate-limit-subject",
+        Kind::Str,
+        "rate limit of each subject using a bearer token or session, e.g. 50/s burst 100 [default: none]",
+    ),
+    key(
+        "rate-limit-address",
+        Kind::Str,
+        "rate limit of each client address on routes that need no credential, e.g. 20/s [default: none]",
+    ),
+    key(
         "cors-origins",
         Kind::List,
         "CORS: origins allowed to call from a browser (https://app.example.com), or * [default: none, CORS off]",

@@ -12,6 +12,7 @@ mod forward_auth;
 mod headers;
 mod hygiene;
 mod jwt;
+mod limits;
 mod paths;
 mod provider;
 mod proxy;
