@@ -124,6 +124,10 @@ pub struct Config {
     /// closed as soon as they are accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Reload the configuration when the config file or the API keys'
+    /// server-secret file changes (besides on SIGHUP).
+    #[serde(default)]
+    pub watch_config: bool,
     /// Time in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_shutdown", with = "duration")]
     pub shutdown_grace_period: Duration,

@@ -44,12 +44,23 @@ impl Gateway {
     /// Builds the gateway from a validated config (see `Config::validate`).
     /// Starts nothing; [`Gateway::start_background`] starts the key refresh.
     pub fn new(config: Config) -> Result<Arc<Self>, GatewayError> {
-        Self::assemble(config).map(Arc::new)
+        Self::assemble(config, None).map(Arc::new)
     }
 
     /// Builds the gateway and opens the API-key store (when API keys are on).
     pub async fn build(config: Config) -> Result<Arc<Self>, GatewayError> {
-        let mut gateway = Self::assemble(config)?;
+        Self::build_after(config, None).await
+    }
+
+    /// Builds the gateway that replaces `previous` on a reload. What must
+    /// outlive a reload is taken over: the provider with its loaded keys
+    /// (when the provider settings are the same) and the browser sessions
+    /// ended by back-channel logout. Everything else is built anew.
+    pub async fn build_after(
+        config: Config,
+        previous: Option<&Gateway>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let mut gateway = Self::assemble(config, previous)?;
         gateway.api_keys = ApiKeys::from_config(
             &gateway.config,
             Arc::clone(gateway.verifier.provider()),
@@ -61,7 +72,13 @@ impl Gateway {
         Ok(Arc::new(gateway))
     }
 
-    fn assemble(config: Config) -> Result<Self, GatewayError> {
+    /// Whether this gateway's provider was taken over from the one it
+    /// replaced (same settings, keys already loaded).
+    pub fn same_provider(&self, other: &Gateway) -> bool {
+        Arc::ptr_eq(self.verifier.provider(), other.verifier.provider())
+    }
+
+    fn assemble(config: Config, previous: Option<&Gateway>) -> Result<Self, GatewayError> {
         // Install the metrics recorder before anything records.
         crate::metrics::handle();
         let rules = RuleSet::new(
@@ -80,14 +97,24 @@ impl Gateway {
                  a network attacker can then forge the provider's keys. Never use this in production."
             );
         }
-        let provider = Provider::new(ProviderSettings {
-            discovery_url,
-            refresh_interval: config.jwks_refresh_interval,
-            min_refresh_interval: config.jwks_min_refresh_interval,
-            timeout: config.openid_provider_timeout,
-            skip_tls_verify: config.skip_openid_provider_tls_verify,
-        })
-        .map_err(|e| GatewayError::config("discovery-url", e))?;
+        let same_provider = |old: &Config| {
+            old.discovery_url == config.discovery_url
+                && old.jwks_refresh_interval == config.jwks_refresh_interval
+                && old.jwks_min_refresh_interval == config.jwks_min_refresh_interval
+                && old.openid_provider_timeout == config.openid_provider_timeout
+                && old.skip_openid_provider_tls_verify == config.skip_openid_provider_tls_verify
+        };
+        let provider = match previous {
+            Some(old) if same_provider(&old.config) => Arc::clone(old.verifier.provider()),
+            _ => Provider::new(ProviderSettings {
+                discovery_url,
+                refresh_interval: config.jwks_refresh_interval,
+                min_refresh_interval: config.jwks_min_refresh_interval,
+                timeout: config.openid_provider_timeout,
+                skip_tls_verify: config.skip_openid_provider_tls_verify,
+            })
+            .map_err(|e| GatewayError::config("discovery-url", e))?,
+        };
         let verifier = JwtVerifier::new(
             provider,
             VerifierSettings {
@@ -151,11 +178,15 @@ impl Gateway {
         let cors = crate::cors::Cors::from_config(&config)?;
         let tls = config.tls_cert.is_some();
         let redis = keygate_store::Redis::from_config(&config)?;
-        let sessions = crate::session::Sessions::from_config(
+        let mut sessions = crate::session::Sessions::from_config(
             &config,
             Arc::clone(verifier.provider()),
             redis.clone(),
         )?;
+        if let (Some(new), Some(old)) = (&mut sessions, previous.and_then(|p| p.sessions.as_ref()))
+        {
+            new.take_over_logouts(old);
+        }
         let limiter = (config.rate_limit_subject.is_some() || config.rate_limit_address.is_some())
             .then(|| keygate_keys::Limiter::new(redis.clone()));
         Ok(Gateway {

@@ -52,4 +52,4 @@ pub mod upstream;
 
 pub use error::GatewayError;
 pub use gateway::Gateway;
-pub use server::Server;
+pub use server::{LiveGateway, Server};

@@ -19,9 +19,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+/// The gateway requests are served with: swapped whole by a reload, so a
+/// request keeps the one it started with until it ends.
+pub type LiveGateway = Arc<arc_swap::ArcSwap<Gateway>>;
+
 /// A bound listener, ready to serve.
 pub struct Server {
+    /// The gateway at bind time: the listener's own settings (address, TLS,
+    /// connection bounds) come from it and change only with a restart.
     gateway: Arc<Gateway>,
+    live: LiveGateway,
     admin: bool,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -31,23 +38,35 @@ pub struct Server {
 impl Server {
     /// Binds `listen` (and loads the TLS certificate when configured).
     pub async fn bind(gateway: Arc<Gateway>) -> Result<Self, GatewayError> {
-        let addr = gateway.config.listen.0;
-        Self::bind_to(gateway, addr, false).await
+        Self::bind_live(Arc::new(arc_swap::ArcSwap::new(gateway))).await
+    }
+
+    /// Binds `listen` for a gateway that a reload may swap.
+    pub async fn bind_live(live: LiveGateway) -> Result<Self, GatewayError> {
+        let addr = live.load().config.listen.0;
+        Self::bind_to(live, addr, false).await
     }
 
     /// Binds `listen-admin` for the admin API, when configured.
     pub async fn bind_admin(gateway: Arc<Gateway>) -> Result<Option<Self>, GatewayError> {
-        match gateway.config.listen_admin.clone() {
-            Some(addr) => Self::bind_to(gateway, addr.0, true).await.map(Some),
+        Self::bind_admin_live(Arc::new(arc_swap::ArcSwap::new(gateway))).await
+    }
+
+    /// Binds `listen-admin` for a gateway that a reload may swap.
+    pub async fn bind_admin_live(live: LiveGateway) -> Result<Option<Self>, GatewayError> {
+        let addr = live.load().config.listen_admin.clone();
+        match addr {
+            Some(addr) => Self::bind_to(live, addr.0, true).await.map(Some),
             None => Ok(None),
         }
     }
 
     async fn bind_to(
-        gateway: Arc<Gateway>,
+        live: LiveGateway,
         addr: SocketAddr,
         admin: bool,
     ) -> Result<Self, GatewayError> {
+        let gateway = live.load_full();
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
@@ -69,6 +88,7 @@ impl Server {
             .max_concurrent_streams(256);
         Ok(Server {
             gateway,
+            live,
             admin,
             listener,
             tls,
@@ -140,12 +160,12 @@ impl Server {
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&self.gateway);
+        let live = Arc::clone(&self.live);
         let admin = self.admin;
         let activity = Arc::new(Activity::new());
         let requests = Arc::clone(&activity);
         let service = service_fn(move |req| {
-            let gateway = Arc::clone(&gateway);
+            let gateway = live.load_full();
             requests.request_started();
             async move {
                 let resp = if admin {

@@ -89,6 +89,16 @@ pub(crate) const REFRESH_LOCK_TTL: std::time::Duration = std::time::Duration::fr
 pub const LOGOUT_TOKEN_MAX_AGE: u64 = 10 * 60;
 
 impl Sessions {
+    /// Takes over `old`'s memory of sessions ended by back-channel logout
+    /// and of logout tokens seen (a reload must not bring a logged-out
+    /// cookie session back, nor accept a replayed logout token).
+    pub fn take_over_logouts(&mut self, old: &Sessions) {
+        self.ended = old.ended.clone();
+        self.seen_jti = old.seen_jti.clone();
+    }
+}
+
+impl Sessions {
     /// Browser sessions are on when `encryption-key` is set.
     pub fn from_config(
         config: &Config,

@@ -1,7 +1,7 @@
 //! The command line: `serve`, `check-config`, `version`. Every config key is
 //! also a `--flag` and a `KEYGATE_*` environment variable.
 
-use crate::settings::{self, KEYS, Loaded, Source};
+use crate::settings::{self, KEYS, Key, Loaded, Source};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use keygate_core::config::LogFormat;
@@ -108,7 +108,10 @@ pub fn main() -> ExitCode {
             }
         },
         Some(("serve", m)) => match load(m) {
-            Ok(loaded) => serve(loaded),
+            Ok(loaded) => {
+                let (file, overrides) = sources(m);
+                serve(loaded, file, overrides)
+            }
             Err(e) => {
                 for line in e.to_string().lines() {
                     eprintln!("error: {line}");
@@ -121,6 +124,13 @@ pub fn main() -> ExitCode {
 }
 
 fn load(m: &ArgMatches) -> Result<Loaded, settings::LoadError> {
+    let (file, overrides) = sources(m);
+    settings::load(file.as_deref(), &overrides)
+}
+
+/// The config file and the environment's and command line's values (in
+/// precedence order: env first, then flags, so flags win).
+fn sources(m: &ArgMatches) -> (Option<PathBuf>, Vec<(&'static Key, String, Source)>) {
     let file = m.get_one::<PathBuf>("config");
     let mut env = Vec::new();
     let mut flags = Vec::new();
@@ -141,7 +151,7 @@ fn load(m: &ArgMatches) -> Result<Loaded, settings::LoadError> {
         }
     }
     env.extend(flags);
-    settings::load(file.map(PathBuf::as_path), &env)
+    (file.cloned(), env)
 }
 
 /// Logs go to stdout through a background writer thread, so a slow stdout
@@ -165,7 +175,11 @@ fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blockin
     guard
 }
 
-fn serve(loaded: Loaded) -> ExitCode {
+fn serve(
+    loaded: Loaded,
+    file: Option<PathBuf>,
+    overrides: Vec<(&'static Key, String, Source)>,
+) -> ExitCode {
     let Loaded { config, warnings } = loaded;
     let _log_guard = init_logging(config.log_format, &config.log_level);
     for w in &warnings {
@@ -189,21 +203,31 @@ fn serve(loaded: Loaded) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let server = match keygate_proxy::Server::bind(gateway.clone()).await {
+        let live: keygate_proxy::LiveGateway =
+            std::sync::Arc::new(arc_swap::ArcSwap::new(gateway.clone()));
+        let server = match keygate_proxy::Server::bind_live(live.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        let admin = match keygate_proxy::Server::bind_admin(gateway.clone()).await {
+        let admin = match keygate_proxy::Server::bind_admin_live(live.clone()).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        let _refresh = gateway.start_background();
+        let reloader = crate::reload::Reloader {
+            file,
+            overrides,
+            live: live.clone(),
+            background: gateway.start_background(),
+        };
+        // Not spawned: building a gateway is not provably `Send` (sqlx's
+        // executors); it runs beside the listener in this task instead.
+        let reloads = reloader.run();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -220,11 +244,14 @@ fn serve(loaded: Loaded) -> ExitCode {
             tracing::info!(header = %gateway.config.api_keys.header, "API keys are on");
         }
         tracing::info!(listen = %server.local_addr(), version = env!("CARGO_PKG_VERSION"), "keygate is serving");
-        server.run(stopped(stop_rx)).await;
+        tokio::select! {
+            () = server.run(stopped(stop_rx)) => {}
+            () = reloads => {}
+        }
         if let Some(task) = admin_task {
             let _ = task.await;
         }
-        if let Some(keys) = &gateway.api_keys {
+        if let Some(keys) = &live.load().api_keys {
             keys.flush_last_used().await;
         }
         tracing::info!("keygate stopped");

@@ -5,6 +5,7 @@
 mod cli;
 mod interpolate;
 mod keys;
+mod reload;
 mod settings;
 mod token;
 

@@ -210,6 +210,11 @@ pub const KEYS: &[Key] = &[
         "most client connections open at once, per listener [default: 10000]",
     ),
     key(
+        "watch-config",
+        Kind::Bool,
+        "reload when the config file or api-keys.server-secret-file changes, not only on SIGHUP [default: false]",
+    ),
+    key(
         "shutdown-grace-period",
         Kind::Duration,
         "time in-flight requests get after SIGTERM [default: 30s]",
