@@ -25,9 +25,14 @@ pub struct Config {
     /// Address to listen on: `host:port` or gatekeeper's `:port` (all interfaces).
     #[serde(default = "default_listen")]
     pub listen: ListenAddr,
-    /// The upstream every authorized request is proxied to.
+    /// The upstream every authorized request is proxied to (with
+    /// `upstreams`: the one for requests none of them takes).
     #[serde(default)]
     pub upstream_url: Option<String>,
+    /// Further upstreams, chosen by host and path prefix, each with its own
+    /// rules, audiences and headers.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
     /// The provider's issuer URL; `/.well-known/openid-configuration` is optional.
     #[serde(default)]
     pub discovery_url: Option<String>,
@@ -427,6 +432,44 @@ pub fn redact_url_password(url: &str) -> String {
     }
 }
 
+/// One `upstreams:` entry: where requests for some hosts and a path prefix
+/// go, and the rules, audiences and headers that apply to them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpstreamConfig {
+    /// A name for logs and metrics (`name:rule` in the `route` label).
+    pub name: String,
+    /// The upstream's URL, like `upstream-url`.
+    pub url: String,
+    /// Hosts it serves (`api.example.com`, or `*.example.com` for any
+    /// subdomain); empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The path prefix it serves (`/orders`: `/orders` and `/orders/…`);
+    /// default: every path.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Remove `path-prefix` from the path sent upstream.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Accepted access-token audiences; default: the top-level ones.
+    #[serde(default)]
+    pub access_token_audience: Vec<String>,
+    /// Its rules (paths as the client sends them, prefix included); the
+    /// top-level `resources` do not apply to it.
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+    /// Claim checks besides the top-level `match-claims`.
+    #[serde(default)]
+    pub match_claims: BTreeMap<String, String>,
+    /// Headers added to its requests besides (and over) the top-level `headers`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Claims copied to `X-Auth-<Name>` besides the top-level `add-claims`.
+    #[serde(default)]
+    pub add_claims: Vec<String>,
+}
+
 /// One `resources:` entry.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -667,10 +710,11 @@ impl Config {
             });
         }
         match self.upstream_url.as_deref() {
+            None | Some("") if !self.upstreams.is_empty() => {}
             None | Some("") => {
                 errors.push(ConfigError::Missing {
                     key: "upstream-url",
-                    why: "keygate must know where to forward authorized requests",
+                    why: "keygate must know where to forward authorized requests (or list `upstreams`)",
                 });
             }
             Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
@@ -680,6 +724,71 @@ impl Config {
                 });
             }
             Some(_) => {}
+        }
+        let mut seen: Vec<(&str, Vec<String>, &str)> = Vec::new();
+        for u in &self.upstreams {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: "upstreams",
+                message: format!("`{}`: {message}", u.name),
+            };
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                errors.push(invalid(
+                    "a name is letters, digits, `-`, `_` and `.`".into(),
+                ));
+            }
+            if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
+                errors.push(invalid(format!(
+                    "url `{}` must start with http:// or https://",
+                    u.url
+                )));
+            }
+            let prefix = u.path_prefix.as_deref().unwrap_or("");
+            if !prefix.is_empty()
+                && (!prefix.starts_with('/')
+                    || prefix.ends_with('/')
+                    || prefix.contains(['*', '?', '#', '%'])
+                    || prefix.split('/').any(|s| s == "." || s == ".."))
+            {
+                errors.push(invalid(format!(
+                    "path-prefix `{prefix}` must start with `/`, not end with `/`, and hold no `*`, `?`, `#`, `%`, `.` or `..` segment"
+                )));
+            }
+            if u.strip_prefix && prefix.is_empty() {
+                errors.push(invalid("strip-prefix needs a path-prefix".into()));
+            }
+            for host in &u.hosts {
+                let bare = host.strip_prefix("*.").unwrap_or(host);
+                if bare.is_empty()
+                    || !bare
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+                {
+                    errors.push(invalid(format!(
+                        "host `{host}` is not a host name (or `*.domain`)"
+                    )));
+                }
+            }
+            for name in u.headers.keys() {
+                if is_identity_header(name) || http_header_name_invalid(name) {
+                    errors.push(invalid(format!("header `{name}` is not one it may set")));
+                }
+            }
+            let mut hosts: Vec<String> = u.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            hosts.sort();
+            if seen
+                .iter()
+                .any(|(name, h, p)| *name == u.name || (*h == hosts && *p == prefix))
+            {
+                errors.push(invalid(
+                    "another upstream has the same name, or the same hosts and path-prefix".into(),
+                ));
+            }
+            seen.push((&u.name, hosts, prefix));
         }
         if self.access_token_audience.is_empty() {
             self.access_token_audience = vec![self.client_id.clone()];

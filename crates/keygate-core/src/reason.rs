@@ -53,6 +53,8 @@ reasons! {
     InvalidRequest => "invalid_request",
     /// No such keygate endpoint or key.
     NotFound => "not_found",
+    /// No upstream serves this host and path (`upstreams` without `upstream-url`).
+    NoUpstream => "no_upstream",
     /// The method is not allowed.
     MethodNotAllowed => "method_not_allowed",
     // ---- the credential (401) ----

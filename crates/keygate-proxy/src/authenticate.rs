@@ -10,7 +10,7 @@ use crate::respond::{Refusal, Refused};
 use crate::route::Routes;
 use http::Method;
 use http::header::HeaderMap;
-use keygate_auth::AuthError;
+use keygate_auth::{AuthError, JwtVerifier};
 use keygate_core::Identity;
 use keygate_core::Reason;
 use std::sync::Arc;
@@ -22,8 +22,9 @@ pub async fn run(
     credential: &Credential,
     routes: &Routes<'_>,
 ) -> Result<Option<Arc<Identity>>, Refused> {
-    match routes.need_credential(gw) {
-        true => verify_credential(gw, credential, ctx).await.map(Some),
+    let verifier = routes.site.verifier.as_ref().unwrap_or(&gw.verifier);
+    match routes.need_credential() {
+        true => verify_with(gw, verifier, credential, ctx).await.map(Some),
         false => Ok(None),
     }
 }
@@ -74,6 +75,16 @@ pub async fn verify_credential(
     credential: &Credential,
     ctx: &mut RequestCtx,
 ) -> Result<Arc<Identity>, Refused> {
+    verify_with(gw, &gw.verifier, credential, ctx).await
+}
+
+/// [`verify_credential`] with `verifier`'s audiences (an upstream's own).
+pub async fn verify_with(
+    gw: &Gateway,
+    verifier: &JwtVerifier,
+    credential: &Credential,
+    ctx: &mut RequestCtx,
+) -> Result<Arc<Identity>, Refused> {
     match credential {
         Credential::None => Err(Refused {
             refusal: Refusal::NoCredential,
@@ -83,8 +94,7 @@ pub async fn verify_credential(
             refusal: Refusal::BadCredential((*why).into()),
             reason: *reason,
         }),
-        Credential::Bearer(token) => gw
-            .verifier
+        Credential::Bearer(token) => verifier
             .verify(token.expose())
             .await
             .map_err(|e| auth_refusal(&e)),
@@ -98,8 +108,7 @@ pub async fn verify_credential(
             let access_token =
                 crate::session::current_access_token(sessions, cookie, &mut ctx.set_cookies)
                     .await?;
-            let verified = gw
-                .verifier
+            let verified = verifier
                 .verify(access_token.expose())
                 .await
                 .map_err(|e| auth_refusal(&e))?;
@@ -121,7 +130,7 @@ pub async fn verify_credential(
                 ctx.method.as_str(),
                 &ctx.path,
                 ctx.peer.ip(),
-                &gw.verifier,
+                verifier,
                 &mut ctx.limit_headers,
             )
             .await

@@ -61,8 +61,11 @@ pub struct RequestCtx {
     pub path: String,
     /// The query string, passed through untouched; never used for matching.
     pub query: Option<String>,
-    /// The matched rule's `uri`, or `unmatched`.
+    /// The matched rule's `uri`, or `unmatched` (`name:…` for an upstream of
+    /// `upstreams`).
     pub route: String,
+    /// The index in `Gateway::sites` of the upstream phase 2 chose.
+    pub site: usize,
     /// The verified caller, if any.
     pub identity: Option<Arc<Identity>>,
     /// Outcome for the log line.
@@ -97,6 +100,7 @@ impl RequestCtx {
             path: String::new(),
             query: None,
             route: String::new(),
+            site: 0,
             identity: None,
             decision: Decision::Error,
             reason: Reason::Ok,

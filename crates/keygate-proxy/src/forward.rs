@@ -8,6 +8,7 @@ use crate::context::RequestCtx;
 use crate::gateway::Gateway;
 use crate::hygiene;
 use crate::respond::{Body, Refused};
+use crate::sites::Site;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -24,7 +25,10 @@ pub async fn forward(
     websocket: bool,
 ) -> Result<Response<Body>, Refused> {
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    *req.uri_mut() = gw.upstream.uri_for(&ctx.path, ctx.query.as_deref())?;
+    let site = gw.site(ctx);
+    *req.uri_mut() = site
+        .upstream
+        .uri_for(site.upstream_path(&ctx.path), ctx.query.as_deref())?;
     *req.version_mut() = Version::HTTP_11;
     let original_host = req.headers_mut().remove(header::HOST).or_else(|| {
         req.uri()
@@ -35,13 +39,13 @@ pub async fn forward(
     hygiene::strip_keygate_cookies(headers);
     forwarded_headers(gw, ctx, headers, original_host);
     headers.insert("x-request-id", ctx.request_id.clone());
-    for (name, value) in &gw.static_headers {
+    for (name, value) in &site.static_headers {
         headers.insert(name.clone(), value.clone());
     }
     if let Some(identity) = &ctx.identity {
-        identity_headers(gw, identity, headers);
+        identity_headers(gw, site, identity, headers);
     }
-    gw.upstream
+    site.upstream
         .send(req, client_upgrade)
         .await
         .map_err(Refused::from)
@@ -78,9 +82,13 @@ fn forwarded_headers(
 /// The headers keygate sets for a verified identity: `Authorization`,
 /// `X-Auth-*` and `add-claims`. Used by forwarding and forward-auth alike.
 /// All but `X-Auth-ExpiresIn` are built once per identity and reused while
-/// the identity is cached.
-pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderMap) {
-    let prebuilt = identity.derived(|| build_identity_headers(gw, identity));
+/// the identity is cached (for the sites with the top-level headers; a site
+/// with `add-claims` of its own builds its own each time).
+pub fn identity_headers(gw: &Gateway, site: &Site, identity: &Identity, headers: &mut HeaderMap) {
+    let prebuilt = match site.default_headers {
+        true => identity.derived(|| build_identity_headers(gw, site, identity)),
+        false => None,
+    };
     match prebuilt {
         Some(prebuilt) => {
             for (name, value) in prebuilt {
@@ -88,7 +96,7 @@ pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderM
             }
         }
         None => {
-            for (name, value) in build_identity_headers(gw, identity) {
+            for (name, value) in build_identity_headers(gw, site, identity) {
                 headers.insert(name, value);
             }
         }
@@ -103,7 +111,11 @@ pub fn identity_headers(gw: &Gateway, identity: &Identity, headers: &mut HeaderM
     );
 }
 
-fn build_identity_headers(gw: &Gateway, identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
+fn build_identity_headers(
+    gw: &Gateway,
+    site: &Site,
+    identity: &Identity,
+) -> Vec<(HeaderName, HeaderValue)> {
     let config = &gw.config;
     let mut out = Vec::with_capacity(12);
     if config.enable_authorization_header
@@ -145,7 +157,7 @@ fn build_identity_headers(gw: &Gateway, identity: &Identity) -> Vec<(HeaderName,
             identity.access_token.expose(),
         );
     }
-    for (claim, name) in &gw.claim_headers {
+    for (claim, name) in &site.claim_headers {
         let value = match identity.claims.get(claim) {
             Some(serde_json::Value::String(s)) => Cow::Borrowed(s.as_str()),
             Some(serde_json::Value::Array(items)) => Cow::Owned(

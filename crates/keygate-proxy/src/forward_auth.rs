@@ -51,7 +51,7 @@ pub async fn handle(
     let identity = pipeline::check(gw, ctx, &credential, &overrides, req.headers()).await?;
     let mut resp = respond::empty(StatusCode::OK);
     if let Some(identity) = &identity {
-        forward::identity_headers(gw, identity, resp.headers_mut());
+        forward::identity_headers(gw, gw.site(ctx), identity, resp.headers_mut());
     }
     Ok(resp)
 }

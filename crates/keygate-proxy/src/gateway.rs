@@ -1,11 +1,9 @@
 //! The gateway: everything a request needs, built once from the config.
 
 use crate::error::GatewayError;
-use crate::upstream::Upstream;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use keygate_auth::{JwtVerifier, Provider, ProviderSettings, VerifierSettings};
-use keygate_core::config::{Config, is_identity_header};
-use keygate_core::rules::{RuleOptions, RuleSet};
+use keygate_core::config::Config;
 use keygate_keys::ApiKeys;
 use std::sync::Arc;
 
@@ -13,16 +11,12 @@ use std::sync::Arc;
 pub struct Gateway {
     /// The validated configuration.
     pub config: Config,
-    /// Compiled route rules.
-    pub rules: RuleSet,
-    /// Bearer JWT verification.
+    /// Bearer JWT verification with the top-level audiences (the default
+    /// site's, and the login's and key pages').
     pub verifier: JwtVerifier,
-    /// Where requests go.
-    pub upstream: Upstream,
-    /// `headers:` prebuilt.
-    pub static_headers: Vec<(HeaderName, HeaderValue)>,
-    /// `add-claims:` with their `X-Auth-<Name>` header names prebuilt.
-    pub claim_headers: Vec<(String, HeaderName)>,
+    /// The upstreams: `upstreams:` in order, then the top-level
+    /// `upstream-url` when set ([`crate::sites`]).
+    pub sites: Vec<crate::sites::Site>,
     /// Whether the listener serves TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
     /// API keys, when a server secret is configured.
@@ -81,15 +75,6 @@ impl Gateway {
     fn assemble(config: Config, previous: Option<&Gateway>) -> Result<Self, GatewayError> {
         // Install the metrics recorder before anything records.
         crate::metrics::handle();
-        let rules = RuleSet::new(
-            &config.resources,
-            &config.match_claims,
-            RuleOptions {
-                default_deny: config.enable_default_deny,
-                case_insensitive: config.case_insensitive_paths,
-            },
-        )
-        .map_err(GatewayError::from)?;
         let discovery_url = config.discovery_url.clone().unwrap_or_default();
         if config.skip_openid_provider_tls_verify {
             tracing::warn!(
@@ -115,45 +100,31 @@ impl Gateway {
             })
             .map_err(|e| GatewayError::config("discovery-url", e))?,
         };
-        let verifier = JwtVerifier::new(
-            provider,
-            VerifierSettings {
-                audiences: config.access_token_audience.clone(),
-                algorithms: config.signing_algorithms.clone(),
-                leeway: config.clock_skew,
-                max_token_size: config.max_token_size,
-                cache_size: config.token_cache_size,
-                authorized_parties: config.access_token_azp.clone(),
-                introspection: config.token_introspection,
-                client_id: config.client_id.clone(),
-                client_secret: config.client_secret.clone(),
-            },
-        )
-        .map_err(|e| GatewayError::config("signing-algorithms", e))?;
-        let upstream = Upstream::new(&config)?;
-        let mut static_headers = Vec::new();
-        for (name, value) in &config.headers {
-            let name = HeaderName::try_from(name.as_str())
-                .map_err(|e| GatewayError::config("headers", e))?;
-            let value = HeaderValue::try_from(value.as_str())
-                .map_err(|e| GatewayError::config("headers", e))?;
-            static_headers.push((name, value));
+        let settings = VerifierSettings {
+            audiences: config.access_token_audience.clone(),
+            algorithms: config.signing_algorithms.clone(),
+            leeway: config.clock_skew,
+            max_token_size: config.max_token_size,
+            cache_size: config.token_cache_size,
+            authorized_parties: config.access_token_azp.clone(),
+            introspection: config.token_introspection,
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+        };
+        let verifier = JwtVerifier::new(Arc::clone(&provider), settings.clone())
+            .map_err(|e| GatewayError::config("signing-algorithms", e))?;
+        let mut sites = Vec::with_capacity(config.upstreams.len() + 1);
+        for u in &config.upstreams {
+            sites.push(crate::sites::Site::from_upstream(
+                &config, u, &provider, &settings,
+            )?);
         }
-        let mut claim_headers = Vec::new();
-        for claim in &config.add_claims {
-            let suffix = claim_header_suffix(claim);
-            if suffix.is_empty() {
-                return Err(GatewayError::config(
-                    "add-claims",
-                    format!("`{claim}` cannot be a header name"),
-                ));
-            }
-            let header = format!("x-auth-{suffix}");
-            let name = HeaderName::try_from(header.as_str()).map_err(|_| {
-                GatewayError::config("add-claims", format!("`{claim}` cannot be a header name"))
-            })?;
-            debug_assert!(is_identity_header(name.as_str()));
-            claim_headers.push((claim.clone(), name));
+        if config
+            .upstream_url
+            .as_deref()
+            .is_some_and(|u| !u.is_empty())
+        {
+            sites.push(crate::sites::Site::default_site(&config)?);
         }
         let mut override_headers = Vec::new();
         for name in &config.pass_override_headers {
@@ -191,11 +162,8 @@ impl Gateway {
             .then(|| keygate_keys::Limiter::new(redis.clone()));
         Ok(Gateway {
             config,
-            rules,
             verifier,
-            upstream,
-            static_headers,
-            claim_headers,
+            sites,
             tls,
             api_keys: None,
             sessions,
@@ -206,10 +174,18 @@ impl Gateway {
         })
     }
 
+    /// The site phase 2 chose for the request.
+    pub fn site(&self, ctx: &crate::context::RequestCtx) -> &crate::sites::Site {
+        &self.sites[ctx.site.min(self.sites.len().saturating_sub(1))]
+    }
+
     /// Whether keygate sets or reads a header of this (lower-case) name
     /// because of its config: a `headers:` entry or the API-key header.
     pub fn is_configured_header(&self, name: &str) -> bool {
-        self.static_headers.iter().any(|(n, _)| n.as_str() == name)
+        self.sites
+            .iter()
+            .flat_map(|s| &s.static_headers)
+            .any(|(n, _)| n.as_str() == name)
             || self.config.api_keys.header.eq_ignore_ascii_case(name)
     }
 
@@ -252,33 +228,5 @@ impl Gateway {
                 }
             }
         })
-    }
-}
-
-/// `given_name` → `Given-Name`; only letters, digits and `-` survive.
-fn claim_header_suffix(claim: &str) -> String {
-    claim
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut chars = p.chars();
-            match chars.next() {
-                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
-                None => String::new(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("-")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claim_names_become_header_suffixes() {
-        assert_eq!(claim_header_suffix("given_name"), "Given-Name");
-        assert_eq!(claim_header_suffix("email"), "Email");
-        assert_eq!(claim_header_suffix("a.b:c"), "A-B-C");
     }
 }

@@ -18,7 +18,8 @@
 //!   6. [`log`] — one structured line and metrics;
 //! - beside them: [`cors`] (preflights answered, CORS headers on every
 //!   response);
-//! - below them: [`gateway`] (what a request needs, built once),
+//! - below them: [`gateway`] (what a request needs, built once), [`sites`]
+//!   (the upstreams and the choice of one for a request),
 //!   [`session`] (the browser-session service), [`respond`] (the one error
 //!   edge), [`metrics`] and [`error`].
 
@@ -48,6 +49,7 @@ pub mod route;
 pub mod selfservice;
 pub mod server;
 pub mod session;
+pub mod sites;
 pub mod upstream;
 
 pub use error::GatewayError;

@@ -27,9 +27,9 @@ pub async fn check(
     overrides: &Overrides,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<Identity>>, Refused> {
-    let routes = route::run(gw, ctx, overrides)?;
+    let routes = route::run(gw, ctx, overrides, headers)?;
     let identity = authenticate::run(gw, ctx, credential, &routes).await?;
-    authorize::run(gw, &routes, identity.as_deref())?;
+    authorize::run(&routes, identity.as_deref())?;
     limits::run(gw, ctx, credential, identity.as_deref(), headers).await?;
     ctx.decision = match identity {
         Some(_) => Decision::Allow,

@@ -7,11 +7,16 @@ use crate::context::RequestCtx;
 use crate::gateway::Gateway;
 use crate::hygiene::Overrides;
 use crate::normalize::normalize;
-use crate::respond::Refused;
+use crate::respond::{Refusal, Refused};
+use crate::sites::{self, Site};
+use http::HeaderMap;
+use keygate_core::Reason;
 use keygate_core::rules::Route;
 
 /// The rules a request is checked against.
 pub struct Routes<'g> {
+    /// The upstream that serves it, whose rules these are.
+    pub site: &'g Site,
     /// The rule of the request's own method and path.
     pub route: Route<'g>,
     /// The rule of the method and path an override header names.
@@ -20,23 +25,39 @@ pub struct Routes<'g> {
 
 impl Routes<'_> {
     /// Whether either rule needs a credential.
-    pub fn need_credential(&self, gw: &Gateway) -> bool {
-        gw.rules.needs_credential(&self.route)
+    pub fn need_credential(&self) -> bool {
+        let rules = &self.site.rules;
+        rules.needs_credential(&self.route)
             || self
                 .overridden
                 .as_ref()
-                .is_some_and(|r| gw.rules.needs_credential(r))
+                .is_some_and(|r| rules.needs_credential(r))
     }
 }
 
-/// Phase 2: finds the rules; sets `ctx.route` for the log.
+/// Phase 2: finds the upstream (by host and path) and its rules; sets
+/// `ctx.site`, and `ctx.route` for the log.
 pub fn run<'g>(
     gw: &'g Gateway,
     ctx: &mut RequestCtx,
     overrides: &Overrides,
+    headers: &HeaderMap,
 ) -> Result<Routes<'g>, Refused> {
-    let route = gw.rules.route(ctx.method.as_str(), &ctx.path);
-    ctx.route = route.label().to_owned();
+    let host = match gw.sites.len() {
+        1 => None,
+        _ => ctx.client_host(headers),
+    };
+    let Some(index) = sites::choose(&gw.sites, host, &ctx.path) else {
+        ctx.route = "unmatched".into();
+        return Err(Refused::new(Refusal::NotFound, Reason::NoUpstream));
+    };
+    ctx.site = index;
+    let site = &gw.sites[index];
+    let route = site.rules.route(ctx.method.as_str(), &ctx.path);
+    ctx.route = match &site.name {
+        None => route.label().to_owned(),
+        Some(name) => format!("{name}:{}", route.label()),
+    };
     let overridden = match (&overrides.method, &overrides.target) {
         (None, None) => None,
         (method, target) => {
@@ -45,8 +66,12 @@ pub fn run<'g>(
                 None => ctx.path.clone(),
             };
             let method = method.clone().unwrap_or_else(|| ctx.method.clone());
-            Some(gw.rules.route(method.as_str(), &path))
+            Some(site.rules.route(method.as_str(), &path))
         }
     };
-    Ok(Routes { route, overridden })
+    Ok(Routes {
+        site,
+        route,
+        overridden,
+    })
 }

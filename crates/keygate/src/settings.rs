@@ -62,6 +62,11 @@ pub const KEYS: &[Key] = &[
         "the upstream authorized requests are forwarded to",
     ),
     key(
+        "upstreams",
+        Kind::Yaml,
+        "further upstreams by host and path prefix, each with its own rules, audiences and headers (see docs/config.md)",
+    ),
+    key(
         "discovery-url",
         Kind::Str,
         "the provider's issuer URL (/.well-known/openid-configuration optional)",

@@ -18,3 +18,4 @@ mod provider;
 mod proxy;
 mod rules;
 mod sessions;
+mod upstreams;
