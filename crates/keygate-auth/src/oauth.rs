@@ -52,7 +52,9 @@ pub struct Unreachable(pub String);
 pub struct RandomError;
 
 /// POSTs `form` to `url`, as the client `client_id` (with HTTP Basic) when
-/// given, asking for JSON.
+/// given, asking for JSON. A child span of the request's trace (target
+/// `keygate::trace`: exported only with `otel-endpoint`).
+#[tracing::instrument(target = "keygate::trace", name = "provider POST", skip_all, fields(otel.kind = "client", url.full = %url))]
 pub async fn post_form(
     http: &reqwest::Client,
     url: &str,

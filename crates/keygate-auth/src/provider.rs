@@ -291,6 +291,7 @@ impl Provider {
         Ok(metadata)
     }
 
+    #[tracing::instrument(target = "keygate::trace", name = "provider GET", skip_all, fields(otel.kind = "client", url.full = %url))]
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {
         let wrap = |source| FetchError::Http {
             url: url.to_owned(),

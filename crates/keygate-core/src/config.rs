@@ -169,6 +169,17 @@ pub struct Config {
     /// A tracing filter such as `info` or `keygate_proxy=debug`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// OpenTelemetry: the OTLP/HTTP traces endpoint
+    /// (`http://collector:4318`, `/v1/traces` added when no path is given);
+    /// tracing is off when unset.
+    #[serde(default)]
+    pub otel_endpoint: Option<String>,
+    /// OpenTelemetry: the `service.name` of keygate's spans.
+    #[serde(default = "default_otel_service_name")]
+    pub otel_service_name: String,
+    /// OpenTelemetry: whose W3C `traceparent`/`tracestate` keygate continues.
+    #[serde(default)]
+    pub otel_trace_context: TraceContextFrom,
     /// Where API keys and their audit trail live: `sqlite://path` or `postgres://…`.
     #[serde(default = "default_store_url")]
     pub store_url: StoreUrl,
@@ -496,6 +507,19 @@ pub struct Resource {
     pub white_listed: bool,
 }
 
+/// Whose incoming trace context (`traceparent`, `tracestate`) is continued.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TraceContextFrom {
+    /// Only requests from `trusted-proxies`; others start a new trace.
+    #[default]
+    TrustedProxies,
+    /// Every caller's.
+    All,
+    /// Nobody's: every request starts a new trace.
+    None,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -724,6 +748,16 @@ impl Config {
                 });
             }
             Some(_) => {}
+        }
+        if let Some(endpoint) = &self.otel_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            errors.push(ConfigError::Invalid {
+                key: "otel-endpoint",
+                message: format!(
+                    "`{endpoint}` must be an http:// or https:// URL (OTLP over HTTP, e.g. http://collector:4318)"
+                ),
+            });
         }
         let mut seen: Vec<(&str, Vec<String>, &str)> = Vec::new();
         for u in &self.upstreams {
@@ -1019,6 +1053,9 @@ fn default_server_idle() -> Duration {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_otel_service_name() -> String {
+    "keygate".into()
 }
 fn default_cors_methods() -> Vec<String> {
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]

@@ -12,12 +12,24 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
-/// Serves one request from the main listener.
-pub async fn handle(
+/// Serves one request from the main listener, in its trace span (see
+/// [`crate::trace`]).
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let span = crate::trace::request_span(&gw, &req, peer);
+    let resp = serve(Arc::clone(&gw), req, peer, &span)
+        .instrument(span.clone())
+        .await;
+    crate::trace::finish(&span, resp.status());
+    resp
+}
+
+async fn serve(
     gw: Arc<Gateway>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    span: &tracing::Span,
 ) -> Response<Body> {
     let trusted = gw.trusted_peer(peer.ip());
     let mut ctx = RequestCtx::new(req.headers(), req.method().clone(), peer, trusted);
@@ -50,5 +62,7 @@ pub async fn handle(
             pipeline::proxy(&gw, &mut ctx, req, credential, websocket).await
         }
     };
-    pipeline::finish(&gw, &mut ctx, result)
+    let resp = pipeline::finish(&gw, &mut ctx, result);
+    crate::trace::record(span, &gw, &ctx);
+    resp
 }

@@ -39,6 +39,7 @@ pub async fn forward(
     hygiene::strip_keygate_cookies(headers);
     forwarded_headers(gw, ctx, headers, original_host);
     headers.insert("x-request-id", ctx.request_id.clone());
+    crate::trace::inject(gw, headers);
     for (name, value) in &site.static_headers {
         headers.insert(name.clone(), value.clone());
     }

@@ -27,6 +27,8 @@ pub struct Gateway {
     pub redis: Option<keygate_store::Redis>,
     /// `pass-override-headers`, parsed: the override headers let through.
     pub override_headers: Vec<HeaderName>,
+    /// OpenTelemetry tracing is on (`otel-endpoint`).
+    pub tracing: bool,
     /// The CORS policy, when `cors-origins` or `cors-origin-patterns` is set.
     pub cors: Option<crate::cors::Cors>,
     /// The callers' rate limiter, when `rate-limit-subject` or
@@ -160,6 +162,7 @@ impl Gateway {
         }
         let limiter = (config.rate_limit_subject.is_some() || config.rate_limit_address.is_some())
             .then(|| keygate_keys::Limiter::new(redis.clone()));
+        let tracing = config.otel_endpoint.is_some();
         Ok(Gateway {
             config,
             verifier,
@@ -169,6 +172,7 @@ impl Gateway {
             sessions,
             redis,
             override_headers,
+            tracing,
             cors,
             limiter,
         })

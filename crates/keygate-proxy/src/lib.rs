@@ -17,7 +17,7 @@
 //!      forward-auth mode, 200 with the headers to inject;
 //!   6. [`log`] — one structured line and metrics;
 //! - beside them: [`cors`] (preflights answered, CORS headers on every
-//!   response);
+//!   response) and [`trace`] (the request's OpenTelemetry span);
 //! - below them: [`gateway`] (what a request needs, built once), [`sites`]
 //!   (the upstreams and the choice of one for a request),
 //!   [`session`] (the browser-session service), [`respond`] (the one error
@@ -50,6 +50,7 @@ pub mod selfservice;
 pub mod server;
 pub mod session;
 pub mod sites;
+pub mod trace;
 pub mod upstream;
 
 pub use error::GatewayError;

@@ -282,6 +282,7 @@ impl Redis {
     /// Runs `op` on the connection within `redis-timeout`, through the
     /// breaker. A connection that broke (Redis restarted) is retried once on
     /// the new connection the manager makes, so a restart costs no error.
+    #[tracing::instrument(target = "keygate::trace", name = "redis", skip_all, fields(otel.kind = "client", db.system = "redis"))]
     async fn send<T, F, Fut>(&self, op: F) -> Result<T, SharedError>
     where
         F: Fn(ConnectionManager) -> Fut,

@@ -224,6 +224,7 @@ impl KeyStore {
     /// Stores a new key and audits it as `create` by `actor` at `rec.created_at`.
     ///
     /// An id or key hash that already exists gives [`StoreError::Duplicate`].
+    #[tracing::instrument(target = "keygate::trace", name = "store insert", skip_all, fields(otel.kind = "client"))]
     pub async fn insert(&self, rec: &KeyRecord, actor: &str) -> Result<(), StoreError> {
         let scopes = to_json(&rec.id, &rec.scopes)?;
         let methods = to_json(&rec.id, &rec.allowed_methods)?;
@@ -267,6 +268,7 @@ impl KeyStore {
     }
 
     /// The record with this id, if any.
+    #[tracing::instrument(target = "keygate::trace", name = "store get", skip_all, fields(otel.kind = "client"))]
     pub async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         with_pool!(self, |pool, Db| {
             sqlx::query::<Db>(concat!(
@@ -289,6 +291,7 @@ impl KeyStore {
     ///
     /// Revoked and expired records are returned too: the caller decides, and
     /// can say why it refuses.
+    #[tracing::instrument(target = "keygate::trace", name = "store find_by_hash", skip_all, fields(otel.kind = "client"))]
     pub async fn find_by_hash(
         &self,
         hash: &[u8],
@@ -323,6 +326,7 @@ impl KeyStore {
     }
 
     /// The records matching `filter`, newest first.
+    #[tracing::instrument(target = "keygate::trace", name = "store list", skip_all, fields(otel.kind = "client"))]
     pub async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
         let mut sql = String::from(concat!("SELECT ", columns!(), " FROM api_keys WHERE TRUE"));
         let mut n = 0;
@@ -361,6 +365,7 @@ impl KeyStore {
     /// and everything left of a previous key. Audited as `revoke`.
     ///
     /// `false` if there is no such key or it was already revoked.
+    #[tracing::instrument(target = "keygate::trace", name = "store revoke", skip_all, fields(otel.kind = "client"))]
     pub async fn revoke(&self, id: &str, actor: &str, at: i64) -> Result<bool, StoreError> {
         let done = with_tx!(self, |tx, Db| {
             let done = sqlx::query::<Db>(
@@ -390,6 +395,7 @@ impl KeyStore {
     /// Audited as `rotate`.
     ///
     /// `false` if there is no such key or it is revoked.
+    #[tracing::instrument(target = "keygate::trace", name = "store rotate", skip_all, fields(otel.kind = "client"))]
     pub async fn rotate(
         &self,
         id: &str,
@@ -438,6 +444,7 @@ impl KeyStore {
     /// Sets a new expiry (`None` = never). Audited as `renew`.
     ///
     /// `false` if there is no such key or it is revoked.
+    #[tracing::instrument(target = "keygate::trace", name = "store renew", skip_all, fields(otel.kind = "client"))]
     pub async fn renew(
         &self,
         id: &str,
@@ -471,6 +478,7 @@ impl KeyStore {
     /// the text is the caller's, already validated). Audited as `limits`.
     ///
     /// `false` if there is no such key or it is revoked.
+    #[tracing::instrument(target = "keygate::trace", name = "store set_limits", skip_all, fields(otel.kind = "client"))]
     pub async fn set_limits(
         &self,
         id: &str,
@@ -507,6 +515,7 @@ impl KeyStore {
     /// `secret_version` only if it still equals `expected_version` (and the key
     /// is not revoked). Of several concurrent callers with the same expected
     /// version exactly one gets `true`.
+    #[tracing::instrument(target = "keygate::trace", name = "store update_secret", skip_all, fields(otel.kind = "client"))]
     pub async fn update_secret(
         &self,
         id: &str,
@@ -532,6 +541,7 @@ impl KeyStore {
     /// (or, if never, created) before `before`, and that have not expired at
     /// `now`: the ones an offline-session keep-alive is due for. Oldest
     /// refresh first, at most `limit`.
+    #[tracing::instrument(target = "keygate::trace", name = "store keepalive_due", skip_all, fields(otel.kind = "client"))]
     pub async fn keepalive_due(
         &self,
         before: i64,
@@ -561,6 +571,7 @@ impl KeyStore {
     /// Claims a key's keep-alive: sets its `session_refreshed_at` to `now`
     /// only if it is still before `before` (and the key is live). Of several
     /// replicas sweeping at once exactly one gets `true` and refreshes.
+    #[tracing::instrument(target = "keygate::trace", name = "store claim_keepalive", skip_all, fields(otel.kind = "client"))]
     pub async fn claim_keepalive(
         &self,
         id: &str,
@@ -585,6 +596,7 @@ impl KeyStore {
 
     /// Records that the key's provider session was refreshed at `at` (an
     /// exchange): `session_refreshed_at` becomes the later of the two.
+    #[tracing::instrument(target = "keygate::trace", name = "store session_refreshed", skip_all, fields(otel.kind = "client"))]
     pub async fn session_refreshed(&self, id: &str, at: i64) -> Result<(), StoreError> {
         with_pool!(self, |pool, Db| {
             sqlx::query::<Db>(
@@ -602,6 +614,7 @@ impl KeyStore {
     /// Records uses in one transaction: `last_used_at` becomes the later of
     /// its stored value and the given time. Several entries for one id are
     /// fine; unknown ids are ignored.
+    #[tracing::instrument(target = "keygate::trace", name = "store touch", skip_all, fields(otel.kind = "client"))]
     pub async fn touch(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
         // Latest time per id; a sorted order also makes concurrent batches from
         // several replicas lock rows in the same order (no deadlocks).
@@ -629,6 +642,7 @@ impl KeyStore {
     }
 
     /// The audit trail of a key, oldest first. Kept after revocation.
+    #[tracing::instrument(target = "keygate::trace", name = "store audit", skip_all, fields(otel.kind = "client"))]
     pub async fn audit(&self, key_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
         with_pool!(self, |pool, Db| {
             sqlx::query::<Db>(

@@ -13,6 +13,8 @@
 //! | [`Browser`] | a cookie-keeping client that fills in the provider's pages |
 //! | [`chromium_script`] | headless Chromium, driven by a Playwright script of `dev/browser` |
 //! | `Keygate`, `Stack` | keygate in this process (feature `gateway`) |
+//! | [`KeygateProcess`] | the keygate binary's `serve` in a child process |
+//! | [`OtlpReceiver`] | an OTLP/HTTP JSON trace receiver |
 //!
 //! A test that needs a server fails when it is missing; it never skips.
 //! Never used by the keygate binary.
@@ -27,7 +29,9 @@ mod http;
 mod idp;
 pub mod keycloak;
 mod nginx;
+mod otlp;
 mod postgres;
+mod process;
 mod redis;
 mod upstream;
 
@@ -39,7 +43,9 @@ pub use http::*;
 pub use idp::Idp;
 pub use keycloak::Keycloak;
 pub use nginx::{Nginx, nginx_binary};
+pub use otlp::{OtlpReceiver, attribute};
 pub use postgres::PgServer;
+pub use process::KeygateProcess;
 pub use redis::RedisServer;
 pub use upstream::{Echo, Upstream};
 

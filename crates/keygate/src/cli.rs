@@ -156,23 +156,88 @@ fn sources(m: &ArgMatches) -> (Option<PathBuf>, Vec<(&'static Key, String, Sourc
 
 /// Logs go to stdout through a background writer thread, so a slow stdout
 /// never stalls requests; it blocks instead of dropping lines when behind.
-/// The returned guard flushes on drop: keep it until the process ends.
-fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+/// With `otel-endpoint`, the spans of target `keygate::trace` go to the
+/// OTLP/HTTP exporter (in batches, from its own thread) and never to the
+/// log. Keep the returned guard until the process ends: dropping it flushes
+/// both.
+fn init_logging(config: &keygate_core::config::Config) -> Result<Telemetry, String> {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let is_trace_span =
+        |m: &tracing::Metadata<'_>| m.is_span() && m.target().starts_with("keygate::trace");
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_writer(writer);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    let fmt = match config.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let fmt = fmt
+        .with_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+            !is_trace_span(m)
+        }));
+    let (otel, provider) = match &config.otel_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            use opentelemetry::trace::TracerProvider as _;
+            use opentelemetry_otlp::WithExportConfig as _;
+            let mut url = endpoint.trim_end_matches('/').to_owned();
+            if url.matches('/').count() <= 2 {
+                url.push_str("/v1/traces");
+            }
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+                .with_endpoint(url)
+                .with_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .map_err(|e| format!("`otel-endpoint`: {e}"))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder_empty()
+                        .with_service_name(config.otel_service_name.clone())
+                        .build(),
+                )
+                .build();
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("keygate"))
+                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+                    is_trace_span(m)
+                }));
+            (Some(layer), Some(provider))
+        }
+    };
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    Ok(Telemetry {
+        _log: guard,
+        provider,
+    })
+}
+
+/// Flushes the log and the spans when dropped.
+struct Telemetry {
+    _log: tracing_appender::non_blocking::WorkerGuard,
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
     }
-    guard
 }
 
 fn serve(
@@ -181,7 +246,13 @@ fn serve(
     overrides: Vec<(&'static Key, String, Source)>,
 ) -> ExitCode {
     let Loaded { config, warnings } = loaded;
-    let _log_guard = init_logging(config.log_format, &config.log_level);
+    let _telemetry = match init_logging(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     for w in &warnings {
         tracing::warn!("{w}");
     }

@@ -190,6 +190,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         shutdown_grace_period => "shutdown-grace-period",
         log_format => "log-format",
         log_level => "log-level",
+        otel_endpoint => "otel-endpoint",
+        otel_service_name => "otel-service-name",
         watch_config => "watch-config",
     );
 }

@@ -265,6 +265,21 @@ pub const KEYS: &[Key] = &[
         Kind::Str,
         "tracing filter, e.g. info or keygate=debug [default: info]",
     ),
+    key(
+        "otel-endpoint",
+        Kind::Str,
+        "OpenTelemetry: OTLP/HTTP traces endpoint, e.g. http://collector:4318; tracing off when unset",
+    ),
+    key(
+        "otel-service-name",
+        Kind::Str,
+        "OpenTelemetry: service.name of keygate's spans [default: keygate]",
+    ),
+    key(
+        "otel-trace-context",
+        Kind::Str,
+        "OpenTelemetry: continue incoming traceparent from trusted-proxies, all or none [default: trusted-proxies]",
+    ),
     Key {
         name: "store-url",
         kind: Kind::Str,

@@ -7,113 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use keygate_testkit::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// `keygate serve` in a child process, its JSON log lines collected.
-struct Served {
-    child: Child,
-    url: String,
-    lines: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Served {
-    async fn start(config: &std::path::Path) -> Served {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("KEYGATE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        });
-        let mut served = Served {
-            child,
-            url: String::new(),
-            lines,
-        };
-        let listen = served
-            .wait_for_log(|v| v["message"] == "keygate is serving")
-            .await;
-        served.url = format!("http://{}", listen["listen"].as_str().unwrap());
-        let http = client();
-        for _ in 0..200 {
-            let ready = http.get(served.url("/oauth/ready")).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
-                return served;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("keygate never became ready");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    async fn wait_for_log(&self, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        for _ in 0..400 {
-            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| want(v)) {
-                return v.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no such log line in: {:#?}", self.lines.lock().unwrap());
-    }
-
-    fn logged(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(needle)))
-            .count()
-    }
-
-    fn hup(&self) {
-        let sent = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-
-    async fn metrics(&self) -> String {
-        client()
-            .get(self.url("/oauth/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn serve(config: &std::path::Path) -> KeygateProcess {
+    KeygateProcess::start(env!("CARGO_BIN_EXE_keygate"), config).await
 }
 
 fn config(idp: &Idp, upstream: &Upstream, extra: &str) -> String {
@@ -142,7 +41,7 @@ async fn sighup_swaps_the_config_and_a_bad_file_keeps_the_running_one() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let admins_only = "resources:\n  - uri: /api/*\n    roles: [admin]\n";
     std::fs::write(file.path(), config(&idp, &upstream, admins_only)).unwrap();
-    let served = Served::start(file.path()).await;
+    let served = serve(file.path()).await;
     let (alice, bob) = (idp.token("alice").await, idp.token("bob").await);
     let http = client();
     let status = async |token: &str| {
@@ -163,7 +62,7 @@ async fn sighup_swaps_the_config_and_a_bad_file_keeps_the_running_one() {
         config(&idp, &upstream, users).replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:1"),
     )
     .unwrap();
-    served.hup();
+    served.signal("HUP");
     eventually("bob is let in", async || status(&bob).await == 200).await;
     assert_eq!(status(&alice).await, 403, "alice lacks APP-backend:viewer");
     served
@@ -181,7 +80,7 @@ async fn sighup_swaps_the_config_and_a_bad_file_keeps_the_running_one() {
         ),
     )
     .unwrap();
-    served.hup();
+    served.signal("HUP");
     served
         .wait_for_log(|v| {
             v["message"]
@@ -216,7 +115,7 @@ async fn reloads_under_load_fail_no_request() {
         )
     };
     std::fs::write(file.path(), version(0)).unwrap();
-    let served = Served::start(file.path()).await;
+    let served = serve(file.path()).await;
     let token = idp.token("alice").await;
     let url = served.url("/api");
     let stop = Arc::new(AtomicBool::new(false));
@@ -245,7 +144,7 @@ async fn reloads_under_load_fail_no_request() {
     for v in 1..=10 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         std::fs::write(file.path(), version(v)).unwrap();
-        served.hup();
+        served.signal("HUP");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -277,7 +176,7 @@ async fn watch_config_reloads_when_the_file_changes() {
         )
     };
     std::fs::write(file.path(), version("before")).unwrap();
-    let served = Served::start(file.path()).await;
+    let served = serve(file.path()).await;
     let token = idp.token("alice").await;
     let http = client();
     let seen = async || {
