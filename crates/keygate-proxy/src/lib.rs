@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod admin_input;
 pub mod authenticate;
 pub mod authorize;
 pub mod context;
