@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (Node packages of the
 # test provider; Debian's nginx, PostgreSQL, Redis, Chromium and openssl;
-# Hypercorn from PyPI), then runs every test. Every test runs:
+# Hypercorn and Schemathesis from PyPI), then runs every test. Every test runs:
 # one that needs a server which cannot be found fails, it never skips.
 #
 #   ./dev/test.sh            # everything
@@ -44,6 +44,11 @@ command -v node >/dev/null 2>&1 || { echo "error: Node.js is required (for dev/i
 if ! python3 -c 'import hypercorn, h2' >/dev/null 2>&1; then
   echo "==> pip install (dev/h2c-upstream)"
   python3 -m pip install --quiet --disable-pip-version-check -r dev/h2c-upstream/requirements.txt
+fi
+# Schemathesis: the admin API against its OpenAPI document (PyPI).
+if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
+  echo "==> pip install (dev/schemathesis)"
+  python3 -m pip install --quiet --disable-pip-version-check -r dev/schemathesis/requirements.txt
 fi
 
 if [ ! -d dev/idp/node_modules/oidc-provider ] || [ dev/idp/package-lock.json -nt dev/idp/node_modules/.package-lock.json ]; then

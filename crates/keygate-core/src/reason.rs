@@ -172,6 +172,12 @@ reasons! {
     QuotaExceeded => "quota_exceeded",
     /// The provider refused a request for key management.
     ProviderRefused => "provider_refused",
+    /// A key-management request the configuration does not allow (a
+    /// lifetime over the kind's maximum, a key without an expiry).
+    KeyPolicy => "key_policy",
+    /// A key-management request that conflicts with the key's state (it is
+    /// revoked, personal, or the key given is no longer its current one).
+    KeyConflict => "key_conflict",
     // ---- keygate's side and its dependencies (502, 503, 504) ----
     /// The provider cannot be reached, or its keys never loaded.
     ProviderUnavailable => "provider_unavailable",

@@ -137,6 +137,14 @@ pub enum ManageError {
     /// No such key (or not the caller's).
     #[error("no such key")]
     NotFound,
+    /// A well-formed request the configuration does not allow (a lifetime
+    /// over the kind's maximum, no expiry); the text says why.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The key's state does not allow the request (revoked, personal, or
+    /// rotated since); the text says why.
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error("key store: {0}")]
     Store(#[from] StoreError),
@@ -159,6 +167,8 @@ impl ManageError {
         match self {
             ManageError::Invalid(_) => Reason::InvalidRequest,
             ManageError::NotFound => Reason::NotFound,
+            ManageError::NotAllowed(_) => Reason::KeyPolicy,
+            ManageError::Conflict(_) => Reason::KeyConflict,
             ManageError::Store(_) => Reason::StoreUnavailable,
             ManageError::Provider(_) => Reason::ProviderUnavailable,
             ManageError::ProviderRefused(_) => Reason::ProviderRefused,

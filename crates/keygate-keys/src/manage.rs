@@ -62,7 +62,7 @@ impl ApiKeys {
             None | Some("") => default,
             Some("never") if self.config.allow_no_expiry => return Ok(None),
             Some("never") => {
-                return Err(ManageError::Invalid(
+                return Err(ManageError::NotAllowed(
                     "keys without an expiry are not allowed (api-keys.allow-no-expiry)".into(),
                 ));
             }
@@ -71,7 +71,7 @@ impl ApiKeys {
             })?,
         };
         if lifetime > max {
-            return Err(ManageError::Invalid(format!(
+            return Err(ManageError::NotAllowed(format!(
                 "the longest lifetime of a {} key is {}",
                 kind.as_str(),
                 keygate_core::config::duration::format(max)
@@ -307,7 +307,7 @@ impl ApiKeys {
     ) -> Result<KeyView, ManageError> {
         let record = self.get_owned(id, owner).await?;
         if record.revoked_at.is_some() {
-            return Err(ManageError::Invalid(
+            return Err(ManageError::Conflict(
                 "a revoked key cannot be renewed".into(),
             ));
         }
@@ -330,7 +330,7 @@ impl ApiKeys {
     ) -> Result<KeyView, ManageError> {
         let record = self.get_owned(id, None).await?;
         if record.revoked_at.is_some() {
-            return Err(ManageError::Invalid(
+            return Err(ManageError::Conflict(
                 "a revoked key's limits cannot be changed".into(),
             ));
         }
@@ -362,12 +362,12 @@ impl ApiKeys {
     ) -> Result<CreatedKey, ManageError> {
         let record = self.get_owned(id, None).await?;
         if record.revoked_at.is_some() {
-            return Err(ManageError::Invalid(
+            return Err(ManageError::Conflict(
                 "a revoked key cannot be rotated".into(),
             ));
         }
         if record.kind != KeyKind::Service {
-            return Err(ManageError::Invalid(
+            return Err(ManageError::Conflict(
                 "personal keys cannot be rotated; create a new one and revoke this".into(),
             ));
         }
@@ -380,7 +380,7 @@ impl ApiKeys {
             )
         })?;
         if !self.crypto.hash_matches(old_key, &record.key_hash) {
-            return Err(ManageError::Invalid(
+            return Err(ManageError::Conflict(
                 "that is not this record's current key".into(),
             ));
         }

@@ -4,6 +4,7 @@
 //! `api-keys.admin-role`, described by the OpenAPI document at
 //! `/admin/v1/openapi.json`.
 
+use crate::admin_input::{self, GRACE, LIFETIME, MAX_LIST_LIMIT, QUOTA_CHANGE, RATE_LIMIT_CHANGE};
 use crate::context::{Credential, Decision, RequestCtx};
 use crate::gateway::Gateway;
 use crate::respond::{self, Body, Refusal, Refused};
@@ -121,6 +122,7 @@ async fn route(
         }
         (Method::POST, []) => {
             let new: NewServiceKey = read_json(req).await?;
+            admin_input::check_new_key(&new)?;
             let created = keys.create_service(new, &actor).await?;
             Ok(respond::json(StatusCode::CREATED, &created_json(&created)))
         }
@@ -153,6 +155,9 @@ async fn route(
                 expires_in: Option<String>,
             }
             let renew: Renew = read_json(req).await?;
+            if let Some(lifetime) = &renew.expires_in {
+                LIFETIME.check("expires_in", lifetime)?;
+            }
             let view = keys
                 .renew(id, None, renew.expires_in.as_deref(), &actor)
                 .await?;
@@ -180,6 +185,12 @@ async fn route(
                 });
             }
             let (rate, quota) = (field("rate_limit")?, field("quota")?);
+            if let Some(Some(rate)) = &rate {
+                RATE_LIMIT_CHANGE.check("rate_limit", rate)?;
+            }
+            if let Some(Some(quota)) = &quota {
+                QUOTA_CHANGE.check("quota", quota)?;
+            }
             let view = keys
                 .set_limits(
                     id,
@@ -199,6 +210,9 @@ async fn route(
                 grace: Option<String>,
             }
             let rotate: Rotate = read_json(req).await?;
+            if let Some(grace) = &rotate.grace {
+                GRACE.check("grace", grace)?;
+            }
             let grace = parse_grace(rotate.grace.as_deref())?;
             let created = keys
                 .rotate(id, grace, Some(rotate.key.expose()), &actor)
@@ -238,8 +252,25 @@ fn filter_from_query(query: Option<&str>) -> Result<KeyFilter, Refused> {
         match k {
             "owner" => filter.owner = Some(keygate_core::encoding::form_decode(v)),
             "kind" => filter.kind = Some(KeyKind::parse(v).ok_or_else(|| bad("kind"))?),
-            "include_revoked" => filter.include_revoked = v == "true" || v == "1",
-            "limit" => filter.limit = Some(v.parse().map_err(|_| bad("limit"))?),
+            "include_revoked" => {
+                filter.include_revoked = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("include_revoked")),
+                }
+            }
+            "limit" => {
+                let limit: i64 = v.parse().map_err(|_| bad("limit"))?;
+                if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+                    return Err(Refused {
+                        refusal: Refusal::BadRequest(format!(
+                            "`limit` must be from 1 to {MAX_LIST_LIMIT}"
+                        )),
+                        reason: Reason::InvalidRequest,
+                    });
+                }
+                filter.limit = Some(limit);
+            }
             _ => return Err(bad(k)),
         }
     }

@@ -130,7 +130,7 @@ impl RequestCtx {
             | Refusal::Forbidden(_)
             | Refusal::MethodNotAllowed(_)
             | Refusal::TooManyRequests(..) => Decision::Deny,
-            Refusal::BadRequest(_) | Refusal::NotFound => Decision::Invalid,
+            Refusal::BadRequest(_) | Refusal::NotFound | Refusal::Conflict(_) => Decision::Invalid,
             _ => Decision::Error,
         };
         self.reason = reason;

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod admin_input;
 pub mod authenticate;
 pub mod authorize;
 pub mod context;

@@ -33,6 +33,9 @@ pub enum Refusal {
     NotFound,
     /// 405: the credential may not use this method (API-key restriction).
     MethodNotAllowed(String),
+    /// 409: the request conflicts with the state of what it names (a
+    /// revoked key cannot be renewed).
+    Conflict(String),
     /// 429: the credential is over its rate limit or quota; retry after
     /// this many seconds.
     TooManyRequests(String, u64),
@@ -53,6 +56,7 @@ impl Refusal {
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Conflict(_) => StatusCode::CONFLICT,
             Refusal::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -69,6 +73,7 @@ impl Refusal {
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound => "not_found",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
+            Refusal::Conflict(_) => "conflict",
             Refusal::TooManyRequests(..) => "rate_limited",
             Refusal::BadGateway => "bad_gateway",
             Refusal::Unavailable(_) => "temporarily_unavailable",
@@ -85,6 +90,7 @@ impl Refusal {
             Refusal::Forbidden(_) => Reason::Forbidden,
             Refusal::NotFound => Reason::NotFound,
             Refusal::MethodNotAllowed(_) => Reason::MethodNotAllowed,
+            Refusal::Conflict(_) => Reason::KeyConflict,
             Refusal::TooManyRequests(..) => Reason::RateLimited,
             Refusal::BadGateway => Reason::BadGateway,
             Refusal::Unavailable(_) => Reason::TemporarilyUnavailable,
@@ -99,6 +105,7 @@ impl Refusal {
             | Refusal::BadCredential(d)
             | Refusal::Forbidden(d)
             | Refusal::MethodNotAllowed(d)
+            | Refusal::Conflict(d)
             | Refusal::TooManyRequests(d, _)
             | Refusal::Unavailable(d) => d,
             Refusal::NoCredential => "a bearer token is required",
@@ -185,6 +192,8 @@ impl From<ManageError> for Refused {
         let refusal = match e {
             ManageError::Invalid(why) => Refusal::BadRequest(why),
             ManageError::NotFound => Refusal::NotFound,
+            ManageError::NotAllowed(why) => Refusal::Forbidden(why),
+            ManageError::Conflict(why) => Refusal::Conflict(why),
             ManageError::Store(cause) => {
                 tracing::warn!(error = %cause, "key store failed");
                 Refusal::Unavailable("the API-key store is unavailable; try again shortly".into())
@@ -193,9 +202,16 @@ impl From<ManageError> for Refused {
                 tracing::warn!(error = %cause, "the OpenID provider failed");
                 Refusal::Unavailable("the OpenID provider is unavailable; try again shortly".into())
             }
-            ManageError::ProviderRefused(code) => Refusal::BadRequest(match code.as_str() {
+            // A well-formed request the provider refused (an unknown client,
+            // a wrong secret, a scope the client may not have): 403 with
+            // keygate's own words and the OAuth error code, never the
+            // provider's description (that is in the log).
+            ManageError::ProviderRefused(code) => Refusal::Forbidden(match code.as_str() {
                 "invalid_client" | "unauthorized_client" => format!(
                     "the OpenID provider refused the client's credentials ({code}): check client_id and client_secret"
+                ),
+                "invalid_scope" => format!(
+                    "the OpenID provider refused the scopes for this client ({code}): check scopes"
                 ),
                 _ => format!(
                     "the OpenID provider refused the request ({code}); keygate's log has its description"

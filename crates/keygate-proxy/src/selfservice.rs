@@ -160,7 +160,9 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
         .await
         .map_err(|_| bad(format!("the body must be JSON of at most {MAX_BODY} bytes")))?
         .to_bytes();
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body at all is an empty object (every field left out); anything
+    // else must be JSON, so whitespace alone is refused like any non-JSON.
+    let body = if body.is_empty() {
         Bytes::from_static(b"{}")
     } else {
         body

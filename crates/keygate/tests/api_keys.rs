@@ -300,10 +300,20 @@ async fn restrictions_are_enforced_and_expired_keys_refused() {
     assert_eq!(resp.status(), 401);
     assert!(resp.text().await.unwrap().contains("expired"));
 
-    // Longer than the maximum lifetime: refused at creation.
+    // Longer than the maximum lifetime: well-formed, but the configuration
+    // does not allow it (403), refused at creation.
     let alice = stack.idp.token("alice").await;
     let mut body = svc();
     body["expires_in"] = json!("400d");
+    let resp = admin_post(&stack, "/admin/v1/keys", &alice, &body).await;
+    assert_eq!(resp.status(), 403);
+    let refusal: Value = resp.json().await.unwrap();
+    assert_eq!(
+        refusal["error_description"],
+        "the longest lifetime of a service key is 365d"
+    );
+    // Not a duration: malformed (400).
+    body["expires_in"] = json!("400 days");
     let resp = admin_post(&stack, "/admin/v1/keys", &alice, &body).await;
     assert_eq!(resp.status(), 400);
 }
@@ -776,7 +786,28 @@ async fn rotate_with_grace_and_renew_through_the_admin_api() {
         &json!({"expires_in": "5000d"}),
     )
     .await;
-    assert_eq!(resp.status(), 400, "beyond the maximum lifetime");
+    assert_eq!(resp.status(), 403, "beyond the maximum lifetime");
+
+    // A revoked key cannot be renewed, rotated or given limits: the key's
+    // state, not the request, is in the way (409).
+    let resp = admin_post(
+        &stack,
+        &format!("/admin/v1/keys/{id}/revoke"),
+        &alice,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    for (op, body) in [
+        ("renew", json!({"expires_in": "30d"})),
+        ("rotate", json!({"key": new})),
+        ("limits", json!({"rate_limit": "5/s"})),
+    ] {
+        let resp = admin_post(&stack, &format!("/admin/v1/keys/{id}/{op}"), &alice, &body).await;
+        assert_eq!(resp.status(), 409, "{op}");
+        let refusal: Value = resp.json().await.unwrap();
+        assert_eq!(refusal["error"], "conflict", "{op}");
+    }
 }
 
 /// `keygate keys create --kind personal --gateway URL`: the CLI shows the
