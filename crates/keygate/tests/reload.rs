@@ -198,3 +198,51 @@ async fn watch_config_reloads_when_the_file_changes() {
     }
     panic!("the changed file was never loaded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_provider_is_swapped_in_once_its_keys_load_and_never_before() {
+    let (first, second) = (Idp::start().await, Idp::start().await);
+    let upstream = Upstream::start().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config(&first, &upstream, "")).unwrap();
+    let served = serve(file.path()).await;
+    let http = client();
+    let status = async |token: &str| {
+        http.get(served.url("/api"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (old, new) = (first.token("alice").await, second.token("alice").await);
+    assert_eq!((status(&old).await, status(&new).await), (200, 401));
+
+    // A provider that never answers: the reload is refused after the wait,
+    // and the running provider keeps serving.
+    std::fs::write(
+        file.path(),
+        config(&first, &upstream, "openid-provider-timeout: 1s\n")
+            .replace(&first.issuer, "http://127.0.0.1:1/realms/acme"),
+    )
+    .unwrap();
+    served.signal("HUP");
+    served
+        .wait_for_log(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("keys did not load"))
+        })
+        .await;
+    assert_eq!(status(&old).await, 200);
+
+    // The second provider: its tokens are accepted once its keys are in.
+    std::fs::write(file.path(), config(&second, &upstream, "")).unwrap();
+    served.signal("HUP");
+    eventually("the new provider's tokens are accepted", async || {
+        status(&new).await == 200
+    })
+    .await;
+    assert_eq!(status(&old).await, 401, "the old provider's token is not");
+}

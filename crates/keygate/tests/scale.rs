@@ -799,7 +799,8 @@ async fn quotas_and_limit_changes_apply_on_every_replica() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(resp.text().await.unwrap().contains("not a rate limit"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("`rate_limit` must be a rate limit"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
