@@ -45,6 +45,11 @@ if ! python3 -c 'import hypercorn, h2' >/dev/null 2>&1; then
   echo "==> pip install (dev/h2c-upstream)"
   python3 -m pip install --quiet --disable-pip-version-check -r dev/h2c-upstream/requirements.txt
 fi
+# pytest, requests and httpx: the Python client's tests (clients/python).
+if ! python3 -c 'import pytest, requests, httpx' >/dev/null 2>&1; then
+  echo "==> pip install (clients/python/requirements-test.txt)"
+  python3 -m pip install --quiet --disable-pip-version-check -r clients/python/requirements-test.txt
+fi
 # Schemathesis: the admin API against its OpenAPI document (PyPI).
 if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
   echo "==> pip install (dev/schemathesis)"
