@@ -46,7 +46,14 @@ async fn the_python_client_passes_its_tests_against_keygate() {
         .unwrap();
     let key = created["key"].as_str().expect("a service key").to_owned();
     let out = tokio::process::Command::new("python3")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "clients/python/tests"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "clients/python/tests",
+        ])
         .current_dir(&root)
         .env("PYTHONPATH", root.join("clients/python/src"))
         .env("KG_TEST_URL", stack.keygate.url(""))
@@ -61,5 +68,8 @@ async fn the_python_client_passes_its_tests_against_keygate() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains(" passed"), "{stdout}");
-    assert!(!stdout.contains(&key) && !stderr.contains(&key), "the key was printed");
+    assert!(
+        !stdout.contains(&key) && !stderr.contains(&key),
+        "the key was printed"
+    );
 }
