@@ -6,7 +6,7 @@ use http::Method;
 use http::header::{self, HeaderMap, HeaderValue};
 use keygate_core::Reason;
 use keygate_core::{Identity, Secret};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -122,6 +122,31 @@ impl RequestCtx {
         }
     }
 
+    /// The client's address: the TCP peer, or, when the peer is a trusted
+    /// proxy, the right-most `X-Forwarded-For` entry that `is_trusted`
+    /// does not accept (the left-most ones are the client's to write).
+    pub fn client_ip(&self, headers: &HeaderMap, is_trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+        let mut ip = self.peer.ip().to_canonical();
+        if !self.trusted {
+            return ip;
+        }
+        let values: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+            let Ok(hop) = entry.trim().parse::<IpAddr>() else {
+                break;
+            };
+            ip = hop.to_canonical();
+            if !is_trusted(ip) {
+                break;
+            }
+        }
+        ip
+    }
+
     /// Records a refusal's decision and reason for the log.
     pub fn refused(&mut self, refusal: &Refusal, reason: Reason) {
         self.decision = match refusal {
@@ -130,7 +155,10 @@ impl RequestCtx {
             | Refusal::Forbidden(_)
             | Refusal::MethodNotAllowed(_)
             | Refusal::TooManyRequests(..) => Decision::Deny,
-            Refusal::BadRequest(_) | Refusal::NotFound | Refusal::Conflict(_) => Decision::Invalid,
+            Refusal::BadRequest(_)
+            | Refusal::NotFound
+            | Refusal::NoUpstream
+            | Refusal::Conflict(_) => Decision::Invalid,
             _ => Decision::Error,
         };
         self.reason = reason;

@@ -128,6 +128,13 @@ impl Gateway {
         {
             sites.push(crate::sites::Site::default_site(&config)?);
         }
+        if sites.is_empty() {
+            // `validate` refuses this too; `site()` relies on it.
+            return Err(GatewayError::config(
+                "upstream-url",
+                "keygate needs an upstream: set upstream-url or list upstreams",
+            ));
+        }
         let mut override_headers = Vec::new();
         for name in &config.pass_override_headers {
             if !crate::hygiene::is_override_header(name) {
@@ -180,7 +187,9 @@ impl Gateway {
 
     /// The site phase 2 chose for the request.
     pub fn site(&self, ctx: &crate::context::RequestCtx) -> &crate::sites::Site {
-        &self.sites[ctx.site.min(self.sites.len().saturating_sub(1))]
+        // `ctx.site` is 0 or the index phase 2 chose from these sites, and
+        // there is always one: `assemble` refuses a gateway without.
+        &self.sites[ctx.site]
     }
 
     /// Whether keygate sets or reads a header of this (lower-case) name

@@ -32,7 +32,7 @@ pub async fn run(
         },
         (None, _) => match gw.config.rate_limit_address {
             Some(rate) => (
-                address_key(client_ip(gw, ctx, headers)),
+                address_key(ctx.client_ip(headers, |ip| gw.trusted_peer(ip))),
                 "this address",
                 rate,
             ),
@@ -48,30 +48,6 @@ pub async fn run(
                 l.reason,
             )
         })
-}
-
-/// The client's address: the TCP peer, or, when the peer is a trusted
-/// proxy, the right-most `X-Forwarded-For` entry that is not one.
-pub fn client_ip(gw: &Gateway, ctx: &RequestCtx, headers: &HeaderMap) -> IpAddr {
-    let mut ip = ctx.peer.ip().to_canonical();
-    if !ctx.trusted {
-        return ip;
-    }
-    let values: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        let Ok(hop) = entry.trim().parse::<IpAddr>() else {
-            break;
-        };
-        ip = hop.to_canonical();
-        if !gw.trusted_peer(ip) {
-            break;
-        }
-    }
-    ip
 }
 
 /// The counter of an address: IPv4 as is, IPv6 per /64 (one host's

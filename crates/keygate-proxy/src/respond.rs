@@ -31,6 +31,9 @@ pub enum Refusal {
     Forbidden(String),
     /// 404 under `/oauth/`.
     NotFound,
+    /// 404: no upstream serves this host and path (`upstreams` without
+    /// `upstream-url`).
+    NoUpstream,
     /// 405: the credential may not use this method (API-key restriction).
     MethodNotAllowed(String),
     /// 409: the request conflicts with the state of what it names (a
@@ -54,7 +57,7 @@ impl Refusal {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::NoCredential | Refusal::BadCredential(_) => StatusCode::UNAUTHORIZED,
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
-            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::NotFound | Refusal::NoUpstream => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Conflict(_) => StatusCode::CONFLICT,
             Refusal::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
@@ -71,7 +74,7 @@ impl Refusal {
             Refusal::NoCredential => "unauthorized",
             Refusal::BadCredential(_) => "invalid_token",
             Refusal::Forbidden(_) => "forbidden",
-            Refusal::NotFound => "not_found",
+            Refusal::NotFound | Refusal::NoUpstream => "not_found",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::Conflict(_) => "conflict",
             Refusal::TooManyRequests(..) => "rate_limited",
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::BadCredential(_) => Reason::InvalidToken,
             Refusal::Forbidden(_) => Reason::Forbidden,
             Refusal::NotFound => Reason::NotFound,
+            Refusal::NoUpstream => Reason::NoUpstream,
             Refusal::MethodNotAllowed(_) => Reason::MethodNotAllowed,
             Refusal::Conflict(_) => Reason::KeyConflict,
             Refusal::TooManyRequests(..) => Reason::RateLimited,
@@ -110,6 +114,7 @@ impl Refusal {
             | Refusal::Unavailable(d) => d,
             Refusal::NoCredential => "a bearer token is required",
             Refusal::NotFound => "no such keygate endpoint",
+            Refusal::NoUpstream => "no upstream serves this host and path",
             Refusal::BadGateway => "the upstream could not be reached",
             Refusal::GatewayTimeout => "the upstream did not answer in time",
         }

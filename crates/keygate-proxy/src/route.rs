@@ -49,7 +49,7 @@ pub fn run<'g>(
     };
     let Some(index) = sites::choose(&gw.sites, host, &ctx.path) else {
         ctx.route = "unmatched".into();
-        return Err(Refused::new(Refusal::NotFound, Reason::NoUpstream));
+        return Err(Refused::new(Refusal::NoUpstream, Reason::NoUpstream));
     };
     ctx.site = index;
     let site = &gw.sites[index];

@@ -54,7 +54,7 @@ impl Site {
             prefix: String::new(),
             strip_prefix: false,
             case_insensitive: config.case_insensitive_paths,
-            rules: rules(config, &config.resources, &config.match_claims, "resources")?,
+            rules: rules(config, &config.resources, &config.match_claims)?,
             verifier: None,
             upstream: Upstream::new(config)?,
             static_headers,
@@ -99,7 +99,7 @@ impl Site {
             prefix: u.path_prefix.clone().unwrap_or_default(),
             strip_prefix: u.strip_prefix,
             case_insensitive: config.case_insensitive_paths,
-            rules: rules(config, &u.resources, &match_claims, "upstreams")
+            rules: rules(config, &u.resources, &match_claims)
                 .map_err(|e| GatewayError::config("upstreams", format!("`{}`: {e}", u.name)))?,
             verifier,
             upstream: Upstream::new(&upstream_config)
@@ -182,7 +182,6 @@ fn rules(
     config: &Config,
     resources: &[keygate_core::config::Resource],
     match_claims: &BTreeMap<String, String>,
-    _key: &'static str,
 ) -> Result<RuleSet, GatewayError> {
     RuleSet::new(
         resources,

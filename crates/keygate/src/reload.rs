@@ -172,7 +172,7 @@ async fn keys_loaded(gateway: &Gateway, wait: Duration) -> bool {
 fn keep_restart_only(old: &Config, new: &mut Config) {
     macro_rules! keep {
         ($($field:ident => $key:literal),* $(,)?) => {$(
-            if format!("{:?}", old.$field) != format!("{:?}", new.$field) {
+            if old.$field != new.$field {
                 tracing::warn!(key = $key, "`{}` changes only with a restart; the running value stays", $key);
                 new.$field = old.$field.clone();
             }

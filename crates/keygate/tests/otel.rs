@@ -46,14 +46,16 @@ async fn span(otlp: &OtlpReceiver, what: &str, want: impl Fn(&Value) -> bool) ->
     panic!("no {what} span among {:#?}", otlp.spans());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn spans_continue_a_trusted_callers_trace_and_reach_the_collector() {
+/// keygate (with `extra`) in front of an echo upstream, exporting to a
+/// receiver: one GET with the caller's trace context, then a stop, which
+/// flushes the spans. The receiver and what the upstream saw.
+async fn one_traced_request(extra: &str) -> (OtlpReceiver, Echo) {
     let (idp, upstream, otlp) = (
         Idp::start().await,
         Upstream::start().await,
         OtlpReceiver::start().await,
     );
-    let file = config(&idp, &upstream, &otlp, "trusted-proxies: [127.0.0.1/32]\n");
+    let file = config(&idp, &upstream, &otlp, extra);
     let mut keygate = KeygateProcess::start(env!("CARGO_BIN_EXE_keygate"), file.path()).await;
     let token = idp.token("alice").await;
     let resp = client()
@@ -66,8 +68,13 @@ async fn spans_continue_a_trusted_callers_trace_and_reach_the_collector() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = Echo(resp.json().await.unwrap());
-    // Stop: the batch of spans is flushed on the way out.
     assert!(keygate.stop(), "keygate exited with an error");
+    (otlp, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_continue_a_trusted_callers_trace_and_reach_the_collector() {
+    let (otlp, seen) = one_traced_request("trusted-proxies: [127.0.0.1/32]\n").await;
 
     let request = span(&otlp, "request", |s| {
         s["traceId"] == TRACE_ID && s["parentSpanId"] == CALLER_SPAN
@@ -116,24 +123,7 @@ async fn spans_continue_a_trusted_callers_trace_and_reach_the_collector() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_untrusted_callers_trace_context_starts_a_new_trace() {
-    let (idp, upstream, otlp) = (
-        Idp::start().await,
-        Upstream::start().await,
-        OtlpReceiver::start().await,
-    );
-    let file = config(&idp, &upstream, &otlp, "");
-    let mut keygate = KeygateProcess::start(env!("CARGO_BIN_EXE_keygate"), file.path()).await;
-    let token = idp.token("alice").await;
-    let resp = client()
-        .get(keygate.url("/api/items"))
-        .bearer_auth(&token)
-        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
-        .header("tracestate", "vendor=caller")
-        .send()
-        .await
-        .unwrap();
-    let seen = Echo(resp.json().await.unwrap());
-    assert!(keygate.stop());
+    let (otlp, seen) = one_traced_request("").await;
     assert!(
         seen.header("tracestate").is_none(),
         "the caller's tracestate is dropped"

@@ -15,6 +15,18 @@ async fn serve(config: &std::path::Path) -> KeygateProcess {
     KeygateProcess::start(env!("CARGO_BIN_EXE_keygate"), config).await
 }
 
+/// The status of a GET of `path` through `served` with the bearer `token`.
+async fn status_of(served: &KeygateProcess, path: &str, token: &str) -> u16 {
+    client()
+        .get(served.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn config(idp: &Idp, upstream: &Upstream, extra: &str) -> String {
     format!(
         "listen: 127.0.0.1:0\ndiscovery-url: {}\nclient-id: keygate\nupstream-url: {}\nlog-format: json\n{extra}",
@@ -43,16 +55,7 @@ async fn sighup_swaps_the_config_and_a_bad_file_keeps_the_running_one() {
     std::fs::write(file.path(), config(&idp, &upstream, admins_only)).unwrap();
     let served = serve(file.path()).await;
     let (alice, bob) = (idp.token("alice").await, idp.token("bob").await);
-    let http = client();
-    let status = async |token: &str| {
-        http.get(served.url("/api/items"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let status = async |token: &str| status_of(&served, "/api/items", token).await;
     assert_eq!((status(&alice).await, status(&bob).await), (200, 403));
 
     // A new rule, and a new listen address (which needs a restart).
@@ -206,16 +209,7 @@ async fn a_new_provider_is_swapped_in_once_its_keys_load_and_never_before() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), config(&first, &upstream, "")).unwrap();
     let served = serve(file.path()).await;
-    let http = client();
-    let status = async |token: &str| {
-        http.get(served.url("/api"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let status = async |token: &str| status_of(&served, "/api", token).await;
     let (old, new) = (first.token("alice").await, second.token("alice").await);
     assert_eq!((status(&old).await, status(&new).await), (200, 401));
 
