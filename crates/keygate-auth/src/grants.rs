@@ -1,7 +1,8 @@
 //! The provider's token endpoint, as a confidential client: the grants that
 //! API keys are exchanged with (client credentials for service keys, refresh
 //! for personal keys), the device authorization grant (RFC 8628) that creates
-//! a personal key, and token revocation (RFC 7009).
+//! a personal key, token exchange toward an upstream's audience (RFC 8693),
+//! and token revocation (RFC 7009).
 //!
 //! Endpoints come from the provider's discovery document; the client
 //! authenticates with HTTP Basic (`client_secret_basic`, id and secret
@@ -19,6 +20,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// RFC 8628 §3.2: the polling interval when the provider names none.
 const DEFAULT_DEVICE_INTERVAL: u64 = 5;
 
@@ -204,6 +207,39 @@ impl Grants {
             .await
             .and_then(|answer| tokens_from(answer, "refresh_token"));
         count("refresh_token", &result);
+        result
+    }
+
+    /// Standard token exchange (RFC 8693; Keycloak's "standard token
+    /// exchange", 26.2+): the caller's access token (`subject_token`) for
+    /// one whose audience is just `audience`, with the optional `scopes`
+    /// (Keycloak: the client scopes that carry that audience). keygate's
+    /// client must be allowed to exchange, and must be in the subject
+    /// token's audience.
+    pub async fn token_exchange(
+        &self,
+        client_id: &str,
+        client_secret: &Secret,
+        subject_token: &Secret,
+        audience: &str,
+        scopes: &[String],
+    ) -> Result<TokenResponse, GrantError> {
+        let scope = scopes.join(" ");
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE_GRANT),
+            ("subject_token", subject_token.expose()),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+            ("requested_token_type", ACCESS_TOKEN_TYPE),
+            ("audience", audience),
+        ];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let result = self
+            .token_grant(client_id, client_secret, &form)
+            .await
+            .and_then(|answer| tokens_from(answer, "token_exchange"));
+        count("token_exchange", &result);
         result
     }
 

@@ -323,9 +323,12 @@ impl JwtVerifier {
             }
         }
         // Keycloak marks ID, refresh and logout tokens with `typ`; none of
-        // them may stand in for an access token.
+        // them may stand in for an access token. A DPoP-bound access token
+        // says `DPoP` (and carries `cnf.jkt`, whose proof the proxy checks).
         if let Some(typ) = claims.get("typ").and_then(Value::as_str)
-            && !(typ.eq_ignore_ascii_case("Bearer") || typ.eq_ignore_ascii_case("at+jwt"))
+            && !(typ.eq_ignore_ascii_case("Bearer")
+                || typ.eq_ignore_ascii_case("at+jwt")
+                || (typ.eq_ignore_ascii_case("DPoP") && crate::dpop::bound_key(claims).is_some()))
         {
             return Err(AuthError::WrongTokenType);
         }

@@ -2,13 +2,16 @@
 //! OpenID provider discovery and its signing keys ([`provider`]), bearer
 //! JWT validation with a cache of verified identities ([`jwt`]), the API-key
 //! format, hashing and sealing ([`apikey`]) and the secrets a key record
-//! stores ([`stored`]), and the provider's token-endpoint
-//! grants that API keys are exchanged with ([`grants`]).
+//! stores ([`stored`]), the provider's token-endpoint
+//! grants that API keys are exchanged with ([`grants`]), token exchange
+//! toward an upstream's audience ([`token_exchange`]) and DPoP proofs
+//! ([`dpop`]).
 
 #![forbid(unsafe_code)]
 
 pub mod apikey;
 pub mod client;
+pub mod dpop;
 pub mod error;
 pub mod grants;
 pub mod jws;
@@ -19,6 +22,7 @@ pub mod oauth;
 pub mod provider;
 pub mod session;
 pub mod stored;
+pub mod token_exchange;
 
 pub use error::AuthError;
 pub use jwt::{JwtVerifier, VerifierSettings};

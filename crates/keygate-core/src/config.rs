@@ -89,6 +89,18 @@ pub struct Config {
     /// PEM private key to serve TLS.
     #[serde(default)]
     pub tls_private_key: Option<PathBuf>,
+    /// Exchange the caller's token for one whose audience is just the
+    /// upstream of `upstream-url` (RFC 8693); each `upstreams` entry has its
+    /// own.
+    #[serde(default)]
+    pub token_exchange: Option<TokenExchangeConfig>,
+    /// Refuse bearer tokens that are not DPoP-bound (RFC 9449): every JWT
+    /// must come with a proof of its key. Bound tokens always need one.
+    #[serde(default)]
+    pub require_dpop: bool,
+    /// How old a DPoP proof may be.
+    #[serde(default = "default_dpop_max_age", with = "duration")]
+    pub dpop_max_age: Duration,
     /// Accepted JWT signature algorithms (asymmetric only).
     #[serde(default = "default_algorithms")]
     pub signing_algorithms: Vec<String>,
@@ -479,6 +491,24 @@ pub struct UpstreamConfig {
     /// Claims copied to `X-Auth-<Name>` besides the top-level `add-claims`.
     #[serde(default)]
     pub add_claims: Vec<String>,
+    /// Exchange the caller's token for one whose audience is just this
+    /// upstream (RFC 8693).
+    #[serde(default)]
+    pub token_exchange: Option<TokenExchangeConfig>,
+}
+
+/// `token-exchange:` of an upstream: the caller's access token is exchanged
+/// at the provider (RFC 8693; Keycloak's standard token exchange) for one
+/// whose audience is just `audience`, and that one is forwarded.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokenExchangeConfig {
+    /// The audience to ask for: the upstream's client id at the provider.
+    pub audience: String,
+    /// Scopes to ask for (Keycloak: the optional client scope whose
+    /// Audience mapper makes `audience` available to keygate's client).
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// One `resources:` entry.
@@ -708,6 +738,41 @@ pub const SUPPORTED_ALGORITHMS: &[&str] = &[
 ];
 
 impl Config {
+    /// A `token-exchange` block needs an audience and keygate's client
+    /// secret (the provider authenticates the requesting client).
+    fn check_token_exchange(
+        &self,
+        exchange: &TokenExchangeConfig,
+        key: &'static str,
+    ) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if exchange.audience.trim().is_empty() || exchange.audience.contains(char::is_whitespace) {
+            errors.push(ConfigError::Invalid {
+                key,
+                message:
+                    "token-exchange needs `audience`: the upstream's client id at the provider"
+                        .into(),
+            });
+        }
+        if exchange
+            .scopes
+            .iter()
+            .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            errors.push(ConfigError::Invalid {
+                key,
+                message: "token-exchange `scopes` are scope names without spaces".into(),
+            });
+        }
+        if self.client_secret.expose().is_empty() {
+            errors.push(ConfigError::Missing {
+                key: "client-secret",
+                why: "token-exchange asks the provider for tokens as keygate's confidential client",
+            });
+        }
+        errors
+    }
+
     /// Checks what serde cannot: required keys, ranges, cross-key rules, and
     /// fills defaults that depend on other keys. Every problem is reported,
     /// not just the first, so that `check-config` lists them all at once.
@@ -823,6 +888,27 @@ impl Config {
                 ));
             }
             seen.push((&u.name, hosts, prefix));
+            if let Some(exchange) = &u.token_exchange {
+                errors.extend(self.check_token_exchange(exchange, "upstreams"));
+            }
+        }
+        if let Some(exchange) = &self.token_exchange {
+            if self.upstream_url.as_deref().unwrap_or("").is_empty() {
+                errors.push(ConfigError::Invalid {
+                    key: "token-exchange",
+                    message: "the top-level token-exchange is for the upstream of `upstream-url`, which is not set; give each `upstreams` entry its own token-exchange".into(),
+                });
+            }
+            errors.extend(self.check_token_exchange(exchange, "token-exchange"));
+        }
+        if self.dpop_max_age.is_zero() || self.dpop_max_age > Duration::from_secs(300) {
+            errors.push(ConfigError::Invalid {
+                key: "dpop-max-age",
+                message: format!(
+                    "{} must be between 1s and 5m (a proof is made for one request)",
+                    duration::format(self.dpop_max_age)
+                ),
+            });
         }
         if self.access_token_audience.is_empty() {
             self.access_token_audience = vec![self.client_id.clone()];
@@ -1017,6 +1103,9 @@ fn default_algorithms() -> Vec<String> {
         .iter()
         .map(|s| (*s).to_owned())
         .collect()
+}
+fn default_dpop_max_age() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(30)

@@ -96,6 +96,20 @@ reasons! {
     WrongAzp => "wrong_azp",
     /// Not an access token (an ID or refresh token).
     WrongTokenType => "wrong_token_type",
+    /// A DPoP-bound token without its proof (or with several `DPoP` headers).
+    DpopProofMissing => "dpop_proof_missing",
+    /// A DPoP proof that fails its checks (signature, `htm`, `htu`, `iat`, `ath`, …).
+    DpopProofInvalid => "dpop_proof_invalid",
+    /// A DPoP proof used before.
+    DpopProofReplayed => "dpop_proof_replayed",
+    /// A DPoP proof signed with another key than the token is bound to.
+    DpopWrongKey => "dpop_wrong_key",
+    /// A DPoP-bound token sent as a plain bearer token.
+    DpopBoundToken => "dpop_bound_token",
+    /// The `DPoP` scheme with a token that is not bound to a key.
+    DpopUnboundToken => "dpop_unbound_token",
+    /// `require-dpop`: a bearer token that is not DPoP-bound.
+    DpopRequired => "dpop_required",
     /// Not an API key of keygate's format.
     ApiKeyMalformed => "api_key_malformed",
     /// No such API key.
@@ -178,6 +192,8 @@ reasons! {
     /// A key-management request that conflicts with the key's state (it is
     /// revoked, personal, or the key given is no longer its current one).
     KeyConflict => "key_conflict",
+    /// The provider refused to exchange the caller's token for the upstream's audience.
+    TokenExchangeRefused => "token_exchange_refused",
     // ---- keygate's side and its dependencies (502, 503, 504) ----
     /// The provider cannot be reached, or its keys never loaded.
     ProviderUnavailable => "provider_unavailable",

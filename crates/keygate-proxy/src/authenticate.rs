@@ -2,7 +2,8 @@
 //! one: a bearer JWT ([`keygate_auth::JwtVerifier`]), an API key exchanged
 //! for the provider token it stands for ([`keygate_keys::ApiKeys`]), or the
 //! browser session ([`crate::session`]), whose state-changing requests must
-//! also pass the Origin check.
+//! also pass the Origin check. A token bound to a key is accepted only with
+//! a proof of that key ([`crate::dpop`]).
 
 use crate::context::{Credential, RequestCtx};
 use crate::gateway::Gateway;
@@ -94,10 +95,22 @@ pub async fn verify_with(
             refusal: Refusal::BadCredential((*why).into()),
             reason: *reason,
         }),
-        Credential::Bearer(token) => verifier
-            .verify(token.expose())
-            .await
-            .map_err(|e| auth_refusal(&e)),
+        Credential::Bearer(token) => {
+            let identity = verifier
+                .verify(token.expose())
+                .await
+                .map_err(|e| auth_refusal(&e))?;
+            gw.dpop.check_unbound(&identity, true)?;
+            Ok(identity)
+        }
+        Credential::Dpop(dpop) => {
+            let identity = verifier
+                .verify(dpop.token.expose())
+                .await
+                .map_err(|e| auth_refusal(&e))?;
+            gw.dpop.check_proof(ctx, dpop, &identity).await?;
+            Ok(identity)
+        }
         Credential::Session(cookie) => {
             let Some(sessions) = gw.sessions.as_ref() else {
                 return Err(Refused {
@@ -112,6 +125,7 @@ pub async fn verify_with(
                 .verify(access_token.expose())
                 .await
                 .map_err(|e| auth_refusal(&e))?;
+            gw.dpop.check_unbound(&verified, false)?;
             Ok(Arc::new(
                 verified.reissued(keygate_core::AuthMethod::Session, None),
             ))
@@ -125,16 +139,19 @@ pub async fn verify_with(
                     reason: Reason::ApiKeysDisabled,
                 });
             };
-            keys.authenticate(
-                key.expose(),
-                ctx.method.as_str(),
-                &ctx.path,
-                ctx.peer.ip(),
-                verifier,
-                &mut ctx.limit_headers,
-            )
-            .await
-            .map_err(Refused::from)
+            let identity = keys
+                .authenticate(
+                    key.expose(),
+                    ctx.method.as_str(),
+                    &ctx.path,
+                    ctx.peer.ip(),
+                    verifier,
+                    &mut ctx.limit_headers,
+                )
+                .await
+                .map_err(Refused::from)?;
+            gw.dpop.check_unbound(&identity, false)?;
+            Ok(identity)
         }
     }
 }

@@ -122,6 +122,30 @@ impl RequestCtx {
         }
     }
 
+    /// The scheme the client used: `X-Forwarded-Proto` from a trusted proxy,
+    /// else that of keygate's listener (`tls`).
+    pub fn client_scheme(&self, tls: bool, headers: &HeaderMap) -> &'static str {
+        let forwarded = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok());
+        match (self.trusted, forwarded) {
+            (true, Some(p)) if p.eq_ignore_ascii_case("https") => "https",
+            (true, Some(p)) if p.eq_ignore_ascii_case("http") => "http",
+            _ if tls => "https",
+            _ => "http",
+        }
+    }
+
+    /// The URL the client sent the request to, `scheme://host/path`, as it
+    /// sent it (`path`: the raw path, without the query).
+    pub fn client_url(&self, tls: bool, headers: &HeaderMap, path: &str) -> String {
+        format!(
+            "{}://{}{path}",
+            self.client_scheme(tls, headers),
+            self.client_host(headers).unwrap_or_default()
+        )
+    }
+
     /// The client's address: the TCP peer, or, when the peer is a trusted
     /// proxy, the right-most `X-Forwarded-For` entry that `is_trusted`
     /// does not accept (the left-most ones are the client's to write).
@@ -173,12 +197,26 @@ pub enum Credential {
     None,
     /// `Authorization: Bearer <JWT>`.
     Bearer(Secret),
+    /// `Authorization: DPoP <JWT>` with its proof (RFC 9449).
+    Dpop(Box<DpopCredential>),
     /// An API key, from the key header, `Bearer kg…` or Basic's password.
     ApiKey(Secret),
     /// An `Authorization` header keygate cannot use; the text says why.
     Unusable(&'static str, Reason),
     /// A browser session from the session cookie.
     Session(Box<crate::session::SessionCookie>),
+}
+
+/// A DPoP-bound token as presented: the token, the request's `DPoP`
+/// header (exactly one, else why not), and the URL the client sent the
+/// request to (the proof's `htu` must name it).
+pub struct DpopCredential {
+    /// The access token.
+    pub token: Secret,
+    /// The proof, or why there is none usable (missing, several).
+    pub proof: Result<String, keygate_auth::dpop::DpopError>,
+    /// `scheme://host/path` as the client sent it.
+    pub url: String,
 }
 
 /// `Accept` names HTML and no `X-Requested-With`: a page load, not an API call.

@@ -7,12 +7,13 @@
 use crate::context::RequestCtx;
 use crate::gateway::Gateway;
 use crate::hygiene;
-use crate::respond::{Body, Refused};
+use crate::respond::{Body, Refusal, Refused};
 use crate::sites::Site;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use keygate_core::Identity;
+use keygate_auth::token_exchange::ExchangeError;
+use keygate_core::{Identity, Reason, Secret};
 use std::borrow::Cow;
 
 /// Phase 5: prepares the upstream request and streams it. The client's
@@ -44,7 +45,8 @@ pub async fn forward(
         headers.insert(name.clone(), value.clone());
     }
     if let Some(identity) = &ctx.identity {
-        identity_headers(gw, site, identity, headers);
+        let exchanged = upstream_token(site, identity).await?;
+        identity_headers(gw, site, identity, exchanged.as_ref(), headers);
     }
     site.upstream
         .send(req, client_upgrade)
@@ -80,12 +82,48 @@ fn forwarded_headers(
     }
 }
 
+/// The token the upstream gets instead of the caller's, when its site has
+/// `token-exchange`: one whose audience is just that upstream. A refusal is
+/// a 403 and an outage a 503; the caller's own token is never forwarded in
+/// its place.
+pub async fn upstream_token(site: &Site, identity: &Identity) -> Result<Option<Secret>, Refused> {
+    let Some(exchanger) = &site.token_exchange else {
+        return Ok(None);
+    };
+    match exchanger.exchange(&identity.access_token).await {
+        Ok(token) => Ok(Some(token)),
+        Err(ExchangeError::Refused(_)) => Err(Refused::new(
+            Refusal::Forbidden(format!(
+                "the OpenID provider would not issue a token for this upstream (token exchange \
+                 to audience `{}`); keygate's log has the provider's answer",
+                exchanger.audience()
+            )),
+            Reason::TokenExchangeRefused,
+        )),
+        Err(_) => Err(Refused::new(
+            Refusal::Unavailable(
+                "the OpenID provider is unavailable for the token exchange; try again shortly"
+                    .into(),
+            ),
+            Reason::ProviderUnavailable,
+        )),
+    }
+}
+
 /// The headers keygate sets for a verified identity: `Authorization`,
 /// `X-Auth-*` and `add-claims`. Used by forwarding and forward-auth alike.
+/// `exchanged`: the token for this upstream from [`upstream_token`], which
+/// replaces the caller's in `Authorization` and `X-Auth-Token`.
 /// All but `X-Auth-ExpiresIn` are built once per identity and reused while
 /// the identity is cached (for the sites with the top-level headers; a site
 /// with `add-claims` of its own builds its own each time).
-pub fn identity_headers(gw: &Gateway, site: &Site, identity: &Identity, headers: &mut HeaderMap) {
+pub fn identity_headers(
+    gw: &Gateway,
+    site: &Site,
+    identity: &Identity,
+    exchanged: Option<&Secret>,
+    headers: &mut HeaderMap,
+) {
     let prebuilt = match site.default_headers {
         true => identity.derived(|| build_identity_headers(gw, site, identity)),
         false => None,
@@ -104,6 +142,18 @@ pub fn identity_headers(gw: &Gateway, site: &Site, identity: &Identity, headers:
     }
     if !gw.config.enable_authorization_header {
         headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(token) = exchanged {
+        if gw.config.enable_authorization_header
+            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if gw.config.enable_token_header
+            && let Ok(v) = HeaderValue::from_str(token.expose())
+        {
+            headers.insert(HeaderName::from_static("x-auth-token"), v);
+        }
     }
     let now = keygate_core::unix_now();
     headers.insert(
@@ -151,6 +201,10 @@ fn build_identity_headers(
     );
     if let Some(k) = &identity.key_id {
         put(HeaderName::from_static("x-auth-key-id"), k);
+    }
+    // Only a token whose DPoP proof keygate checked gets this far bound.
+    if let Some(jkt) = keygate_auth::dpop::bound_key(&identity.claims) {
+        put(HeaderName::from_static("x-auth-dpop-jkt"), jkt);
     }
     if config.enable_token_header {
         put(

@@ -32,6 +32,13 @@ pub async fn handle(
     let (method, uri) = original_request(req.headers())?;
     normalize::check_method(&method)?;
     let (path, query) = normalize::normalize(gw, &uri)?;
+    // A DPoP proof names the URL the client sent its request to: the
+    // original one, as the front proxy reports it.
+    let mut credential = credential;
+    if let Credential::Dpop(dpop) = &mut credential {
+        let raw_path = uri.split_once('?').map_or(uri.as_str(), |(p, _)| p);
+        dpop.url = ctx.client_url(gw.tls, req.headers(), raw_path);
+    }
     ctx.method = method;
     ctx.path = path;
     ctx.query = query;
@@ -51,7 +58,9 @@ pub async fn handle(
     let identity = pipeline::check(gw, ctx, &credential, &overrides, req.headers()).await?;
     let mut resp = respond::empty(StatusCode::OK);
     if let Some(identity) = &identity {
-        forward::identity_headers(gw, gw.site(ctx), identity, resp.headers_mut());
+        let site = gw.site(ctx);
+        let exchanged = forward::upstream_token(site, identity).await?;
+        forward::identity_headers(gw, site, identity, exchanged.as_ref(), resp.headers_mut());
     }
     Ok(resp)
 }

@@ -34,6 +34,8 @@ pub struct Gateway {
     /// The callers' rate limiter, when `rate-limit-subject` or
     /// `rate-limit-address` is set.
     pub limiter: Option<keygate_keys::Limiter>,
+    /// DPoP proofs and their replay memory.
+    pub dpop: crate::dpop::Dpop,
 }
 
 impl Gateway {
@@ -126,7 +128,7 @@ impl Gateway {
             .as_deref()
             .is_some_and(|u| !u.is_empty())
         {
-            sites.push(crate::sites::Site::default_site(&config)?);
+            sites.push(crate::sites::Site::default_site(&config, &provider)?);
         }
         if sites.is_empty() {
             // `validate` refuses this too; `site()` relies on it.
@@ -170,6 +172,7 @@ impl Gateway {
         let limiter = (config.rate_limit_subject.is_some() || config.rate_limit_address.is_some())
             .then(|| keygate_keys::Limiter::new(redis.clone()));
         let tracing = config.otel_endpoint.is_some();
+        let dpop = crate::dpop::Dpop::from_config(&config, &verifier, redis.clone());
         Ok(Gateway {
             config,
             verifier,
@@ -182,6 +185,7 @@ impl Gateway {
             tracing,
             cors,
             limiter,
+            dpop,
         })
     }
 

@@ -10,10 +10,12 @@
 //!   1. [`normalize`] — framing, the path parsed once, header hygiene
 //!      ([`hygiene`]), the credential taken out;
 //!   2. [`route`] — the resource rule (and an override header's);
-//!   3. [`authenticate`] — the credential verified (JWT, API key, session);
+//!   3. [`authenticate`] — the credential verified (JWT, API key, session),
+//!      a bound token's proof checked ([`dpop`]);
 //!   4. [`authorize`] — the rule evaluated, then [`limits`] — the
 //!      caller's rate limit (per subject or per address);
-//!   5. [`forward`] — the upstream request, streamed by [`upstream`]; in
+//!   5. [`forward`] — the upstream request (with the token exchanged for
+//!      the upstream's audience when it asks for one), streamed by [`upstream`]; in
 //!      forward-auth mode, 200 with the headers to inject;
 //!   6. [`log`] — one structured line and metrics;
 //! - beside them: [`cors`] (preflights answered, CORS headers on every
@@ -32,6 +34,7 @@ pub mod authorize;
 pub mod context;
 pub mod cors;
 pub mod dispatch;
+pub mod dpop;
 pub mod error;
 pub mod forward;
 pub mod forward_auth;

@@ -48,14 +48,7 @@ fn redirect_uri(
     if host.is_empty() || host.contains(['/', '\\', '@', ' ']) {
         return None;
     }
-    let forwarded_proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok());
-    let proto = match (ctx.trusted, forwarded_proto) {
-        (true, Some(p)) if p == "https" || p == "http" => p,
-        _ if gw.tls => "https",
-        _ => "http",
-    };
+    let proto = ctx.client_scheme(gw.tls, headers);
     Some(format!("{proto}://{host}/oauth/callback"))
 }
 

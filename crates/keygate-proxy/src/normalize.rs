@@ -4,13 +4,14 @@
 //! headers), and its credential taken out of the headers, so no API key
 //! ever reaches the upstream.
 
-use crate::context::{Credential, RequestCtx};
+use crate::context::{Credential, DpopCredential, RequestCtx};
 use crate::gateway::Gateway;
 use crate::hygiene;
 use crate::respond::{Refusal, Refused};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Version};
 use hyper::body::Incoming;
+use keygate_auth::dpop::DpopError;
 use keygate_core::Reason;
 use keygate_core::Secret;
 use keygate_core::config::is_identity_header;
@@ -46,7 +47,10 @@ pub fn run(
         gw.config.underscores_in_headers,
         |name| hygiene::is_managed_header(name) || gw.is_configured_header(name),
     );
-    let credential = take_credential(gw, req.headers_mut());
+    let mut credential = take_credential(gw, req.headers_mut());
+    if let Credential::Dpop(dpop) = &mut credential {
+        dpop.url = ctx.client_url(gw.tls, req.headers(), req.uri().path());
+    }
     Ok((credential, hop.websocket))
 }
 
@@ -142,6 +146,8 @@ pub fn strip_client_identity_headers(headers: &mut HeaderMap) {
 /// Phase 1 (credential): takes the credential out of the headers. The key
 /// header and any `Authorization` that carries a key are removed.
 pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
+    // A DPoP proof is for keygate alone: never forwarded.
+    let proof = take_dpop_proof(headers);
     let key_header = gw
         .api_keys
         .as_ref()
@@ -188,6 +194,13 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
         }
         return Credential::Bearer(Secret::new(rest));
     }
+    if scheme.eq_ignore_ascii_case("dpop") && !rest.is_empty() {
+        return Credential::Dpop(Box::new(DpopCredential {
+            token: Secret::new(rest),
+            proof,
+            url: String::new(),
+        }));
+    }
     if scheme.eq_ignore_ascii_case("basic") {
         use base64::Engine as _;
         let password = base64::engine::general_purpose::STANDARD
@@ -203,9 +216,26 @@ pub fn take_credential(gw: &Gateway, headers: &mut HeaderMap) -> Credential {
         }
     }
     Credential::Unusable(
-        "the Authorization header must be `Bearer <token>`, or carry an API key",
+        "the Authorization header must be `Bearer <token>` or `DPoP <token>`, or carry an API key",
         Reason::UnsupportedScheme,
     )
+}
+
+/// Removes the request's `DPoP` headers: the one proof, or why none is usable.
+fn take_dpop_proof(headers: &mut HeaderMap) -> Result<String, DpopError> {
+    let mut values = headers.get_all("dpop").iter();
+    let proof = match (values.next(), values.next()) {
+        (None, _) => Err(DpopError::Missing),
+        (Some(_), Some(_)) => Err(DpopError::Multiple),
+        (Some(v), None) => v
+            .to_str()
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| DpopError::Malformed),
+    };
+    if proof != Err(DpopError::Missing) {
+        headers.remove("dpop");
+    }
+    proof
 }
 
 /// The session cookie, when browser sessions are on. A cookie that cannot

@@ -27,6 +27,17 @@ pub enum Refusal {
     NoCredential,
     /// 401 with a bad credential; the text is safe for the client.
     BadCredential(String),
+    /// 401 for a DPoP-bound token (RFC 9449 §7.1): a `DPoP` challenge with
+    /// `error` (`invalid_dpop_proof` or `invalid_token`) and the accepted
+    /// proof algorithms.
+    Dpop {
+        /// `invalid_dpop_proof` or `invalid_token`.
+        error: &'static str,
+        /// Safe for the client.
+        description: String,
+        /// The `algs` of the challenge (`ES256 PS256 …`).
+        algs: String,
+    },
     /// 403: authenticated but not allowed.
     Forbidden(String),
     /// 404 under `/oauth/`.
@@ -55,7 +66,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Refusal::NoCredential | Refusal::BadCredential(_) => StatusCode::UNAUTHORIZED,
+            Refusal::NoCredential | Refusal::BadCredential(_) | Refusal::Dpop { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::NotFound | Refusal::NoUpstream => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -73,6 +86,7 @@ impl Refusal {
             Refusal::BadRequest(_) => "invalid_request",
             Refusal::NoCredential => "unauthorized",
             Refusal::BadCredential(_) => "invalid_token",
+            Refusal::Dpop { error, .. } => error,
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound | Refusal::NoUpstream => "not_found",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
@@ -90,6 +104,7 @@ impl Refusal {
             Refusal::BadRequest(_) => Reason::InvalidRequest,
             Refusal::NoCredential => Reason::Unauthorized,
             Refusal::BadCredential(_) => Reason::InvalidToken,
+            Refusal::Dpop { .. } => Reason::DpopProofInvalid,
             Refusal::Forbidden(_) => Reason::Forbidden,
             Refusal::NotFound => Reason::NotFound,
             Refusal::NoUpstream => Reason::NoUpstream,
@@ -112,6 +127,7 @@ impl Refusal {
             | Refusal::Conflict(d)
             | Refusal::TooManyRequests(d, _)
             | Refusal::Unavailable(d) => d,
+            Refusal::Dpop { description, .. } => description,
             Refusal::NoCredential => "a bearer token is required",
             Refusal::NotFound => "no such keygate endpoint",
             Refusal::NoUpstream => "no upstream serves this host and path",
@@ -128,6 +144,14 @@ impl Refusal {
             Refusal::BadCredential(d) => Some(format!(
                 "Bearer realm=\"keygate\", error=\"invalid_token\", error_description=\"{}\"",
                 d.replace(['"', '\\'], "'")
+            )),
+            Refusal::Dpop {
+                error,
+                description,
+                algs,
+            } => Some(format!(
+                "DPoP error=\"{error}\", error_description=\"{}\", algs=\"{algs}\"",
+                description.replace(['"', '\\'], "'")
             )),
             _ => None,
         };

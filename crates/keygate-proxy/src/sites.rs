@@ -12,7 +12,9 @@
 use crate::error::GatewayError;
 use crate::upstream::Upstream;
 use http::{HeaderName, HeaderValue};
+use keygate_auth::token_exchange::{ExchangeSettings, TokenExchanger};
 use keygate_auth::{JwtVerifier, Provider, VerifierSettings};
+use keygate_core::config::TokenExchangeConfig;
 use keygate_core::config::{Config, UpstreamConfig, is_identity_header};
 use keygate_core::rules::{RuleOptions, RuleSet};
 use std::collections::BTreeMap;
@@ -41,11 +43,14 @@ pub struct Site {
     /// Whether its identity headers are those of the top-level config, so
     /// they may be kept on a cached identity (shared by every site).
     pub default_headers: bool,
+    /// `token-exchange`: the caller's token is exchanged for one whose
+    /// audience is just this upstream before it is forwarded.
+    pub token_exchange: Option<TokenExchanger>,
 }
 
 impl Site {
     /// The site of the top-level `upstream-url`, `resources` and headers.
-    pub fn default_site(config: &Config) -> Result<Site, GatewayError> {
+    pub fn default_site(config: &Config, provider: &Arc<Provider>) -> Result<Site, GatewayError> {
         let (static_headers, claim_headers) =
             headers(&config.headers, &config.add_claims, "headers", "add-claims")?;
         Ok(Site {
@@ -60,6 +65,7 @@ impl Site {
             static_headers,
             claim_headers,
             default_headers: true,
+            token_exchange: exchanger(config, config.token_exchange.as_ref(), provider),
         })
     }
 
@@ -107,6 +113,7 @@ impl Site {
             default_headers: u.headers.is_empty() && u.add_claims.is_empty(),
             static_headers,
             claim_headers,
+            token_exchange: exchanger(config, u.token_exchange.as_ref(), provider),
         })
     }
 
@@ -176,6 +183,26 @@ fn strip_port(host: &str) -> &str {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     }
+}
+
+/// The exchanger of a site's `token-exchange`, as keygate's client.
+fn exchanger(
+    config: &Config,
+    exchange: Option<&TokenExchangeConfig>,
+    provider: &Arc<Provider>,
+) -> Option<TokenExchanger> {
+    exchange.map(|e| {
+        TokenExchanger::new(
+            Arc::clone(provider),
+            ExchangeSettings {
+                audience: e.audience.clone(),
+                scopes: e.scopes.clone(),
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone(),
+                cache_size: config.token_cache_size,
+            },
+        )
+    })
 }
 
 fn rules(

@@ -109,3 +109,20 @@ pub async fn refusal_text(resp: reqwest::Response) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The value of the Prometheus sample `series` (name and labels exactly as
+/// exported, e.g. `keygate_x_total{result="ok"}`) in `metrics`, 0 if absent.
+pub fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
+}

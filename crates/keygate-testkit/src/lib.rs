@@ -15,6 +15,7 @@
 //! | `Keygate`, `Stack` | keygate in this process (feature `gateway`) |
 //! | [`KeygateProcess`] | the keygate binary's `serve` in a child process |
 //! | [`OtlpReceiver`] | an OTLP/HTTP JSON trace receiver |
+//! | [`DpopKey`] | a client's DPoP key that makes proofs (RFC 9449) |
 //!
 //! A test that needs a server fails when it is missing; it never skips.
 //! Never used by the keygate binary.
@@ -23,6 +24,7 @@
 
 pub mod browser;
 mod chromium;
+mod dpop;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod http;
@@ -37,6 +39,7 @@ mod upstream;
 
 pub use browser::{Browser, Page};
 pub use chromium::{CHROMIUM, chromium_script};
+pub use dpop::DpopKey;
 #[cfg(feature = "gateway")]
 pub use gateway::{Keygate, Stack, base_config};
 pub use http::*;

@@ -150,6 +150,21 @@ pub const KEYS: &[Key] = &[
     key("tls-cert", Kind::Str, "PEM certificate chain to serve TLS"),
     key("tls-private-key", Kind::Str, "PEM private key to serve TLS"),
     key(
+        "token-exchange",
+        Kind::Yaml,
+        "exchange the caller's token for one whose audience is just the upstream: {audience, scopes} (RFC 8693; see docs/config.md)",
+    ),
+    key(
+        "require-dpop",
+        Kind::Bool,
+        "refuse bearer JWTs that are not DPoP-bound (RFC 9449); bound tokens always need a proof [default: false]",
+    ),
+    key(
+        "dpop-max-age",
+        Kind::Duration,
+        "how old a DPoP proof may be [default: 60s]",
+    ),
+    key(
         "signing-algorithms",
         Kind::List,
         "accepted JWT algorithms [default: RS*, PS*, ES256, ES384, EdDSA]",

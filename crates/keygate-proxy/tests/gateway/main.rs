@@ -8,6 +8,7 @@
 
 mod browser;
 mod cors;
+mod dpop;
 mod forward_auth;
 mod headers;
 mod hygiene;
@@ -18,4 +19,5 @@ mod provider;
 mod proxy;
 mod rules;
 mod sessions;
+mod token_exchange;
 mod upstreams;
