@@ -1,7 +1,8 @@
 //! The provider's token endpoint, as a confidential client: the grants that
 //! API keys are exchanged with (client credentials for service keys, refresh
-//! for personal keys), the device authorization grant (RFC 8628) that creates
-//! a personal key, and token revocation (RFC 7009).
+//! or the JWT authorization grant (RFC 7523) for personal keys), the device
+//! authorization grant (RFC 8628) that creates a personal key, and token
+//! revocation (RFC 7009).
 //!
 //! Endpoints come from the provider's discovery document; the client
 //! authenticates with HTTP Basic (`client_secret_basic`, id and secret
@@ -19,6 +20,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// RFC 7523 §2.1: a JWT used as an authorization grant.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// RFC 8628 §3.2: the polling interval when the provider names none.
 const DEFAULT_DEVICE_INTERVAL: u64 = 5;
 
@@ -167,6 +170,17 @@ impl Grants {
         Grants { provider }
     }
 
+    /// The provider's issuer from its discovery document (the audience of
+    /// keygate's assertions); `None` before discovery has loaded.
+    pub fn provider_issuer(&self) -> Option<String> {
+        self.provider.keys().map(|k| k.metadata.issuer.clone())
+    }
+
+    /// The provider's HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        self.provider.http()
+    }
+
     /// The client-credentials grant: a service account's access token.
     pub async fn client_credentials(
         &self,
@@ -204,6 +218,33 @@ impl Grants {
             .await
             .and_then(|answer| tokens_from(answer, "refresh_token"));
         count("refresh_token", &result);
+        result
+    }
+
+    /// The JWT authorization grant (RFC 7523 §2.1): an access token for the
+    /// user the `assertion` (signed by keygate, see
+    /// [`crate::assertion`]) names, with the user's current roles, for
+    /// `scope` (empty: the client's defaults). Keycloak issues no refresh
+    /// token for it and keeps no session (a transient one).
+    pub async fn jwt_bearer(
+        &self,
+        client_id: &str,
+        client_secret: &Secret,
+        assertion: &Secret,
+        scope: &str,
+    ) -> Result<TokenResponse, GrantError> {
+        let mut form = vec![
+            ("grant_type", JWT_BEARER_GRANT),
+            ("assertion", assertion.expose()),
+        ];
+        if !scope.is_empty() {
+            form.push(("scope", scope));
+        }
+        let result = self
+            .token_grant(client_id, client_secret, &form)
+            .await
+            .and_then(|answer| tokens_from(answer, "jwt_bearer"));
+        count("jwt_bearer", &result);
         result
     }
 

@@ -2,17 +2,22 @@
 //! OpenID provider discovery and its signing keys ([`provider`]), bearer
 //! JWT validation with a cache of verified identities ([`jwt`]), the API-key
 //! format, hashing and sealing ([`apikey`]) and the secrets a key record
-//! stores ([`stored`]), and the provider's token-endpoint
-//! grants that API keys are exchanged with ([`grants`]).
+//! stores ([`stored`]), the provider's token-endpoint
+//! grants that API keys are exchanged with ([`grants`]), keygate's own
+//! signing key and the assertions of the JWT authorization grant
+//! ([`assertion`]), and the link of a user to keygate's identity provider
+//! at Keycloak ([`links`]).
 
 #![forbid(unsafe_code)]
 
 pub mod apikey;
+pub mod assertion;
 pub mod client;
 pub mod error;
 pub mod grants;
 pub mod jws;
 pub mod jwt;
+pub mod links;
 pub mod login;
 pub mod logout;
 pub mod oauth;
