@@ -341,3 +341,68 @@ impl ApiKeys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_grant_refusals_say_what_to_do() {
+        let text =
+            |d: &str, link| rejection_text(Backing::JwtGrant, "invalid_grant", Some(d), link);
+        let t = text("User not found", true);
+        assert!(t.starts_with("invalid_grant: User not found; "), "{t}");
+        assert!(
+            t.contains("not linked to keygate's identity provider"),
+            "{t}"
+        );
+        assert!(t.contains("create a new key at /oauth/keys"), "{t}");
+        let t = text("User not found", false);
+        assert!(t.contains("ask an administrator to link it again"), "{t}");
+        assert!(!t.contains("/oauth/keys"), "{t}");
+        assert!(text("User is not enabled", false).ends_with("disabled at the provider"));
+        assert!(text("Account is not fully set up", false).contains("sign in there once"));
+        for trust in [
+            "Invalid signature",
+            "No Identity Provider for provided issuer",
+            "Token was issued in the future",
+        ] {
+            let t = text(trust, true);
+            assert!(t.contains("does not accept keygate's assertions"), "{t}");
+        }
+        // The provider's text is shortened to printable ASCII.
+        let t = text("User not found\n<script>\u{7}", false);
+        assert!(!t.contains('\n') && !t.contains('\u{7}'), "{t}");
+    }
+
+    #[test]
+    fn other_backings_keep_their_texts() {
+        let t = rejection_text(
+            Backing::OfflineSession,
+            "invalid_grant",
+            Some("Offline user session not found"),
+            true,
+        );
+        assert!(
+            t.contains("offline session") && t.contains("/oauth/keys"),
+            "{t}"
+        );
+        let t = rejection_text(
+            Backing::OfflineSession,
+            "invalid_grant",
+            Some("User disabled"),
+            false,
+        );
+        assert!(t.ends_with("disabled at the provider"), "{t}");
+        let t = rejection_text(
+            Backing::ClientCredentials,
+            "unauthorized_client",
+            None,
+            false,
+        );
+        assert!(
+            t.starts_with("unauthorized_client; the key's client"),
+            "{t}"
+        );
+    }
+}
