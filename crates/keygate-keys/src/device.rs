@@ -233,10 +233,19 @@ impl ApiKeys {
             }
             Err(e) => return Err(failed(e)),
         };
-        verifier
+        let verified = verifier
             .verify(token.access_token.expose())
             .await
-            .map_err(failed)
+            .map_err(failed)?;
+        if verified.subject != identity.subject {
+            tracing::warn!(subject = %identity.subject, answered_for = %verified.subject,
+                "the provider answered a new key's assertion with a token for another user: check the links of keygate's identity provider");
+            return Err(DeviceError::NotLinked(format!(
+                "keygate's identity provider `{}` at the provider links your id to another account: ask an administrator to fix the links, then create the key again",
+                grant.identity_provider
+            )));
+        }
+        Ok(verified)
     }
 }
 

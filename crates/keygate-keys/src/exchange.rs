@@ -21,6 +21,12 @@ use std::time::Duration;
 /// How long one replica may hold the right to exchange a key.
 const EXCHANGE_LOCK_TTL: Duration = Duration::from_secs(10);
 
+/// Why a JWT-grant key is refused when the provider's token is for another
+/// user than the one asserted.
+pub(crate) const OTHER_USER: &str = "the provider answered keygate's assertion with a token \
+     for another user (a link of keygate's identity provider names this user's id for \
+     another account): an administrator must fix the links at the provider";
+
 /// The additional data sealing a shared exchanged token: not the stored
 /// secret's, so neither can stand in for the other.
 fn exchange_aad(id: &str) -> String {
@@ -214,6 +220,8 @@ impl ApiKeys {
             .and_then(|stored| stored.open(&self.crypto, key, &record.id))
             .map_err(|_| ExchangeError::Refused(KeyRefusal::Unknown))?;
         let link_users = self.config.jwt_grant.as_ref().is_some_and(|g| g.link_users);
+        // The user a JWT-grant key's assertion names.
+        let asserted = (record.backing == Backing::JwtGrant).then(|| secret.expose().to_owned());
         let token = match record.backing {
             Backing::ClientCredentials => {
                 let client = record.client_id.as_deref().unwrap_or_default();
@@ -254,6 +262,18 @@ impl ApiKeys {
             .verify(token.access_token.expose())
             .await
             .map_err(ExchangeError::Verify)?;
+        // The provider finds the user through a link whose external id is the
+        // asserted subject: a link an administrator gave another user would
+        // hand this key that user's token. Only the asserted user's will do.
+        if let Some(subject) = asserted
+            && verified.subject != subject
+        {
+            tracing::warn!(key_id = %record.id, owner = %record.owner, answered_for = %verified.subject,
+                "the provider answered a key's assertion with a token for another user: check the links of keygate's identity provider");
+            return Err(ExchangeError::Refused(KeyRefusal::Rejected(
+                OTHER_USER.into(),
+            )));
+        }
         Ok(self.exchanged(&verified, &record.id))
     }
 

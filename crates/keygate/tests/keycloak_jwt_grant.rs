@@ -457,10 +457,13 @@ fn run_setup_script(kc: &Keycloak, realm: &str, gateway: &str, extra: &[&str]) -
 
 /// Without `link-users` keygate holds no admin right at Keycloak, and a
 /// user nobody linked gets no key: the device flow ends with 403
-/// `not_linked` and what to do. The set-up script (docs/keycloak.md, mode
-/// `jwt-grant`) makes keygate's identity provider and client in a new
-/// realm; run again with `--link USER` it links the user as the admin, and
-/// the user's next key works.
+/// `not_linked` and what to do, as does a user whose id an administrator
+/// linked to another account (Keycloak would answer with that account's
+/// token). The set-up script (docs/keycloak.md, mode `jwt-grant`) makes
+/// keygate's identity provider and client in a new realm; run again with
+/// `--link USER` it links the user as the admin, and the user's next key
+/// works; with the user's link replaced by the other account's, the key is
+/// refused, never answered with the other account's token.
 #[tokio::test(flavor = "multi_thread")]
 async fn keycloak_jwt_grant_without_link_users_needs_an_admins_link() {
     let kc = Keycloak::shared().await;
@@ -530,6 +533,57 @@ async fn keycloak_jwt_grant_without_link_users_needs_an_admins_link() {
     );
     assert!(kc.links_in(&realm, &uid).await.is_empty());
 
+    // Another account linked with this user's id: Keycloak would answer the
+    // user's assertion with that account's token; keygate refuses it.
+    let impostor = kc.create_user_in(&realm, "impostor").await;
+    let link = |id: &str, name: &str| json!({"identityProvider": "keygate", "userId": id, "userName": name});
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::POST,
+            &format!("/users/{impostor}/federated-identity/keygate"),
+            Some(link(&uid, user)),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = device_flow(&keygate, &issuer, user).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "not_linked");
+    let text = body["error_description"].as_str().unwrap();
+    assert!(text.contains("links your id to another account"), "{text}");
+    let unlink = |id: String| {
+        let kc = &kc;
+        let realm = &realm;
+        async move {
+            let (status, body) = kc
+                .realm_admin(
+                    realm,
+                    Method::DELETE,
+                    &format!("/users/{id}/federated-identity/keygate"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 204, "{body}");
+        }
+    };
+    unlink(impostor.clone()).await;
+    // Short-lived tokens, so that the key is exchanged again soon below.
+    let (_, clients) = kc
+        .realm_admin(&realm, Method::GET, "/clients?clientId=kg", None)
+        .await;
+    let mut rep = clients[0].clone();
+    rep["attributes"]["access.token.lifespan"] = "10".into();
+    let kg_uuid = rep["id"].as_str().unwrap().to_owned();
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::PUT,
+            &format!("/clients/{kg_uuid}"),
+            Some(rep),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+
     let text = run_setup_script(&kc, &realm, &gateway, &["--link", user]);
     assert!(
         text.contains(&format!("user {user}: linked to keygate")),
@@ -543,6 +597,24 @@ async fn keycloak_jwt_grant_without_link_users_needs_an_admins_link() {
     assert_eq!(resp.status(), 200);
     let echo = Echo(resp.json().await.unwrap());
     assert_eq!(echo.header("x-auth-username").unwrap(), user);
+
+    // The user's link replaced by the impostor's: the next exchange gets the
+    // impostor's token, which keygate refuses.
+    unlink(uid.clone()).await;
+    let (status, body) = kc
+        .realm_admin(
+            &realm,
+            Method::POST,
+            &format!("/users/{impostor}/federated-identity/keygate"),
+            Some(link(&uid, user)),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let resp = get(&keygate, "/x", &key).await;
+    assert_eq!(resp.status(), 401);
+    let text = refusal_text(resp).await;
+    assert!(text.contains("a token for another user"), "{text}");
     kc.realm_admin(&realm, Method::DELETE, "", None).await;
 }
 
