@@ -189,7 +189,8 @@ fn client_http() -> reqwest::Client {
 /// removed link is refused with what to do, and a new key links again; a
 /// second replica on the same store and secret signs with the same key;
 /// revoking a key stops it at once here and within `record-cache-ttl` on
-/// the other replica.
+/// the other replica; a pending required action refuses the key, an admin's
+/// sign-out of the user does not.
 #[tokio::test(flavor = "multi_thread")]
 async fn keycloak_jwt_grant_personal_keys_end_to_end() {
     let kc = Keycloak::shared().await;
@@ -356,7 +357,7 @@ async fn keycloak_jwt_grant_personal_keys_end_to_end() {
             && text.contains("create a new key at /oauth/keys"),
         "{text}"
     );
-    let (key2, id2) = new_key(&keygate, &issuer, &user).await;
+    let (key2, _) = new_key(&keygate, &issuer, &user).await;
     assert_eq!(kc.links_in(REALM, &uid).await.len(), 1);
     assert_eq!(get(&keygate, "/x", &key2).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -411,7 +412,40 @@ async fn keycloak_jwt_grant_personal_keys_end_to_end() {
     assert_eq!(get(&replica, "/x", &key1).await.status(), 401);
     assert_eq!(get(&replica, "/x", &key2).await.status(), 200);
     assert_eq!(get(&keygate, "/x", &key2).await.status(), 200);
-    let _ = id2;
+
+    // A required action pending at Keycloak refuses the key until it is
+    // done; an admin's "Sign out" of the user (not-before) does not stop it.
+    let (status, body) = kc
+        .admin(
+            Method::PUT,
+            &format!("/users/{uid}"),
+            Some(json!({"requiredActions": ["UPDATE_PASSWORD"]})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let resp = get(&keygate, "/x", &key2).await;
+    assert_eq!(resp.status(), 401);
+    let text = refusal_text(resp).await;
+    assert!(
+        text.contains("Account is not fully set up") && text.contains("sign in there once"),
+        "{text}"
+    );
+    let (status, body) = kc
+        .admin(
+            Method::PUT,
+            &format!("/users/{uid}"),
+            Some(json!({"requiredActions": []})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = kc
+        .admin(Method::POST, &format!("/users/{uid}/logout"), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let resp = get(&keygate, "/x", &key2).await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
 
     let metrics = keygate.metrics().await;
     assert!(
