@@ -14,6 +14,10 @@
 #   forward-auth   as spa, for keygate behind nginx/Traefik (`/oauth/` routed to keygate)
 #   service-keys   a service-account client per --partner, for service keys
 #   personal-keys  the device grant and offline_access, for personal keys
+#   jwt-grant      personal keys backed by the JWT authorization grant instead
+#                  of an offline session: keygate as an identity provider (type
+#                  jwt-authorization-grant) its client may use, and the device
+#                  grant; not part of `all` (a choice, see docs/api-keys.md)
 #
 # Options:
 #   --server URL          Keycloak's base URL (env KEYCLOAK_URL)
@@ -29,6 +33,17 @@
 #                         (the seed's scripts use them; off by default)
 #   --partner ID          (service-keys) a third party's service-account client;
 #                         repeatable
+#   --keygate-issuer URL  (jwt-grant) keygate's api-keys.jwt-grant.issuer
+#                         (default: the first --gateway-url)
+#   --jwks-url URL        (jwt-grant) where Keycloak fetches keygate's keys
+#                         (default: the first --gateway-url + /oauth/jwks)
+#   --idp-alias NAME      (jwt-grant) the identity provider's alias, keygate's
+#                         api-keys.jwt-grant.identity-provider (default keygate)
+#   --link-users          (jwt-grant) keygate links users itself when they make
+#                         a key: its client gets a service account with the
+#                         realm-management role manage-users
+#   --link USERNAME       (jwt-grant) link this existing user to keygate's
+#                         identity provider now (as the admin); repeatable
 #   --secrets-file FILE   write the confidential clients' secrets there (mode
 #                         0600) as CLIENT_ID=SECRET lines; never printed
 #   --admin-realm NAME    the admin's realm (default master)
@@ -46,6 +61,7 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 SERVER="${KEYCLOAK_URL:-}"; REALM="${KEYCLOAK_REALM:-}"; ADMIN_REALM=master
 CLIENT=keygate; AUDIENCE=""; KCADM="${KCADM:-kcadm.sh}"; SECRETS_FILE=""
 PASSWORD_GRANT=false
+KEYGATE_ISSUER=""; JWKS_URL=""; IDP_ALIAS=keygate; LINK_USERS=false; LINKS=()
 GATEWAY_URLS=(); APP_CLIENTS=(); PARTNERS=(); MODES=()
 [ -n "${KEYGATE_URL:-}" ] && GATEWAY_URLS=("$KEYGATE_URL")
 
@@ -60,24 +76,29 @@ while [ $# -gt 0 ]; do
     --app-client) need_value "$@"; APP_CLIENTS+=("$2"); shift 2 ;;
     --allow-password-grant) PASSWORD_GRANT=true; shift ;;
     --partner) need_value "$@"; PARTNERS+=("$2"); shift 2 ;;
+    --keygate-issuer) need_value "$@"; KEYGATE_ISSUER="$2"; shift 2 ;;
+    --jwks-url) need_value "$@"; JWKS_URL="$2"; shift 2 ;;
+    --idp-alias) need_value "$@"; IDP_ALIAS="$2"; shift 2 ;;
+    --link-users) LINK_USERS=true; shift ;;
+    --link) need_value "$@"; LINKS+=("$2"); shift 2 ;;
     --secrets-file) need_value "$@"; SECRETS_FILE="$2"; shift 2 ;;
     --admin-realm) need_value "$@"; ADMIN_REALM="$2"; shift 2 ;;
     --kcadm) need_value "$@"; KCADM="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    sidecar|spa|forward-auth|service-keys|personal-keys) MODES+=("$1"); shift ;;
+    sidecar|spa|forward-auth|service-keys|personal-keys|jwt-grant) MODES+=("$1"); shift ;;
     all) MODES+=(sidecar spa forward-auth service-keys personal-keys); shift ;;
-    *) die "unknown argument \`$1\` (modes: sidecar spa forward-auth service-keys personal-keys all; see --help)" ;;
+    *) die "unknown argument \`$1\` (modes: sidecar spa forward-auth service-keys personal-keys jwt-grant all; see --help)" ;;
   esac
 done
 AUDIENCE="${AUDIENCE:-$CLIENT}"
 
-[ ${#MODES[@]} -gt 0 ] || die "name at least one mode: sidecar spa forward-auth service-keys personal-keys all"
+[ ${#MODES[@]} -gt 0 ] || die "name at least one mode: sidecar spa forward-auth service-keys personal-keys jwt-grant all"
 [ -n "$SERVER" ] || die "--server (or KEYCLOAK_URL) is required: Keycloak's base URL, e.g. https://sso.example.com"
 [ -n "$REALM" ] || die "--realm (or KEYCLOAK_REALM) is required"
 
 has_mode() { local m; for m in "${MODES[@]}"; do [ "$m" = "$1" ] && return 0; done; return 1; }
 LOGIN=false
-if has_mode spa || has_mode forward-auth || has_mode personal-keys; then LOGIN=true; fi
+if has_mode spa || has_mode forward-auth || has_mode personal-keys || has_mode jwt-grant; then LOGIN=true; fi
 if [ "$LOGIN" = true ] && [ ${#GATEWAY_URLS[@]} -eq 0 ]; then
   die "--gateway-url (or KEYGATE_URL) is required for ${MODES[*]}: keygate's public URL, e.g. https://api.example.com"
 fi
@@ -86,6 +107,16 @@ if has_mode sidecar && [ ${#APP_CLIENTS[@]} -eq 0 ]; then
 fi
 if has_mode service-keys && [ ${#PARTNERS[@]} -eq 0 ]; then
   die "service-keys needs at least one --partner: a third party's client id"
+fi
+if ! has_mode jwt-grant && { [ "$LINK_USERS" = true ] || [ ${#LINKS[@]} -gt 0 ]; }; then
+  die "--link-users and --link belong to the jwt-grant mode"
+fi
+if has_mode jwt-grant; then
+  KEYGATE_ISSUER="${KEYGATE_ISSUER:-${GATEWAY_URLS[0]}}"
+  JWKS_URL="${JWKS_URL:-${GATEWAY_URLS[0]}/oauth/jwks}"
+  case "$IDP_ALIAS" in
+    ''|*[!A-Za-z0-9._-]*) die "--idp-alias \`$IDP_ALIAS\`: letters, digits, . _ and - only" ;;
+  esac
 fi
 
 # ---------------------------------------------------------------- kcadm
@@ -222,24 +253,57 @@ for u in "${GATEWAY_URLS[@]}"; do
   post_logout="${post_logout:+$post_logout##}$u/*"
   logout_url="${logout_url:-$u/oauth/backchannel-logout}"
 done
-device=false; has_mode personal-keys && device=true
+device=false; { has_mode personal-keys || has_mode jwt-grant; } && device=true
+jwt_grant=false; has_mode jwt-grant && jwt_grant=true
+
+# ---------------------------------------------------------------- keygate as an identity provider
+# Personal keys backed by the JWT authorization grant (RFC 7523): Keycloak
+# trusts assertions signed with keygate's key (fetched from keygate's
+# /oauth/jwks) whose `iss` is keygate's issuer, and finds the user named by
+# `sub` through the user's link to this identity provider. Made before the
+# client, whose attributes name it.
+if [ "$jwt_grant" = true ]; then
+  idp_rep="$(jq -n --arg a "$IDP_ALIAS" --arg iss "$KEYGATE_ISSUER" --arg jwks "$JWKS_URL" '{
+    alias: $a, providerId: "jwt-authorization-grant", enabled: true, hideOnLogin: true,
+    config: {issuer: $iss, useJwksUrl: "true", jwksUrl: $jwks,
+             jwtAuthorizationGrantEnabled: "true",
+             jwtAuthorizationGrantAllowedClockSkew: "10",
+             jwtAuthorizationGrantMaxAllowedAssertionExpiration: "300"}}')"
+  existing="$(kcr get "identity-provider/instances/$IDP_ALIAS" 2>/dev/null || true)"
+  if [ -z "$existing" ]; then
+    kcr create identity-provider/instances -f - <<<"$idp_rep" >/dev/null
+    say "identity provider $IDP_ALIAS: created (jwt-authorization-grant, issuer $KEYGATE_ISSUER)"
+  else
+    kind="$(jq -r .providerId <<<"$existing")"
+    [ "$kind" = jwt-authorization-grant ] \
+      || die "identity provider $IDP_ALIAS exists with type $kind: choose another --idp-alias"
+    jq --argjson want "$idp_rep" '. + ($want | del(.config)) | .config += $want.config' <<<"$existing" \
+      | kcr update "identity-provider/instances/$IDP_ALIAS" -f -
+    say "identity provider $IDP_ALIAS: updated"
+  fi
+fi
+sa=false; [ "$LINK_USERS" = true ] && sa=true
 gateway_rep="$(jq -n --argjson login "$LOGIN" --argjson device "$device" \
+    --argjson jwt "$jwt_grant" --arg idp "$IDP_ALIAS" --argjson sa "$sa" \
     --argjson redirects "$redirects" --arg logout "$logout_url" --arg post "$post_logout" '{
   protocol: "openid-connect", publicClient: false, bearerOnly: false,
   clientAuthenticatorType: "client-secret",
   standardFlowEnabled: $login, implicitFlowEnabled: false,
-  directAccessGrantsEnabled: false, serviceAccountsEnabled: false,
+  directAccessGrantsEnabled: false, serviceAccountsEnabled: $sa,
   frontchannelLogout: false
 } + (if $login then {
   redirectUris: $redirects,
-  attributes: {
+  attributes: ({
     "pkce.code.challenge.method": "S256",
     "post.logout.redirect.uris": $post,
     "backchannel.logout.url": $logout,
     "backchannel.logout.session.required": "true",
     "backchannel.logout.revoke.offline.tokens": "false",
     "oauth2.device.authorization.grant.enabled": ($device | tostring)
-  }} else {} end)')"
+  } + (if $jwt then {
+    "oauth2.jwt.authorization.grant.enabled": "true",
+    "oauth2.jwt.authorization.grant.idp": $idp
+  } else {} end))} else {} end)')"
 gateway_scopes="groups"
 # In spa, forward-auth and personal-keys mode keygate's own tokens go upstream:
 # they need the upstream's audience.
@@ -287,6 +351,29 @@ if has_mode personal-keys; then
       | jq -e 'any(.[]; .name == "offline_access")' >/dev/null; then
     say "note: default-roles-$REALM does not grant offline_access: give it to the users who create personal keys"
   fi
+fi
+
+# ---------------------------------------------------------------- JWT-grant links
+if [ "$jwt_grant" = true ]; then
+  if [ "$LINK_USERS" = true ]; then
+    # Keycloak requires manage-users to add a link (view-users gets 403).
+    kcr add-roles --uusername "service-account-$CLIENT" --cclientid realm-management \
+      --rolename manage-users
+    say "client $CLIENT: its service account may link users (realm-management manage-users)"
+  fi
+  for u in "${LINKS[@]}"; do
+    uid="$(kcr get users -q username="$u" -q exact=true --fields id | jq -r '.[0].id // empty')"
+    [ -n "$uid" ] || die "--link $u: no such user in realm $REALM"
+    linked="$(kcr get "users/$uid/federated-identity" \
+      | jq -r --arg a "$IDP_ALIAS" '.[] | select(.identityProvider == $a) | .userId')"
+    if [ -z "$linked" ]; then
+      kcr create "users/$uid/federated-identity/$IDP_ALIAS" -s identityProvider="$IDP_ALIAS" \
+        -s userId="$uid" -s userName="$u" >/dev/null
+      say "user $u: linked to $IDP_ALIAS"
+    elif [ "$linked" != "$uid" ]; then
+      say "warning: user $u is linked to $IDP_ALIAS with another id ($linked): keygate asserts $uid, so remove that link"
+    fi
+  done
 fi
 
 if [ -n "$SECRETS_FILE" ]; then

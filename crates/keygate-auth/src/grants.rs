@@ -1,8 +1,9 @@
 //! The provider's token endpoint, as a confidential client: the grants that
 //! API keys are exchanged with (client credentials for service keys, refresh
-//! for personal keys), the device authorization grant (RFC 8628) that creates
-//! a personal key, token exchange toward an upstream's audience (RFC 8693),
-//! and token revocation (RFC 7009).
+//! or the JWT authorization grant (RFC 7523) for personal keys), the device
+//! authorization grant (RFC 8628) that creates a personal key, token
+//! exchange toward an upstream's audience (RFC 8693), and token revocation
+//! (RFC 7009).
 //!
 //! Endpoints come from the provider's discovery document; the client
 //! authenticates with HTTP Basic (`client_secret_basic`, id and secret
@@ -22,6 +23,8 @@ use std::sync::Arc;
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 7523 §2.1: a JWT used as an authorization grant.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// RFC 8628 §3.2: the polling interval when the provider names none.
 const DEFAULT_DEVICE_INTERVAL: u64 = 5;
 
@@ -170,6 +173,17 @@ impl Grants {
         Grants { provider }
     }
 
+    /// The provider's issuer from its discovery document (the audience of
+    /// keygate's assertions); `None` before discovery has loaded.
+    pub fn provider_issuer(&self) -> Option<String> {
+        self.provider.keys().map(|k| k.metadata.issuer.clone())
+    }
+
+    /// The provider's HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        self.provider.http()
+    }
+
     /// The client-credentials grant: a service account's access token.
     pub async fn client_credentials(
         &self,
@@ -240,6 +254,33 @@ impl Grants {
             .await
             .and_then(|answer| tokens_from(answer, "token_exchange"));
         count("token_exchange", &result);
+        result
+    }
+
+    /// The JWT authorization grant (RFC 7523 §2.1): an access token for the
+    /// user the `assertion` (signed by keygate, see
+    /// [`crate::assertion`]) names, with the user's current roles, for
+    /// `scope` (empty: the client's defaults). Keycloak issues no refresh
+    /// token for it and keeps no session (a transient one).
+    pub async fn jwt_bearer(
+        &self,
+        client_id: &str,
+        client_secret: &Secret,
+        assertion: &Secret,
+        scope: &str,
+    ) -> Result<TokenResponse, GrantError> {
+        let mut form = vec![
+            ("grant_type", JWT_BEARER_GRANT),
+            ("assertion", assertion.expose()),
+        ];
+        if !scope.is_empty() {
+            form.push(("scope", scope));
+        }
+        let result = self
+            .token_grant(client_id, client_secret, &form)
+            .await
+            .and_then(|answer| tokens_from(answer, "jwt_bearer"));
+        count("jwt_bearer", &result);
         result
     }
 

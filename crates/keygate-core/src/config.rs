@@ -6,6 +6,7 @@
 //! Key names follow keycloak-gatekeeper where it had the same setting.
 
 use crate::Secret;
+use crate::keys::PersonalBacking;
 use crate::limits::{Quota, RateLimit};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -374,7 +375,49 @@ pub struct ApiKeysConfig {
     /// Usage quota of personal keys without one of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_personal: Option<Quota>,
+    /// What new personal keys are exchanged with: the user's offline session
+    /// (`offline-session`, the default) or the JWT authorization grant
+    /// (`jwt-grant`, set up in `jwt-grant`). Existing keys keep theirs.
+    #[serde(default)]
+    pub personal_backing: PersonalBacking,
+    /// keygate as an identity provider the OpenID provider trusts, for
+    /// personal keys backed by the JWT authorization grant (RFC 7523).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_grant: Option<JwtGrantConfig>,
 }
+
+/// The `api-keys.jwt-grant:` section: keygate signs a short assertion for a
+/// key's owner with its own key (published at `/oauth/jwks`), and the
+/// provider, which trusts keygate as an identity provider, answers with a
+/// token carrying the user's current roles.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JwtGrantConfig {
+    /// keygate's issuer identifier: the `iss` of its assertions, and the
+    /// *Issuer* of keygate's identity provider at the OpenID provider.
+    pub issuer: String,
+    /// The alias of keygate's identity provider at the provider (Keycloak),
+    /// which users are linked to.
+    #[serde(default = "default_jwt_grant_idp")]
+    pub identity_provider: String,
+    /// Link a user to the identity provider when they create a key
+    /// (Keycloak's admin REST API, as keygate's client's service account,
+    /// which then needs `manage-users`). Off: an administrator links users.
+    #[serde(default)]
+    pub link_users: bool,
+    /// Lifetime of an assertion (each is used once, at once).
+    #[serde(default = "default_assertion_lifetime", with = "duration")]
+    pub assertion_lifetime: Duration,
+    /// Which signing key: derived from the server secret and this number.
+    /// Raise it to rotate the key; `/oauth/jwks` publishes this generation's
+    /// key and the one before.
+    #[serde(default = "default_key_generation")]
+    pub key_generation: u32,
+}
+
+/// The longest assertion lifetime keygate allows: Keycloak's default
+/// *Max allowed assertion expiration*.
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
 
 impl Default for ApiKeysConfig {
     fn default() -> Self {
@@ -397,6 +440,8 @@ impl Default for ApiKeysConfig {
             rate_limit_personal: None,
             quota_service: None,
             quota_personal: None,
+            personal_backing: PersonalBacking::default(),
+            jwt_grant: None,
         }
     }
 }
@@ -786,6 +831,7 @@ impl Config {
                 message: "offline-keepalive-check must be longer than 0 (how often keygate looks for personal keys due for a keep-alive, e.g. 1h), or set offline-keepalive: 0 to turn the keep-alive off".into(),
             });
         }
+        errors.extend(self.jwt_grant_errors());
         if self.discovery_url.as_deref().unwrap_or("").is_empty() {
             errors.push(ConfigError::Missing {
                 key: "discovery-url",
@@ -1073,6 +1119,61 @@ impl Config {
             false => Err(errors),
         }
     }
+
+    /// What is wrong with `api-keys.personal-backing` and `api-keys.jwt-grant`.
+    fn jwt_grant_errors(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "api-keys",
+            message,
+        };
+        let Some(grant) = &self.api_keys.jwt_grant else {
+            if self.api_keys.personal_backing == PersonalBacking::JwtGrant {
+                errors.push(ConfigError::Missing {
+                    key: "api-keys.jwt-grant",
+                    why: "`personal-backing: jwt-grant` needs keygate's issuer and identity provider (jwt-grant: {issuer: …})",
+                });
+            }
+            return errors;
+        };
+        let issuer = grant.issuer.as_str();
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+            || issuer.len() <= "https://".len()
+            || issuer.contains(|c: char| c.is_whitespace() || c == '#' || c == '?')
+        {
+            errors.push(invalid(format!(
+                "jwt-grant.issuer `{issuer}` must be an http:// or https:// URL without query or fragment (keygate's issuer identifier, as set at the provider)"
+            )));
+        }
+        if grant.identity_provider.is_empty()
+            || grant
+                .identity_provider
+                .contains(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            errors.push(invalid(format!(
+                "jwt-grant.identity-provider `{}` must be the identity provider's alias at the provider: letters, digits, `-`, `_` and `.`",
+                grant.identity_provider
+            )));
+        }
+        if grant.assertion_lifetime.is_zero() || grant.assertion_lifetime > MAX_ASSERTION_LIFETIME {
+            errors.push(invalid(format!(
+                "jwt-grant.assertion-lifetime {} must be more than 0 and at most 5m (Keycloak refuses longer ones by default)",
+                duration::format(grant.assertion_lifetime)
+            )));
+        }
+        if grant.key_generation == 0 {
+            errors.push(invalid(
+                "jwt-grant.key-generation must be at least 1".into(),
+            ));
+        }
+        if self.client_secret.is_empty() {
+            errors.push(ConfigError::Missing {
+                key: "client-secret",
+                why: "`api-keys.jwt-grant` exchanges assertions as keygate's confidential client",
+            });
+        }
+        errors
+    }
 }
 
 fn http_header_name_invalid(name: &str) -> bool {
@@ -1194,6 +1295,18 @@ fn default_negative_ttl() -> Duration {
 fn default_record_ttl() -> Duration {
     Duration::from_secs(5)
 }
+fn default_jwt_grant_idp() -> String {
+    "keygate".into()
+}
+
+fn default_assertion_lifetime() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_key_generation() -> u32 {
+    1
+}
+
 fn default_offline_keepalive() -> Duration {
     Duration::from_secs(7 * 86_400)
 }
@@ -1250,6 +1363,80 @@ mod tests {
     fn listen_accepts_gatekeeper_port_only_form() {
         assert_eq!(ListenAddr::parse(":3000").unwrap().0.port(), 3000);
         assert!(ListenAddr::parse("3000").is_err());
+    }
+
+    /// A config with `api-keys` as given (JSON) and the required keys.
+    fn with_api_keys(api_keys: serde_json::Value, secret: &str) -> Config {
+        serde_json::from_value(serde_json::json!({
+            "discovery-url": "https://login.example.com/realms/acme",
+            "client-id": "keygate",
+            "client-secret": secret,
+            "upstream-url": "http://127.0.0.1:8080",
+            "api-keys": api_keys,
+        }))
+        .unwrap()
+    }
+
+    fn messages(config: &mut Config) -> String {
+        match config.validate() {
+            Ok(()) => String::new(),
+            Err(errors) => errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    #[test]
+    fn jwt_grant_backing_needs_its_section_and_sane_values() {
+        let mut c = with_api_keys(serde_json::json!({}), "s");
+        assert_eq!(c.api_keys.personal_backing, PersonalBacking::OfflineSession);
+        assert_eq!(messages(&mut c), "");
+
+        let mut c = with_api_keys(serde_json::json!({"personal-backing": "jwt-grant"}), "s");
+        assert!(
+            messages(&mut c).contains("`api-keys.jwt-grant` is required"),
+            "{}",
+            messages(&mut c)
+        );
+
+        let mut c = with_api_keys(
+            serde_json::json!({"personal-backing": "jwt-grant", "jwt-grant": {"issuer": "https://api.example.com"}}),
+            "s",
+        );
+        assert_eq!(messages(&mut c), "");
+        let grant = c.api_keys.jwt_grant.clone().unwrap();
+        assert_eq!(grant.identity_provider, "keygate");
+        assert!(!grant.link_users);
+        assert_eq!(grant.assertion_lifetime, Duration::from_secs(60));
+        assert_eq!(grant.key_generation, 1);
+
+        let mut c = with_api_keys(
+            serde_json::json!({"jwt-grant": {"issuer": "api.example.com", "identity-provider": "a b",
+                "assertion-lifetime": "10m", "key-generation": 0}}),
+            "",
+        );
+        let text = messages(&mut c);
+        for needle in [
+            "jwt-grant.issuer `api.example.com`",
+            "jwt-grant.identity-provider `a b`",
+            "jwt-grant.assertion-lifetime 10m",
+            "jwt-grant.key-generation",
+            "`client-secret` is required",
+        ] {
+            assert!(text.contains(needle), "{needle} not in {text}");
+        }
+
+        // Unknown keys and backings are refused.
+        let bad = serde_json::from_value::<Config>(serde_json::json!({
+            "api-keys": {"jwt-grant": {"issuer": "https://x", "audience": "y"}}
+        }));
+        assert!(bad.is_err());
+        let bad = serde_json::from_value::<Config>(serde_json::json!({
+            "api-keys": {"personal-backing": "client-credentials"}
+        }));
+        assert!(bad.is_err());
     }
 
     #[test]

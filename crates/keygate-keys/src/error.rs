@@ -70,8 +70,10 @@ pub enum KeyError {
     /// The key is past its expiry.
     #[error("API key has expired")]
     Expired,
-    /// The provider refused the key's credential; the text says why and
-    /// what to do (no provider URL: only its OAuth error and description).
+    /// The provider refused the key's credential (offline session ended,
+    /// user disabled or no longer linked, client secret changed); the text
+    /// says why and what to do (no provider URL: only its OAuth error and
+    /// description).
     #[error("the provider no longer accepts this API key: {0}")]
     Rejected(String),
     /// The key may not use this method.
@@ -210,6 +212,10 @@ pub enum DeviceError {
     /// The user did not finish in time.
     #[error("the device code expired")]
     Expired,
+    /// The key would be backed by the JWT grant, and the provider finds no
+    /// user through keygate's identity provider: the text says what to do.
+    #[error("{0}")]
+    NotLinked(String),
     /// The provider failed or gave no usable answer (the cause is for the
     /// log only: it may name the provider's URL).
     #[error("provider: {0}")]
@@ -236,6 +242,9 @@ pub enum DeviceFailure {
     /// The new key could not be stored.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The user could not be linked to keygate's identity provider.
+    #[error("linking the user: {0}")]
+    Link(#[from] keygate_auth::links::LinkError),
     /// The provider's answer was none keygate knows.
     #[error("unexpected device poll answer")]
     Unexpected,

@@ -1,6 +1,8 @@
 //! API keys for keygate, as a domain service with no HTTP-server types:
 //! `kgs_…` service keys that stand for a service-account client, and
-//! `kgp_…` personal keys that stand for a user's offline session.
+//! `kgp_…` personal keys that stand for a user: backed by the user's
+//! offline session, or by the JWT authorization grant (an assertion keygate
+//! signs for the user, which the provider trusts).
 //!
 //! A key is never a token itself: on use it is exchanged for a real
 //! provider access token ([`ApiKeys::authenticate`]), which the proxy
@@ -14,7 +16,8 @@
 //! - [`restrictions`]: expiry, revocation, methods, routes and networks;
 //! - [`limits`]: rate limits and quotas (GCRA, shared through Redis);
 //! - [`manage`]: create, list, show, revoke, renew, rotate, set limits;
-//! - [`device`]: personal keys from the device authorization grant;
+//! - [`device`]: personal keys from the device authorization grant (and,
+//!   for the JWT grant, the user's link to keygate at the provider);
 //! - [`keepalive`]: keeping idle personal keys' offline sessions alive;
 //! - [`model`]: what callers send and get back;
 //! - [`error`]: the typed errors, each keeping its cause.

@@ -9,7 +9,7 @@ use crate::restrictions::{check_validity, parse_cidr};
 use crate::state::ApiKeys;
 use keygate_auth::apikey;
 use keygate_auth::stored::StoredSecret;
-use keygate_core::keys::KeyKind;
+use keygate_core::keys::{Backing, KeyKind};
 use keygate_core::limits::{KeyLimit, Quota, RateLimit};
 use keygate_core::{Secret, unix_now};
 use keygate_store::{KeyFilter, KeyRecord};
@@ -161,7 +161,9 @@ impl ApiKeys {
         })
     }
 
-    /// A new record with no restrictions, before the caller fills in the rest.
+    /// A new record with no restrictions and its kind's first backing
+    /// (client credentials, offline session), before the caller fills in
+    /// the rest.
     pub(crate) fn fresh_record(
         &self,
         id: &str,
@@ -194,6 +196,10 @@ impl ApiKeys {
             revoked_at: None,
             rate_limit: None,
             quota: None,
+            backing: match kind {
+                KeyKind::Service => Backing::ClientCredentials,
+                KeyKind::Personal => Backing::OfflineSession,
+            },
         }
     }
 
@@ -219,6 +225,8 @@ impl ApiKeys {
 
     /// Revokes a key: on this process at once; a personal key's offline
     /// session is revoked at the provider (RFC 7009) and its secret deleted.
+    /// A key backed by the JWT grant has nothing at the provider to revoke:
+    /// without the key keygate signs no assertion for it.
     pub async fn revoke(
         &self,
         id: &str,

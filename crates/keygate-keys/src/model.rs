@@ -103,6 +103,9 @@ pub struct KeyView {
     pub rate_limit: Option<String>,
     /// The key's own usage quota; `null`: its kind's default.
     pub quota: Option<String>,
+    /// What the key is exchanged with: `client-credentials`,
+    /// `offline-session` or `jwt-grant`.
+    pub backing: &'static str,
 }
 
 impl From<&KeyRecord> for KeyView {
@@ -132,6 +135,7 @@ impl From<&KeyRecord> for KeyView {
             status,
             rate_limit: r.rate_limit.clone(),
             quota: r.quota.clone(),
+            backing: r.backing.as_str(),
         }
     }
 }

@@ -15,8 +15,9 @@
 //! 3. expiry, revocation and the key's restrictions (methods, route
 //!    prefixes, client networks) are enforced, then its limits;
 //! 4. the cached provider token for the key is used, or one exchange is made
-//!    (client-credentials for service keys, refresh for personal keys);
-//!    concurrent first uses of a key share that one exchange;
+//!    (client-credentials for service keys; for personal keys the refresh of
+//!    the offline session, or the JWT authorization grant, by the key's
+//!    backing); concurrent first uses of a key share that one exchange;
 //! 5. the provider's token is verified like any bearer token and its
 //!    identity forwarded, marked `api-key` with the key's id.
 
@@ -25,6 +26,7 @@ use crate::limits::{LimitHeaders, Limiter};
 use crate::restrictions::{check_restrictions, check_validity};
 use crate::state::{ApiKeys, RenewBeforeExpiry, STALE_RECORD_TTL};
 use keygate_auth::apikey::{self, KeyCrypto};
+use keygate_auth::assertion::AssertionSigner;
 use keygate_auth::grants::Grants;
 use keygate_auth::{JwtVerifier, Provider};
 use keygate_core::config::Config;
@@ -53,8 +55,14 @@ impl ApiKeys {
         };
         let crypto = KeyCrypto::new(secret.expose().as_bytes())
             .map_err(|e| ManageError::Invalid(e.to_string()))?;
-        let store = KeyStore::connect(&config.store_url.0).await?;
         let c = &config.api_keys;
+        let signer = c
+            .jwt_grant
+            .as_ref()
+            .map(|g| AssertionSigner::new(secret.expose().as_bytes(), &g.issuer, g.key_generation))
+            .transpose()
+            .map_err(|e| ManageError::Invalid(format!("api-keys.jwt-grant: {e}")))?;
+        let store = KeyStore::connect(&config.store_url.0).await?;
         Ok(Some(ApiKeys {
             store,
             crypto,
@@ -62,6 +70,7 @@ impl ApiKeys {
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
             config: c.clone(),
+            signer,
             records: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(c.record_cache_ttl)
@@ -96,6 +105,17 @@ impl ApiKeys {
     /// The store.
     pub fn store(&self) -> &KeyStore {
         &self.store
+    }
+
+    /// keygate's public signing keys as a JWK Set (served at `/oauth/jwks`),
+    /// when `api-keys.jwt-grant` is set.
+    pub fn jwks(&self) -> Option<serde_json::Value> {
+        self.signer.as_ref().map(AssertionSigner::jwks)
+    }
+
+    /// The backing of new personal keys (`api-keys.personal-backing`).
+    pub fn personal_backing(&self) -> keygate_core::keys::Backing {
+        self.config.personal_backing.into()
     }
 
     /// The role the admin API requires.

@@ -5,8 +5,10 @@
 use crate::error::KeyRefusal;
 use crate::limits::Limiter;
 use keygate_auth::apikey::KeyCrypto;
+use keygate_auth::assertion::AssertionSigner;
 use keygate_auth::grants::Grants;
 use keygate_core::config::ApiKeysConfig;
+use keygate_core::keys::Backing;
 use keygate_core::limits::{Quota, RateLimit};
 use keygate_core::{Identity, Secret, unix_now};
 use keygate_store::{KeyRecord, KeyStore, Redis};
@@ -23,6 +25,9 @@ pub struct ApiKeys {
     pub(crate) client_id: String,
     pub(crate) client_secret: Secret,
     pub(crate) config: ApiKeysConfig,
+    /// Signs the assertions of keys backed by the JWT authorization grant,
+    /// when `api-keys.jwt-grant` is set.
+    pub(crate) signer: Option<AssertionSigner>,
     pub(crate) records: Cache<[u8; 32], Arc<Found>>,
     /// Records as last read, for when the store cannot be reached: a key
     /// whose exchanged token is still cached keeps working through an outage.
@@ -80,4 +85,6 @@ pub(crate) struct PendingDevice {
     pub(crate) description: String,
     pub(crate) lifetime: Option<Duration>,
     pub(crate) interval: u64,
+    /// The new key's backing, chosen when the flow started.
+    pub(crate) backing: Backing,
 }

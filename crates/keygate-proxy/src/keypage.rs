@@ -1,7 +1,8 @@
 //! The self-service key page at `/oauth/keys` for logged-in browser users:
 //! server-rendered HTML that works without JavaScript. Users list their
 //! keys, create a personal key (the provider's device authorization, which
-//! asks for `offline_access`), renew and revoke. Forms are POSTs protected by
+//! asks for `offline_access` when personal keys are backed by an offline
+//! session), renew and revoke. Forms are POSTs protected by
 //! the session's Origin check (see `pipeline::csrf_check`).
 
 use crate::gateway::Gateway;
@@ -11,6 +12,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use keygate_core::Identity;
+use keygate_core::keys::Backing;
 use keygate_keys::{ApiKeys, CreatedKey, DeviceError, KeyView};
 use keygate_store::KeyFilter;
 use std::time::{Duration, UNIX_EPOCH};
@@ -115,18 +117,23 @@ pub async fn create(keys: &ApiKeys, form: &[(String, String)]) -> Result<Respons
     let code = started["user_code"].as_str().unwrap_or("");
     Ok(page(
         "Approve your new key",
-        &approve_body(flow, url, code, None),
+        &approve_body(keys, flow, url, code, None),
     ))
 }
 
-fn approve_body(flow: &str, url: &str, code: &str, notice: Option<&str>) -> String {
+fn approve_body(keys: &ApiKeys, flow: &str, url: &str, code: &str, notice: Option<&str>) -> String {
     let notice = notice
         .map(|n| format!("<p class=\"notice\" role=\"status\">{}</p>", esc(n)))
         .unwrap_or_default();
+    let approve = match keys.personal_backing() {
+        Backing::OfflineSession => {
+            "Approve. The provider asks for offline access: that is what lets the key work while you are away."
+        }
+        _ => "Approve. The key then acts as you, with your roles at the time of each use.",
+    };
     format!(
         "<h1>Approve your new key</h1>{notice}<ol><li>Open <a href=\"{u}\" target=\"_blank\" rel=\"noopener noreferrer\" id=\"approve\">the provider's approval page</a> \
-         and check that it shows the code <strong class=\"code\">{c}</strong>.</li><li>Approve. The provider asks for offline access: \
-         that is what lets the key work while you are away.</li><li>Come back and show the key.</li></ol>\
+         and check that it shows the code <strong class=\"code\">{c}</strong>.</li><li>{approve}</li><li>Come back and show the key.</li></ol>\
          <form method=\"post\" action=\"/oauth/keys/new/finish\"><input type=\"hidden\" name=\"flow_id\" value=\"{f}\">\
          <input type=\"hidden\" name=\"verification_uri\" value=\"{u}\"><input type=\"hidden\" name=\"user_code\" value=\"{c}\">\
          <button type=\"submit\" id=\"finish\">I have approved — show my key</button></form><p><a href=\"/oauth/keys\">Cancel</a></p>",
@@ -151,6 +158,7 @@ pub async fn finish(
             Ok(page(
                 "Approve your new key",
                 &approve_body(
+                    keys,
                     flow,
                     url,
                     code,
@@ -158,7 +166,12 @@ pub async fn finish(
                 ),
             ))
         }
-        Err(e @ (DeviceError::Denied | DeviceError::Expired | DeviceError::Unknown)) => {
+        Err(
+            e @ (DeviceError::Denied
+            | DeviceError::Expired
+            | DeviceError::Unknown
+            | DeviceError::NotLinked(_)),
+        ) => {
             let body = format!(
                 "<h1>No key was created</h1><p class=\"notice\" role=\"alert\">{}</p><p><a href=\"/oauth/keys\">Back to your keys</a></p>",
                 esc(&e.to_string())

@@ -1,5 +1,6 @@
 //! keygate's own endpoints under `/oauth/`: `health`, `ready`, `metrics`,
-//! and the forward-auth endpoint `auth`. With `listen-admin` set, metrics
+//! `jwks` (keygate's public signing keys, when personal keys may be backed
+//! by the JWT authorization grant), and the forward-auth endpoint `auth`. With `listen-admin` set, metrics
 //! and the detailed health are served on that port instead
 //! ([`crate::admin`]) and the public `health` says only that keygate lives.
 
@@ -37,6 +38,7 @@ pub async fn serve(
         "/oauth/health" if read_only && gw.config.listen_admin.is_some() => Ok(liveness()),
         "/oauth/health" if read_only => Ok(health(gw).await),
         "/oauth/ready" if read_only => Ok(ready(gw)),
+        "/oauth/jwks" if read_only => jwks(gw),
         "/oauth/metrics" if read_only && public_metrics(gw) => {
             if gw.config.localhost_metrics && !from_this_host(ctx, req.headers()) {
                 return Err(Refused::new(
@@ -48,6 +50,27 @@ pub async fn serve(
         }
         _ => Err(Refusal::NotFound.into()),
     }
+}
+
+/// keygate's public signing keys as a JWK Set, for the provider that
+/// verifies its assertions (`api-keys.jwt-grant`); 404 without one. Public
+/// keys only; cacheable for a few minutes.
+fn jwks(gw: &Gateway) -> Result<Response<Body>, Refused> {
+    let set = gw
+        .api_keys
+        .as_ref()
+        .and_then(|keys| keys.jwks())
+        .ok_or(Refusal::NotFound)?;
+    let mut resp = respond::json(StatusCode::OK, &set);
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=300"),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/jwk-set+json"),
+    );
+    Ok(resp)
 }
 
 /// Whether the public listener serves `/oauth/metrics`: on unless

@@ -283,6 +283,9 @@ pub fn device_outcome(e: DeviceError) -> Result<Response<Body>, Refused> {
             };
             (StatusCode::BAD_REQUEST, error_body(code, &e.to_string()))
         }
+        // Not the flow's fault: the user's account at the provider needs a
+        // link an administrator makes.
+        DeviceError::NotLinked(why) => (StatusCode::FORBIDDEN, error_body("not_linked", why)),
         _ => {
             tracing::warn!(error = %e, "device flow failed");
             return Err(Refused {

@@ -30,7 +30,7 @@ pub mod shared;
 mod store;
 
 pub use error::StoreError;
-pub use keygate_core::keys::KeyKind;
+pub use keygate_core::keys::{Backing, KeyKind};
 pub use record::{AuditEntry, HashMatch, KeyFilter, KeyRecord};
 pub use shared::{Redis, SharedError};
 pub use store::{CHANGES_CHANNEL, ChangeListener, KeyChange, KeyStore};

@@ -25,6 +25,7 @@ const SQLITE: &[Migration] = &[
         3,
         include_str!("../migrations/sqlite/0003_offline_keepalive.sql"),
     ),
+    (4, include_str!("../migrations/sqlite/0004_key_backing.sql")),
 ];
 
 /// PostgreSQL migrations, in order.
@@ -37,6 +38,10 @@ const POSTGRES: &[Migration] = &[
     (
         3,
         include_str!("../migrations/postgres/0003_offline_keepalive.sql"),
+    ),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_key_backing.sql"),
     ),
 ];
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use keygate_core::keys::KeyKind;
+use keygate_core::keys::{Backing, KeyKind};
 
 /// One API key as stored: everything about it except the key itself.
 ///
@@ -31,7 +31,9 @@ pub struct KeyRecord {
     pub allowed_cidrs: Vec<String>,
     /// Keyed hash of the whole key (32 bytes); unique across the store.
     pub key_hash: Vec<u8>,
-    /// The encrypted client secret (service keys) or refresh token (personal keys).
+    /// The encrypted client secret (service keys), refresh token (personal
+    /// keys backed by an offline session) or subject (personal keys backed by
+    /// the JWT authorization grant).
     pub sealed_secret: Option<Vec<u8>>,
     /// Bumped by every [`crate::KeyStore::update_secret`] and rotation, for compare-and-swap.
     pub secret_version: i64,
@@ -53,6 +55,8 @@ pub struct KeyRecord {
     pub rate_limit: Option<String>,
     /// The key's own usage quota (`10000/day`); `None`: its kind's default.
     pub quota: Option<String>,
+    /// What the key is exchanged with at the provider (schema version 4).
+    pub backing: Backing,
 }
 
 /// Prints `[redacted]` for a present secret byte field.
@@ -95,6 +99,7 @@ impl fmt::Debug for KeyRecord {
             .field("revoked_at", &self.revoked_at)
             .field("rate_limit", &self.rate_limit)
             .field("quota", &self.quota)
+            .field("backing", &self.backing)
             .finish()
     }
 }
@@ -165,6 +170,7 @@ mod tests {
             revoked_at: None,
             rate_limit: None,
             quota: None,
+            backing: Backing::ClientCredentials,
         };
         let s = format!("{rec:?}");
         assert!(s.contains("kgs_AbC1"));

@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use keygate_core::keys::KeyKind;
+use keygate_core::keys::{Backing, KeyKind};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ColumnIndex, Decode, PgPool, Row, SqlitePool, Type};
@@ -33,7 +33,7 @@ macro_rules! columns {
         "id, prefix, kind, owner, description, client_id, scopes, allowed_methods, \
          allowed_prefixes, allowed_cidrs, key_hash, sealed_secret, secret_version, \
          previous_hash, previous_sealed_secret, previous_valid_until, created_at, expires_at, \
-         last_used_at, revoked_at, rate_limit, quota"
+         last_used_at, revoked_at, rate_limit, quota, backing"
     };
 }
 
@@ -230,13 +230,28 @@ impl KeyStore {
         let methods = to_json(&rec.id, &rec.allowed_methods)?;
         let prefixes = to_json(&rec.id, &rec.allowed_prefixes)?;
         let cidrs = to_json(&rec.id, &rec.allowed_cidrs)?;
-        let detail = format!("kind={} prefix={}", rec.kind.as_str(), rec.prefix);
+        if !rec.backing.fits(rec.kind) {
+            return Err(StoreError::Corrupt {
+                id: rec.id.clone(),
+                reason: format!(
+                    "a {} key cannot be backed by {}",
+                    rec.kind.as_str(),
+                    rec.backing.as_str()
+                ),
+            });
+        }
+        let detail = format!(
+            "kind={} prefix={} backing={}",
+            rec.kind.as_str(),
+            rec.prefix,
+            rec.backing.as_str()
+        );
         with_tx!(self, |tx, Db| {
             sqlx::query::<Db>(concat!(
                 "INSERT INTO api_keys (",
                 columns!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18, $19, $20, $21, $22)"
+                 $16, $17, $18, $19, $20, $21, $22, $23)"
             ))
             .bind(&rec.id)
             .bind(&rec.prefix)
@@ -260,6 +275,7 @@ impl KeyStore {
             .bind(rec.revoked_at)
             .bind(&rec.rate_limit)
             .bind(&rec.quota)
+            .bind(rec.backing.as_str())
             .execute(&mut *tx)
             .await?;
             audit!(Db, tx, &rec.id, "create", actor, rec.created_at, &detail);
@@ -537,7 +553,8 @@ impl KeyStore {
         })
     }
 
-    /// Live personal keys whose provider session keygate last refreshed
+    /// Live personal keys backed by an offline session whose provider
+    /// session keygate last refreshed
     /// (or, if never, created) before `before`, and that have not expired at
     /// `now`: the ones an offline-session keep-alive is due for. Oldest
     /// refresh first, at most `limit`.
@@ -552,8 +569,8 @@ impl KeyStore {
             sqlx::query::<Db>(concat!(
                 "SELECT ",
                 columns!(),
-                " FROM api_keys WHERE kind = 'personal' AND revoked_at IS NULL \
-                 AND sealed_secret IS NOT NULL AND (expires_at IS NULL OR expires_at > $2) \
+                " FROM api_keys WHERE kind = 'personal' AND backing = 'offline-session' \
+                 AND revoked_at IS NULL AND sealed_secret IS NOT NULL AND (expires_at IS NULL OR expires_at > $2) \
                  AND COALESCE(session_refreshed_at, created_at) < $1 \
                  ORDER BY COALESCE(session_refreshed_at, created_at), id LIMIT $3"
             ))
@@ -784,6 +801,16 @@ where
             reason: format!("unknown kind `{kind}`"),
         });
     };
+    let backing: String = row.try_get("backing")?;
+    let backing = match Backing::parse(&backing) {
+        Some(b) if b.fits(kind) => b,
+        _ => {
+            return Err(StoreError::Corrupt {
+                id,
+                reason: format!("backing `{backing}` is not one of a {} key", kind.as_str()),
+            });
+        }
+    };
     let list = |column: &'static str| -> Result<Vec<String>, StoreError> {
         let text: String = row.try_get(column)?;
         serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
@@ -813,6 +840,7 @@ where
         revoked_at: row.try_get("revoked_at")?,
         rate_limit: row.try_get("rate_limit")?,
         quota: row.try_get("quota")?,
+        backing,
         id,
     })
 }

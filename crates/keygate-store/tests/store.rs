@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_store::{AuditEntry, HashMatch, KeyFilter, KeyKind, KeyRecord, KeyStore, StoreError};
+use keygate_store::{
+    AuditEntry, Backing, HashMatch, KeyFilter, KeyKind, KeyRecord, KeyStore, StoreError,
+};
 use keygate_testkit::PgServer;
 use sqlx::Connection;
 
@@ -125,6 +127,10 @@ fn record(owner: &str, kind: KeyKind, created_at: i64) -> KeyRecord {
         revoked_at: None,
         rate_limit: None,
         quota: None,
+        backing: match kind {
+            KeyKind::Service => Backing::ClientCredentials,
+            KeyKind::Personal => Backing::OfflineSession,
+        },
     }
 }
 
@@ -168,6 +174,26 @@ async fn insert_get_round_trips_every_field(f: &Fixture) {
     let minimal = record("f:1234:bob", KeyKind::Personal, 1_700_000_003);
     f.store.insert(&minimal, "bob").await.unwrap();
     assert_eq!(f.store.get(&minimal.id).await.unwrap(), Some(minimal));
+
+    let mut granted = record("f:1234:carol", KeyKind::Personal, 1_700_000_004);
+    granted.backing = Backing::JwtGrant;
+    granted.sealed_secret = Some(random_bytes(40));
+    f.store.insert(&granted, "carol").await.unwrap();
+    assert_eq!(
+        f.store.get(&granted.id).await.unwrap(),
+        Some(granted.clone())
+    );
+    let audit = f.store.audit(&granted.id).await.unwrap();
+    assert!(audit[0].detail.ends_with("backing=jwt-grant"), "{audit:?}");
+
+    // A backing that does not fit the kind is never stored.
+    let mut misfit = record("svc", KeyKind::Service, 1_700_000_005);
+    misfit.backing = Backing::JwtGrant;
+    assert!(matches!(
+        f.store.insert(&misfit, "cli").await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(f.store.get(&misfit.id).await.unwrap(), None);
 
     assert_eq!(f.store.get("no-such-id").await.unwrap(), None);
 }
@@ -683,8 +709,8 @@ async fn update_secret_concurrent_exactly_one_wins(f: &Fixture) {
 }
 
 /// The offline-session keep-alive's queries: which personal keys are due
-/// (live, unexpired, with a secret, not refreshed since `before`, oldest
-/// first), claims that exactly one of many concurrent sweepers wins, and
+/// (backed by an offline session, live, unexpired, with a secret, not
+/// refreshed since `before`, oldest first), claims that exactly one of many concurrent sweepers wins, and
 /// exchanges that push a key's next keep-alive out.
 async fn keepalive_due_and_claims(f: &Fixture) {
     let now = 10_000;
@@ -701,7 +727,13 @@ async fn keepalive_due_and_claims(f: &Fixture) {
     revoked.sealed_secret = Some(b"r5".to_vec());
     let mut service = record("svc", KeyKind::Service, 100);
     service.sealed_secret = Some(b"s".to_vec());
-    for r in [&due_old, &due_new, &fresh, &expired, &revoked, &service] {
+    // Backed by the JWT grant: no session at the provider to keep alive.
+    let mut granted = record("carol", KeyKind::Personal, 100);
+    granted.sealed_secret = Some(b"g".to_vec());
+    granted.backing = Backing::JwtGrant;
+    for r in [
+        &due_old, &due_new, &fresh, &expired, &revoked, &service, &granted,
+    ] {
         f.store.insert(r, "test").await.unwrap();
     }
     f.store.revoke(&revoked.id, "test", 150).await.unwrap();
@@ -907,7 +939,7 @@ async fn sqlite_file_created_on_first_start_in_wal_mode() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(versions, 3);
+    assert_eq!(versions, 4);
 }
 
 #[tokio::test]
@@ -1040,6 +1072,86 @@ async fn postgres_announces_key_changes_to_listeners() {
     store.insert(&rec3, "admin").await.unwrap();
     store.revoke(&rec3.id, "admin", 7).await.unwrap();
     assert!(matches!(next_change(&mut listener).await, KeyChange::Key { id, .. } if id == rec3.id));
+}
+
+/// Applies schema versions 1 to 3 as an older keygate did and stores a
+/// service and a personal key in it, on `conn`.
+macro_rules! v3_database_with_two_keys {
+    ($conn:expr, $dir:literal) => {{
+        for (v, sql) in [
+            (1, include_str!(concat!("../migrations/", $dir, "/0001_api_keys.sql"))),
+            (2, include_str!(concat!("../migrations/", $dir, "/0002_limits_and_changes.sql"))),
+            (3, include_str!(concat!("../migrations/", $dir, "/0003_offline_keepalive.sql"))),
+        ] {
+            sqlx::raw_sql(sql).execute(&mut *$conn).await.unwrap();
+            sqlx::raw_sql(&format!(
+                "CREATE TABLE IF NOT EXISTS keygate_migrations (version BIGINT PRIMARY KEY NOT NULL, \
+                 applied_at BIGINT NOT NULL); INSERT INTO keygate_migrations VALUES ({v}, 1)"
+            ))
+            .execute(&mut *$conn)
+            .await
+            .unwrap();
+        }
+        for (id, kind, hash) in [("svc-1", "service", "01"), ("per-1", "personal", "02")] {
+            let hash = if $dir == "sqlite" { format!("X'{hash}'") } else { format!("'\\x{hash}'") };
+            sqlx::raw_sql(&format!(
+                "INSERT INTO api_keys (id, prefix, kind, owner, key_hash, sealed_secret, created_at) \
+                 VALUES ('{id}', 'kg_x', '{kind}', 'o', {hash}, {hash}, 1)"
+            ))
+            .execute(&mut *$conn)
+            .await
+            .unwrap();
+        }
+    }};
+}
+
+/// Schema version 4 gives the keys made before it their backing: client
+/// credentials for service keys, the offline session for personal keys.
+#[tokio::test]
+async fn sqlite_v3_keys_get_their_backing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/keys.db", dir.path().display());
+    let mut conn = sqlx::SqliteConnection::connect_with(
+        &url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    v3_database_with_two_keys!(&mut conn, "sqlite");
+    conn.close().await.unwrap();
+    let store = KeyStore::connect(&url).await.unwrap();
+    let svc = store.get("svc-1").await.unwrap().unwrap();
+    assert_eq!(svc.backing, Backing::ClientCredentials);
+    let per = store.get("per-1").await.unwrap().unwrap();
+    assert_eq!(per.backing, Backing::OfflineSession);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_v3_keys_get_their_backing() {
+    let server = PgServer::start().await;
+    let url = server.create_database("keygate_v3").await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    v3_database_with_two_keys!(&mut conn, "postgres");
+    conn.close().await.unwrap();
+    let store = KeyStore::connect(&url).await.unwrap();
+    assert_eq!(
+        store.get("svc-1").await.unwrap().unwrap().backing,
+        Backing::ClientCredentials
+    );
+    assert_eq!(
+        store.get("per-1").await.unwrap().unwrap().backing,
+        Backing::OfflineSession
+    );
+    // A changed backing is announced to the replicas like any change.
+    let mut listener = store.listen_changes().await.unwrap().unwrap();
+    sqlx::raw_sql("UPDATE api_keys SET backing = 'jwt-grant' WHERE id = 'per-1'")
+        .execute(&mut sqlx::PgConnection::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_change(&mut listener).await, keygate_store::KeyChange::Key { id, .. } if id == "per-1")
+    );
 }
 
 #[tokio::test]

@@ -186,3 +186,173 @@ fn start_for_this_process() -> String {
         }
     }
 }
+
+/// Helpers of the JWT-authorization-grant tests (`tests/keycloak_jwt_grant.rs`):
+/// users, realm roles and identity providers in a realm, through the admin
+/// REST API.
+impl Keycloak {
+    /// Creates user `username` in `realm`, password = username, e-mail
+    /// verified, enabled; returns its id.
+    pub async fn create_user_in(&self, realm: &str, username: &str) -> String {
+        let rep = json!({
+            "username": username,
+            "enabled": true,
+            "email": format!("{username}@example.com"),
+            "emailVerified": true,
+            "firstName": "Test",
+            "lastName": "User",
+            "credentials": [{"type": "password", "value": username, "temporary": false}],
+        });
+        let (status, body) = self
+            .realm_admin(realm, reqwest::Method::POST, "/users", Some(rep))
+            .await;
+        assert_eq!(status, 201, "creating user {username}: {body}");
+        let (_, found) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::GET,
+                &format!("/users?username={username}&exact=true"),
+                None,
+            )
+            .await;
+        found[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates realm role `role` in `realm`.
+    pub async fn create_realm_role_in(&self, realm: &str, role: &str) {
+        let (status, body) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::POST,
+                "/roles",
+                Some(json!({ "name": role })),
+            )
+            .await;
+        assert_eq!(status, 201, "creating role {role}: {body}");
+    }
+
+    /// Grants (`grant`) or removes realm role `role` of user `id` in `realm`.
+    pub async fn set_realm_role_in(&self, realm: &str, id: &str, role: &str, grant: bool) {
+        let (status, rep) = self
+            .realm_admin(realm, reqwest::Method::GET, &format!("/roles/{role}"), None)
+            .await;
+        assert_eq!(status, 200, "reading role {role}: {rep}");
+        let method = if grant {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::DELETE
+        };
+        let (status, body) = self
+            .realm_admin(
+                realm,
+                method,
+                &format!("/users/{id}/role-mappings/realm"),
+                Some(json!([rep])),
+            )
+            .await;
+        assert_eq!(status, 204, "changing role {role} of {id}: {body}");
+    }
+
+    /// Enables or disables user `id` in `realm`.
+    pub async fn set_user_enabled_in(&self, realm: &str, id: &str, enabled: bool) {
+        let (status, body) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::PUT,
+                &format!("/users/{id}"),
+                Some(json!({ "enabled": enabled })),
+            )
+            .await;
+        assert_eq!(status, 204, "enabling={enabled} user {id}: {body}");
+    }
+
+    /// Gives the service account of client `client_uuid` in `realm` the
+    /// `realm-management` client role `role` (e.g. `manage-users`).
+    pub async fn grant_realm_management_in(&self, realm: &str, client_uuid: &str, role: &str) {
+        let (_, sa) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::GET,
+                &format!("/clients/{client_uuid}/service-account-user"),
+                None,
+            )
+            .await;
+        let sa = sa["id"].as_str().unwrap().to_owned();
+        let (_, rm) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::GET,
+                "/clients?clientId=realm-management",
+                None,
+            )
+            .await;
+        let rm = rm[0]["id"].as_str().unwrap().to_owned();
+        let (status, rep) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::GET,
+                &format!("/clients/{rm}/roles/{role}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "reading realm-management role {role}: {rep}");
+        let (status, body) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::POST,
+                &format!("/users/{sa}/role-mappings/clients/{rm}"),
+                Some(json!([rep])),
+            )
+            .await;
+        assert_eq!(status, 204, "granting {role}: {body}");
+    }
+
+    /// Creates an identity provider of type `jwt-authorization-grant` in
+    /// `realm`: `alias`, trusting assertions whose `iss` is `issuer`,
+    /// verified with the keys at `jwks_url`, `clock_skew` seconds allowed.
+    pub async fn create_jwt_grant_idp_in(
+        &self,
+        realm: &str,
+        alias: &str,
+        issuer: &str,
+        jwks_url: &str,
+        clock_skew: u32,
+    ) {
+        let rep = json!({
+            "alias": alias,
+            "providerId": "jwt-authorization-grant",
+            "enabled": true,
+            "hideOnLogin": true,
+            "config": {
+                "issuer": issuer,
+                "useJwksUrl": "true",
+                "jwksUrl": jwks_url,
+                "jwtAuthorizationGrantEnabled": "true",
+                "jwtAuthorizationGrantAllowedClockSkew": clock_skew.to_string(),
+            },
+        });
+        let (status, body) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::POST,
+                "/identity-provider/instances",
+                Some(rep),
+            )
+            .await;
+        assert_eq!(status, 201, "creating identity provider {alias}: {body}");
+    }
+
+    /// The identity-provider links (federated identities) of user `id`.
+    pub async fn links_in(&self, realm: &str, id: &str) -> Vec<Value> {
+        let (status, body) = self
+            .realm_admin(
+                realm,
+                reqwest::Method::GET,
+                &format!("/users/{id}/federated-identity"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array().cloned().unwrap_or_default()
+    }
+}

@@ -525,6 +525,7 @@ fn print_view(v: &KeyView) {
     println!("id:          {}", v.id);
     println!("prefix:      {}", v.prefix);
     println!("kind:        {}", v.kind);
+    println!("backing:     {}", v.backing);
     println!("status:      {}", v.status);
     println!("owner:       {}", v.owner);
     println!("description: {}", v.description);
