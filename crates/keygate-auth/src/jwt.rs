@@ -12,9 +12,14 @@
 //! Answers are cached by token until its `exp`, and concurrent requests with
 //! the same token wait for one introspection.
 //!
-//! Verified identities are cached by the SHA-256 of the token until the
-//! token's `exp`, in a bounded in-memory cache, so steady traffic pays one
-//! signature check per token rather than per request.
+//! Verified identities are cached until the token's `exp`, in a bounded
+//! in-memory cache, so steady traffic pays one signature check per token
+//! rather than per request. The cache is keyed by a fast hash of the token
+//! under a random per-process key (foldhash), and a hit counts only when
+//! the cached identity's token equals the presented one byte for byte: a
+//! collision (which nobody can aim for without the key) is a miss, never
+//! another caller's identity. A SHA-256 of every token would cost more than
+//! the rest of a cached request's checks together.
 
 use crate::error::AuthError;
 use crate::grants::{GrantError, Grants};
@@ -58,7 +63,10 @@ pub struct JwtVerifier {
     provider: Arc<Provider>,
     settings: VerifierSettings,
     algorithms: Vec<Algorithm>,
-    cache: Cache<TokenHash, Arc<Identity>>,
+    /// Verified identities by [`JwtVerifier::cache_key`].
+    cache: Cache<u64, Arc<Identity>>,
+    /// The per-process key of the cache's hash.
+    cache_keys: foldhash::quality::RandomState,
     grants: Grants,
     introspections: moka::future::Cache<TokenHash, Arc<Introspected>>,
 }
@@ -89,10 +97,10 @@ impl ExpiresAt for Introspected {
     }
 }
 
-impl<V: ExpiresAt> moka::Expiry<TokenHash, Arc<V>> for UntilExp {
+impl<K, V: ExpiresAt> moka::Expiry<K, Arc<V>> for UntilExp {
     fn expire_after_create(
         &self,
-        _key: &TokenHash,
+        _key: &K,
         value: &Arc<V>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
@@ -121,6 +129,7 @@ impl JwtVerifier {
             settings,
             algorithms,
             cache,
+            cache_keys: foldhash::quality::RandomState::default(),
             introspections,
         })
     }
@@ -141,23 +150,33 @@ impl JwtVerifier {
         if token.len() > self.settings.max_token_size {
             return Err(AuthError::TooLarge);
         }
-        let hash = sha256(token.as_bytes());
-        if let Some(identity) = self.cache.get(&hash) {
+        let key = self.cache_key(token);
+        if let Some(identity) = self.cache.get(&key)
+            && identity.access_token.expose().as_bytes() == token.as_bytes()
+        {
             // The cache expires entries at `exp`; check again so that an entry
             // read in the instant of expiry is not honoured.
             if identity.expires_at + self.settings.leeway.as_secs() > now_secs() {
                 metrics::counter!("keygate_token_cache_total", "result" => "hit").increment(1);
                 return Ok(identity);
             }
-            self.cache.invalidate(&hash);
+            self.cache.invalidate(&key);
         }
         metrics::counter!("keygate_token_cache_total", "result" => "miss").increment(1);
-        let identity = Arc::new(self.verify_uncached(token, hash).await?);
-        self.cache.insert(hash, Arc::clone(&identity));
+        // Boxed: the uncached path (JWKS refresh, introspection) has a large
+        // future that every cached request would otherwise carry.
+        let identity = Arc::new(Box::pin(self.verify_uncached(token)).await?);
+        self.cache.insert(key, Arc::clone(&identity));
         Ok(identity)
     }
 
-    async fn verify_uncached(&self, token: &str, hash: TokenHash) -> Result<Identity, AuthError> {
+    /// The verified-token cache's key of `token`.
+    fn cache_key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.cache_keys.hash_one(token.as_bytes())
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
         let header = crate::jws::header(token).map_err(|_| AuthError::Malformed)?;
         let alg = crate::jws::allowed(&header, &self.algorithms)
             .ok_or_else(|| AuthError::UnsupportedAlgorithm(truncate(&header.alg)))?;
@@ -179,8 +198,13 @@ impl JwtVerifier {
             (TokenIntrospection::Always, _) | (TokenIntrospection::Auto, Some(_))
                 if can_introspect =>
             {
-                self.introspect(token, hash, &signed, &keys.metadata.issuer)
-                    .await?
+                self.introspect(
+                    token,
+                    sha256(token.as_bytes()),
+                    &signed,
+                    &keys.metadata.issuer,
+                )
+                .await?
             }
             (_, Some(claim)) => return Err(AuthError::Lightweight(claim)),
             (_, None) => signed,

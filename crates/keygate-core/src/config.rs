@@ -111,7 +111,7 @@ pub struct Config {
     /// Tokens longer than this many bytes are refused unread.
     #[serde(default = "default_max_token_size")]
     pub max_token_size: usize,
-    /// Verified tokens kept in memory (by SHA-256), each until its `exp`.
+    /// Verified tokens kept in memory (under a keyed hash), each until its `exp`.
     #[serde(default = "default_token_cache_size")]
     pub token_cache_size: u64,
     /// How often the provider's keys are re-read in the background.

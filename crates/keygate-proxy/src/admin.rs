@@ -49,7 +49,7 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert("x-request-id", ctx.request_id.clone());
-    log::log(&ctx, resp.status());
+    log::log(gw.config.log_format, &ctx, resp.status());
     resp
 }
 

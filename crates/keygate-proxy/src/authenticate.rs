@@ -108,7 +108,7 @@ pub async fn verify_with(
                 .verify(dpop.token.expose())
                 .await
                 .map_err(|e| auth_refusal(&e))?;
-            gw.dpop.check_proof(ctx, dpop, &identity).await?;
+            Box::pin(gw.dpop.check_proof(ctx, dpop, &identity)).await?;
             Ok(identity)
         }
         Credential::Session(cookie) => {
@@ -118,9 +118,14 @@ pub async fn verify_with(
                     reason: Reason::NoCredential,
                 });
             };
-            let access_token =
-                crate::session::current_access_token(sessions, cookie, &mut ctx.set_cookies)
-                    .await?;
+            // Boxed, like the API-key branch: their futures (Redis, the
+            // provider) are large and would otherwise make every request's.
+            let access_token = Box::pin(crate::session::current_access_token(
+                sessions,
+                cookie,
+                &mut ctx.set_cookies,
+            ))
+            .await?;
             let verified = verifier
                 .verify(access_token.expose())
                 .await
@@ -139,17 +144,16 @@ pub async fn verify_with(
                     reason: Reason::ApiKeysDisabled,
                 });
             };
-            let identity = keys
-                .authenticate(
-                    key.expose(),
-                    ctx.method.as_str(),
-                    &ctx.path,
-                    ctx.peer.ip(),
-                    verifier,
-                    &mut ctx.limit_headers,
-                )
-                .await
-                .map_err(Refused::from)?;
+            let identity = Box::pin(keys.authenticate(
+                key.expose(),
+                ctx.method.as_str(),
+                &ctx.path,
+                ctx.peer.ip(),
+                verifier,
+                &mut ctx.limit_headers,
+            ))
+            .await
+            .map_err(Refused::from)?;
             gw.dpop.check_unbound(&identity, false)?;
             Ok(identity)
         }

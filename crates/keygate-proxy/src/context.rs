@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::respond::Refusal;
 
 /// What the log phase reports about a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// Forwarded (or, in forward-auth, approved) with a verified identity.
     Allow,
@@ -30,6 +30,9 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// How many decisions there are.
+    pub const COUNT: usize = 6;
+
     /// The label used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -54,7 +54,8 @@ async fn serve(
             ctx.decision = Decision::Internal;
             ctx.route = "/oauth".into();
             match authenticate::csrf_check(&gw, &ctx, &credential, req.headers()) {
-                Ok(()) => ops::serve(&gw, &mut ctx, req, credential).await,
+                // Boxed: keygate's own endpoints are rare, their futures large.
+                Ok(()) => Box::pin(ops::serve(&gw, &mut ctx, req, credential)).await,
                 Err(refused) => Err(refused),
             }
         }

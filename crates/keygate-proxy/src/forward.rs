@@ -45,7 +45,10 @@ pub async fn forward(
         headers.insert(name.clone(), value.clone());
     }
     if let Some(identity) = &ctx.identity {
-        let exchanged = upstream_token(site, identity).await?;
+        let exchanged = match site.token_exchange {
+            Some(_) => Box::pin(upstream_token(site, identity)).await?,
+            None => None,
+        };
         identity_headers(gw, site, identity, exchanged.as_ref(), headers);
     }
     site.upstream

@@ -96,6 +96,10 @@ pub struct HopByHop {
 /// frame the request rather than the hop). Run before keygate adds any
 /// header, so a `Connection` list can only remove what the client sent.
 pub fn strip_client_hop_by_hop(method: &Method, headers: &mut HeaderMap) -> HopByHop {
+    // Most requests carry none: one pass over the names, no lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return HopByHop::default();
+    }
     let mut asks_upgrade = false;
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -125,9 +129,7 @@ pub fn strip_client_hop_by_hop(method: &Method, headers: &mut HeaderMap) -> HopB
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_hop_by_hop(headers);
     if refused_upgrade {
         metrics::counter!("keygate_refused_upgrades_total").increment(1);
     }
@@ -140,6 +142,9 @@ pub fn strip_client_hop_by_hop(method: &Method, headers: &mut HeaderMap) -> HopB
 /// Removes the hop-by-hop headers of an upstream response, including those
 /// its `Connection` names.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -150,7 +155,22 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    remove_hop_by_hop(headers);
+}
+
+/// Whether `name` is one of the fixed hop-by-hop headers.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Removes the fixed hop-by-hop headers present (looked up only when seen).
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }
@@ -196,11 +216,22 @@ pub fn is_managed_header(name: &str) -> bool {
 /// Removes the forwarding headers of a peer that is not a trusted proxy;
 /// true when there were any.
 pub fn strip_untrusted_forwarding(headers: &mut HeaderMap) -> bool {
-    let mut removed = false;
-    for name in FORWARDING_HEADERS {
-        removed |= headers.remove(*name).is_some();
+    // One pass over the names; a lookup only for those present.
+    if !headers
+        .keys()
+        .any(|n| FORWARDING_HEADERS.contains(&n.as_str()))
+    {
+        return false;
     }
-    removed
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| FORWARDING_HEADERS.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    for name in present {
+        headers.remove(name);
+    }
+    true
 }
 
 /// Whether `name` is a method- or URL-override header keygate knows.
@@ -230,6 +261,9 @@ pub fn take_overrides(
     allowed: &[HeaderName],
 ) -> Result<Overrides, BadOverride> {
     let mut out = Overrides::default();
+    if !headers.keys().any(|n| is_override_header(n.as_str())) {
+        return Ok(out);
+    }
     for name in METHOD_OVERRIDE_HEADERS.iter().chain(URL_OVERRIDE_HEADERS) {
         let name = HeaderName::from_static(name);
         if !headers.contains_key(&name) {

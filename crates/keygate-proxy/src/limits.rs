@@ -39,8 +39,8 @@ pub async fn run(
             None => return Ok(()),
         },
     };
-    limiter
-        .check_for(&id, what, Some(rate), None, &mut ctx.limit_headers)
+    // Boxed: the limiter's future (Redis) stays out of every request's.
+    Box::pin(limiter.check_for(&id, what, Some(rate), None, &mut ctx.limit_headers))
         .await
         .map_err(|l| {
             Refused::new(

@@ -103,6 +103,6 @@ pub fn finish(
     if let Some(cors) = &gw.cors {
         cors.decorate(ctx.origin.as_ref(), resp.headers_mut());
     }
-    log::log(ctx, resp.status());
+    log::log(gw.config.log_format, ctx, resp.status());
     resp
 }

@@ -325,6 +325,7 @@ fn serve(
         if let Some(keys) = &live.load().api_keys {
             keys.flush_last_used().await;
         }
+        keygate_proxy::log::flush();
         tracing::info!("keygate stopped");
         ExitCode::SUCCESS
     })
