@@ -142,6 +142,10 @@ pub struct Config {
     /// closed as soon as they are accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Threads serving the main listener, each with its own event loop and
+    /// upstream connections; 0: one per CPU core.
+    #[serde(default)]
+    pub worker_threads: usize,
     /// Reload the configuration when the config file or the API keys'
     /// server-secret file changes (besides on SIGHUP).
     #[serde(default)]
@@ -783,6 +787,15 @@ pub const SUPPORTED_ALGORITHMS: &[&str] = &[
 ];
 
 impl Config {
+    /// The threads serving the main listener: `worker-threads`, or one per
+    /// CPU core when it is 0.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// A `token-exchange` block needs an audience and keygate's client
     /// secret (the provider authenticates the requesting client).
     fn check_token_exchange(

@@ -16,6 +16,12 @@ use keygate_auth::token_exchange::ExchangeError;
 use keygate_core::{Identity, Reason, Secret};
 use std::borrow::Cow;
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_AUTH_EXPIRESIN: HeaderName = HeaderName::from_static("x-auth-expiresin");
+
 /// Phase 5: prepares the upstream request and streams it. The client's
 /// hop-by-hop, forwarding and override headers are already gone (phase 1);
 /// keygate's cookies are removed here, then keygate's headers are set.
@@ -27,19 +33,23 @@ pub async fn forward(
 ) -> Result<Response<Body>, Refused> {
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let site = gw.site(ctx);
-    *req.uri_mut() = site
-        .upstream
-        .uri_for(site.upstream_path(&ctx.path), ctx.query.as_deref())?;
-    *req.version_mut() = Version::HTTP_11;
+    // The host the client asked for: `Host`, or HTTP/2's `:authority`.
     let original_host = req.headers_mut().remove(header::HOST).or_else(|| {
         req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    *req.uri_mut() = site
+        .upstream
+        .uri_for(site.upstream_path(&ctx.path), ctx.query.as_deref())?;
+    *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
+    headers.insert(header::HOST, site.upstream.host().clone());
     hygiene::strip_keygate_cookies(headers);
     forwarded_headers(gw, ctx, headers, original_host);
-    headers.insert("x-request-id", ctx.request_id.clone());
+    // keygate's headers below, without growing the map one at a time.
+    headers.reserve(16);
+    headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     crate::trace::inject(gw, headers);
     for (name, value) in &site.static_headers {
         headers.insert(name.clone(), value.clone());
@@ -66,22 +76,29 @@ fn forwarded_headers(
     host: Option<HeaderValue>,
 ) {
     let trusted = ctx.trusted;
-    let peer_ip = ctx.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if trusted => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
+    let mut ip = [0u8; 64];
+    let peer_ip = crate::context::ip_text(ctx.peer.ip(), &mut ip);
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if trusted => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + peer_ip.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer_ip);
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => HeaderValue::from_bytes(peer_ip).ok(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        headers.insert(&X_FORWARDED_FOR, v);
     }
-    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if gw.tls { "https" } else { "http" };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !(trusted && headers.contains_key("x-forwarded-host"))
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST))
         && let Some(host) = host
     {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(&X_FORWARDED_HOST, host);
     }
 }
 
@@ -160,7 +177,7 @@ pub fn identity_headers(
     }
     let now = keygate_core::unix_now();
     headers.insert(
-        HeaderName::from_static("x-auth-expiresin"),
+        &X_AUTH_EXPIRESIN,
         HeaderValue::from(identity.expires_at.saturating_sub(now)),
     );
 }

@@ -67,7 +67,7 @@ const FORWARDING_HEADERS: &[&str] = &[
 ];
 
 /// Hop-by-hop headers removed from every request and response.
-const HOP_BY_HOP: [HeaderName; 10] = [
+static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -145,12 +145,20 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // Usually just `Connection: keep-alive`: the names `Connection` lists
+    // that are not among the fixed ones are parsed, only then.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .map(str::trim)
+        .filter(|n| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(n))
+        })
+        .filter_map(|n| HeaderName::try_from(n).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -165,13 +173,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes the fixed hop-by-hop headers present (looked up only when seen).
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in present {
-        headers.remove(name);
+    for name in &HOP_BY_HOP {
+        if headers.keys().any(|n| n == name) {
+            headers.remove(name);
+        }
     }
 }
 

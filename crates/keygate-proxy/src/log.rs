@@ -229,7 +229,8 @@ fn text_line(buf: &mut Vec<u8>, ctx: &RequestCtx, status: u16, duration_us: u64)
     buf.extend_from_slice(b"  INFO keygate::access: request_id=");
     debug_str(buf, ctx.request_id.to_str().unwrap_or("-"));
     buf.extend_from_slice(b" client=");
-    let _ = write!(buf, "{}", ctx.peer.ip());
+    let mut ip = [0u8; 64];
+    buf.extend_from_slice(crate::context::ip_text(ctx.peer.ip(), &mut ip));
     buf.extend_from_slice(b" method=");
     buf.extend_from_slice(ctx.method.as_str().as_bytes());
     buf.extend_from_slice(b" path=");
@@ -259,7 +260,8 @@ fn json_line(buf: &mut Vec<u8>, ctx: &RequestCtx, status: u16, duration_us: u64)
     buf.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
     json_str(buf, ctx.request_id.to_str().unwrap_or("-"));
     buf.extend_from_slice(b",\"client\":\"");
-    let _ = write!(buf, "{}", ctx.peer.ip());
+    let mut ip = [0u8; 64];
+    buf.extend_from_slice(crate::context::ip_text(ctx.peer.ip(), &mut ip));
     buf.extend_from_slice(b"\",\"method\":");
     json_str(buf, ctx.method.as_str());
     buf.extend_from_slice(b",\"path\":");

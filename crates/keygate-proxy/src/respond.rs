@@ -10,13 +10,12 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use keygate_core::Reason;
 use keygate_keys::{DeviceError, KeyError, ManageError};
 use keygate_sessions::SessionError;
 
 /// The body of every response: the upstream's, streamed, or keygate's own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<crate::upstream::UpstreamBody, Full<Bytes>>;
 
 /// Why keygate answered instead of the upstream.
 #[derive(Debug, Clone)]

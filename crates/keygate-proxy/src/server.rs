@@ -111,10 +111,23 @@ impl Server {
     /// connection that sends no request within `server-read-header-timeout`,
     /// or stays idle for `server-idle-timeout` between requests, is closed
     /// (gracefully: a response being sent is finished first).
+    ///
+    /// The main listener is served by `worker-threads` threads, each with a
+    /// single-threaded event loop of its own: accepted connections are
+    /// handed to them in turn and stay on the one they got, with the
+    /// upstream connections that thread opened ([`worker_index`]), so a
+    /// request is served start to end on one thread and never waits for a
+    /// wake-up from another. The operations port is served where `run` is
+    /// called.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let open = Arc::new(OpenConnections::default());
         let listener_label = if self.admin { "admin" } else { "public" };
+        let workers = match self.admin {
+            true => Vec::new(),
+            false => self.start_workers(self.gateway.config.workers(), &stop_rx),
+        };
+        let mut next = 0usize;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -127,7 +140,19 @@ impl Server {
                             continue;
                         }
                         let guard = OpenConnection::new(&open, listener_label);
-                        self.serve_connection(stream, peer, guard, stop_rx.clone());
+                        if workers.is_empty() {
+                            self.conn_settings().serve(stream, peer, guard, stop_rx.clone());
+                            continue;
+                        }
+                        // Handed over as a std socket: the worker registers
+                        // it with its own event loop.
+                        match stream.into_std() {
+                            Ok(std) => {
+                                next = (next + 1) % workers.len();
+                                let _ = workers[next].connections.send((std, peer, guard));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -150,9 +175,119 @@ impl Server {
         {
             tracing::warn!("grace period over; closing remaining connections");
         }
+        for worker in workers {
+            drop(worker.connections);
+            let _ = worker.finish.send(());
+            let _ = worker.done.await;
+        }
     }
 
-    fn serve_connection(
+    /// What serving a connection needs, for any thread.
+    fn conn_settings(&self) -> ConnSettings {
+        ConnSettings {
+            live: Arc::clone(&self.live),
+            admin: self.admin,
+            builder: Arc::clone(&self.builder),
+            limits: ConnLimits {
+                header_timeout: self.gateway.config.server_read_header_timeout,
+                idle_timeout: self.gateway.config.server_idle_timeout,
+            },
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Starts the worker threads, each serving the connections it is handed
+    /// on a single-threaded runtime of its own until told to finish.
+    fn start_workers(
+        &self,
+        count: usize,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<Worker> {
+        let mut workers = Vec::with_capacity(count);
+        for index in 1..=count {
+            let (connections, mut handed) = tokio::sync::mpsc::unbounded_channel::<Handed>();
+            let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+            let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+            let settings = self.conn_settings();
+            let stop = stop.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let runtime = match runtime {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a worker's runtime; serving with fewer");
+                    break;
+                }
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("keygate-worker-{index}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(index));
+                    runtime.block_on(async move {
+                        while let Some((std, peer, guard)) = handed.recv().await {
+                            match TcpStream::from_std(std) {
+                                Ok(stream) => settings.serve(stream, peer, guard, stop.clone()),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot take a connection over")
+                                }
+                            }
+                        }
+                        // The listener is closed: its connections finish (or
+                        // the grace period ends) before the runtime goes.
+                        let _ = finished.await;
+                    });
+                    drop(runtime);
+                    let _ = done_tx.send(());
+                });
+            match spawned {
+                Ok(_) => workers.push(Worker {
+                    connections,
+                    finish,
+                    done,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a worker thread; serving with fewer");
+                    break;
+                }
+            }
+        }
+        workers
+    }
+}
+
+/// A connection handed to a worker: the socket, its peer, its place in the count.
+type Handed = (std::net::TcpStream, SocketAddr, OpenConnection);
+
+/// A worker thread, as the accepting task sees it.
+struct Worker {
+    connections: tokio::sync::mpsc::UnboundedSender<Handed>,
+    finish: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The worker thread this code runs on: 1 to `worker-threads`, or 0 on any
+/// other thread. Per-thread state (the upstream connections) is kept by it.
+pub fn worker_index() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
+/// What serving one connection needs (cheap to clone to a worker).
+#[derive(Clone)]
+struct ConnSettings {
+    live: LiveGateway,
+    admin: bool,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
+}
+
+impl ConnSettings {
+    fn serve(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
@@ -177,10 +312,7 @@ impl Server {
             }
         });
         let builder = Arc::clone(&self.builder);
-        let limits = ConnLimits {
-            header_timeout: self.gateway.config.server_read_header_timeout,
-            idle_timeout: self.gateway.config.server_idle_timeout,
-        };
+        let limits = self.limits;
         let acceptor = self.tls.clone();
         tokio::spawn(async move {
             let _guard = guard;

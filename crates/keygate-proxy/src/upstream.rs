@@ -1,33 +1,98 @@
 //! Phase 5, forward: stream the request to the upstream and the response
 //! back. Bodies are never buffered; `Upgrade` (websockets) is spliced through
 //! after the upstream answers 101; SSE and chunked responses stream as they come.
+//!
+//! Upstream connections are HTTP/1.1 keep-alive connections kept in one
+//! pool per worker thread ([`crate::server::worker_index`]): a connection is
+//! opened, used and reused by one thread only, so a request never waits
+//! for another thread's event loop. A connection goes back to its pool when
+//! the response body has been read to its end (an unfinished body, an
+//! upgrade or an error closes it), and one idle for longer than
+//! `upstream-keepalive-timeout` is closed instead of reused.
 
 use crate::error::GatewayError;
 use crate::hygiene::strip_response_hop_by_hop;
 use crate::respond::{Body, Refusal};
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use keygate_core::config::Config;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// Idle connections kept per worker at most.
+const MAX_IDLE: usize = 1024;
 
-/// The upstream: its base URL and a keep-alive connection pool.
+/// The upstream: its address and one keep-alive pool per worker thread.
 pub struct Upstream {
     scheme: Scheme,
-    authority: Authority,
+    /// `host:port` to connect to.
+    address: String,
+    /// The `Host` header of every request.
+    host: HeaderValue,
     /// Base path without a trailing slash ("" for `/`).
     base_path: String,
-    client: Client<Connector, ClientBody>,
+    /// TLS for an `https` upstream.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// Index: [`crate::server::worker_index`] (0 for other threads).
+    pools: Box<[Arc<Pool>]>,
+    connect_timeout: Duration,
     response_timeout: Duration,
+    keepalive_timeout: Duration,
+}
+
+/// One thread's idle connections, most recently used last.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<ClientBody>,
+    since: Instant,
+}
+
+impl Pool {
+    fn take(&self, keepalive: Duration) -> Option<SendRequest<ClientBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < keepalive && !conn.sender.is_closed() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: SendRequest<ClientBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Why the upstream exchange failed.
+enum SendError {
+    /// Connecting (or the TLS handshake) failed or timed out.
+    Connect(String),
+    /// The exchange failed after connecting.
+    Exchange(hyper::Error),
 }
 
 impl Upstream {
@@ -49,33 +114,46 @@ impl Upstream {
             ));
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
-
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.upstream_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = tls_config(config)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream_keepalive_timeout)
-            .pool_max_idle_per_host(1024)
-            .set_host(true)
-            .build(connector);
+        let https = scheme == Scheme::HTTPS;
+        let host_name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let address = match host_name.contains(':') {
+            true => format!("[{host_name}]:{port}"),
+            false => format!("{host_name}:{port}"),
+        };
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| GatewayError::config("upstream-url", e))?;
+        let tls = match https {
+            false => None,
+            true => {
+                let mut tls = tls_config(config)?;
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let name = rustls::pki_types::ServerName::try_from(host_name.to_owned())
+                    .map_err(|e| GatewayError::config("upstream-url", e))?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(tls)), name))
+            }
+        };
+        let pools = (0..=config.workers())
+            .map(|_| Arc::new(Pool::default()))
+            .collect();
         Ok(Upstream {
             scheme,
-            authority,
+            address,
+            host,
             base_path,
-            client,
+            tls,
+            pools,
+            connect_timeout: config.upstream_timeout,
             response_timeout: config.upstream_response_header_timeout,
+            keepalive_timeout: config.upstream_keepalive_timeout,
         })
     }
 
-    /// The upstream URI for a normalized path and the original query.
+    /// The request target (origin form) for a normalized path and the
+    /// original query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
         let mut pq = String::with_capacity(
             self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
@@ -86,12 +164,101 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+            .map(Uri::from)
             .map_err(|_| Refusal::BadRequest("the request target cannot be forwarded".into()))
+    }
+
+    /// The `Host` header value of upstream requests.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Whether the upstream is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    /// This thread's pool.
+    fn pool(&self) -> &Arc<Pool> {
+        let i = crate::server::worker_index();
+        self.pools.get(i).unwrap_or(&self.pools[0])
+    }
+
+    /// Opens a connection and starts driving it on this thread.
+    async fn connect(&self) -> Result<SendRequest<ClientBody>, SendError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| SendError::Connect(format!("connecting to {} timed out", self.address)))?
+            .map_err(|e| SendError::Connect(format!("connecting to {}: {e}", self.address)))?;
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let handshake = hyper::client::conn::http1::Builder::new();
+        match &self.tls {
+            None => {
+                let (sender, conn) = handshake
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(SendError::Exchange)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                });
+                Ok(sender)
+            }
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(
+                    self.connect_timeout,
+                    connector.connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| SendError::Connect("the TLS handshake timed out".into()))?
+                .map_err(|e| SendError::Connect(format!("TLS with {}: {e}", self.address)))?;
+                let (sender, conn) = handshake
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(SendError::Exchange)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                });
+                Ok(sender)
+            }
+        }
+    }
+
+    /// One exchange: an idle connection of this thread's pool (or a new
+    /// one), the request, the response head. A request a reused connection
+    /// turns out to be closed for (it was never sent) is sent once more on
+    /// a new connection.
+    async fn exchange(
+        &self,
+        mut req: Request<ClientBody>,
+    ) -> Result<(Response<Incoming>, SendRequest<ClientBody>), SendError> {
+        let pool = self.pool();
+        while let Some(mut sender) = pool.take(self.keepalive_timeout) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection was gone; try another.
+                    Some(back) => req = back,
+                    None => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        sender.ready().await.map_err(SendError::Exchange)?;
+        sender
+            .send_request(req)
+            .await
+            .map(|resp| (resp, sender))
+            .map_err(SendError::Exchange)
     }
 
     /// Sends the prepared request and returns the upstream's response,
@@ -115,8 +282,8 @@ impl Upstream {
             req.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
-        let mut resp = match sent {
+        let sent = tokio::time::timeout(self.response_timeout, self.exchange(req)).await;
+        let (mut resp, sender) = match sent {
             Err(_) => {
                 metrics::counter!("keygate_upstream_errors_total", "kind" => "timeout")
                     .increment(1);
@@ -133,12 +300,21 @@ impl Upstream {
             Ok(Err(e)) => {
                 metrics::counter!("keygate_upstream_errors_total", "kind" => "connect")
                     .increment(1);
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                match e {
+                    SendError::Connect(why) => {
+                        tracing::warn!(error = %why, "upstream request failed");
+                    }
+                    SendError::Exchange(e) => {
+                        tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                    }
+                }
                 return Err(Refusal::BadGateway);
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(exchanged)) => exchanged,
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // An upgraded connection is never pooled again.
+            drop(sender);
             let Some(client_upgrade) = client_upgrade else {
                 // Nothing was asked to upgrade: an upstream that switches
                 // anyway is broken, and its bytes are not passed on.
@@ -171,10 +347,78 @@ impl Upstream {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             resp.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            return Ok(resp.map(Either::Left));
+            return Ok(resp.map(|body| Either::Left(UpstreamBody::closing(body))));
         }
         strip_response_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(Either::Left))
+        let pool = Arc::clone(self.pool());
+        Ok(resp.map(|body| Either::Left(UpstreamBody::pooled(body, sender, pool))))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream's response body on its way to the client; when it has
+    /// been read to its end, its connection goes back to the pool it came
+    /// from (otherwise the connection is closed with it).
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        back: Option<(SendRequest<ClientBody>, Arc<Pool>)>,
+    }
+
+    impl PinnedDrop for UpstreamBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A body hyper never polled because it was empty is finished too.
+            if http_body::Body::is_end_stream(&*this.inner)
+                && let Some((sender, pool)) = this.back.take()
+            {
+                pool.put(sender);
+            }
+        }
+    }
+}
+
+impl UpstreamBody {
+    fn pooled(inner: Incoming, sender: SendRequest<ClientBody>, pool: Arc<Pool>) -> Self {
+        UpstreamBody {
+            inner,
+            back: Some((sender, pool)),
+        }
+    }
+
+    fn closing(inner: Incoming) -> Self {
+        UpstreamBody { inner, back: None }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => {
+                if let Some((sender, pool)) = this.back.take() {
+                    pool.put(sender);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => *this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

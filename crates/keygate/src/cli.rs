@@ -256,7 +256,12 @@ fn serve(
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    // Requests are served by the listener's own worker threads (one event
+    // loop each, `worker-threads`); this runtime runs the rest: accepting,
+    // the operations port, key refresh, store and config watching.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("keygate-main")
         .enable_all()
         .build()
     {

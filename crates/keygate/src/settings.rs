@@ -230,6 +230,11 @@ pub const KEYS: &[Key] = &[
         "most client connections open at once, per listener [default: 10000]",
     ),
     key(
+        "worker-threads",
+        Kind::Num,
+        "threads serving requests, each with its own event loop and upstream connections; 0: one per CPU core [default: 0]",
+    ),
+    key(
         "watch-config",
         Kind::Bool,
         "reload when the config file or api-keys.server-secret-file changes, not only on SIGHUP [default: false]",
