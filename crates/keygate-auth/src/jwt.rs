@@ -63,10 +63,8 @@ pub struct JwtVerifier {
     provider: Arc<Provider>,
     settings: VerifierSettings,
     algorithms: Vec<Algorithm>,
-    /// Verified identities by [`JwtVerifier::cache_key`].
-    cache: Cache<u64, Arc<Identity>>,
-    /// The per-process key of the cache's hash.
-    cache_keys: foldhash::quality::RandomState,
+    /// Verified identities.
+    cache: TokenCache,
     grants: Grants,
     introspections: moka::future::Cache<TokenHash, Arc<Introspected>>,
 }
@@ -110,15 +108,63 @@ impl<K, V: ExpiresAt> moka::Expiry<K, Arc<V>> for UntilExp {
     }
 }
 
+/// Verified identities until their token's `exp`, by token: keyed by a fast
+/// hash of the token under a random per-process key (foldhash); a hit
+/// counts only when the cached identity's token equals the presented one
+/// byte for byte, so a collision is a miss, never another caller's identity.
+pub struct TokenCache {
+    entries: Cache<u64, Arc<Identity>>,
+    keys: foldhash::quality::RandomState,
+    leeway: u64,
+}
+
+impl TokenCache {
+    /// At most `size` identities; `leeway` past `exp` an identity is still
+    /// served (the clock-skew allowance the verification itself grants).
+    pub fn new(size: u64, leeway: Duration) -> Self {
+        TokenCache {
+            entries: Cache::builder()
+                .max_capacity(size)
+                .expire_after(UntilExp)
+                .build(),
+            keys: foldhash::quality::RandomState::default(),
+            leeway: leeway.as_secs(),
+        }
+    }
+
+    fn key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.keys.hash_one(token.as_bytes())
+    }
+
+    /// The identity verified for exactly `token`, while it is valid.
+    pub fn get(&self, token: &str) -> Option<Arc<Identity>> {
+        let key = self.key(token);
+        let identity = self.entries.get(&key)?;
+        if identity.access_token.expose().as_bytes() != token.as_bytes() {
+            return None;
+        }
+        // The cache expires entries at `exp`; check again so that an entry
+        // read in the instant of expiry is not honoured.
+        if identity.expires_at + self.leeway > now_secs() {
+            return Some(identity);
+        }
+        self.entries.invalidate(&key);
+        None
+    }
+
+    /// Keeps `identity`, verified for `token`, until its `exp`.
+    pub fn insert(&self, token: &str, identity: Arc<Identity>) {
+        self.entries.insert(self.key(token), identity);
+    }
+}
+
 impl JwtVerifier {
     /// Creates a verifier. Algorithm names not known to the JWT library are
     /// refused here; `none` and HMAC algorithms are never accepted.
     pub fn new(provider: Arc<Provider>, settings: VerifierSettings) -> Result<Self, String> {
         let algorithms = crate::jws::algorithms(&settings.algorithms)?;
-        let cache = Cache::builder()
-            .max_capacity(settings.cache_size)
-            .expire_after(UntilExp)
-            .build();
+        let cache = TokenCache::new(settings.cache_size, settings.leeway);
         let introspections = moka::future::Cache::builder()
             .max_capacity(settings.cache_size)
             .expire_after(UntilExp)
@@ -129,7 +175,6 @@ impl JwtVerifier {
             settings,
             algorithms,
             cache,
-            cache_keys: foldhash::quality::RandomState::default(),
             introspections,
         })
     }
@@ -150,30 +195,16 @@ impl JwtVerifier {
         if token.len() > self.settings.max_token_size {
             return Err(AuthError::TooLarge);
         }
-        let key = self.cache_key(token);
-        if let Some(identity) = self.cache.get(&key)
-            && identity.access_token.expose().as_bytes() == token.as_bytes()
-        {
-            // The cache expires entries at `exp`; check again so that an entry
-            // read in the instant of expiry is not honoured.
-            if identity.expires_at + self.settings.leeway.as_secs() > now_secs() {
-                metrics::counter!("keygate_token_cache_total", "result" => "hit").increment(1);
-                return Ok(identity);
-            }
-            self.cache.invalidate(&key);
+        if let Some(identity) = self.cache.get(token) {
+            metrics::counter!("keygate_token_cache_total", "result" => "hit").increment(1);
+            return Ok(identity);
         }
         metrics::counter!("keygate_token_cache_total", "result" => "miss").increment(1);
         // Boxed: the uncached path (JWKS refresh, introspection) has a large
         // future that every cached request would otherwise carry.
         let identity = Arc::new(Box::pin(self.verify_uncached(token)).await?);
-        self.cache.insert(key, Arc::clone(&identity));
+        self.cache.insert(token, Arc::clone(&identity));
         Ok(identity)
-    }
-
-    /// The verified-token cache's key of `token`.
-    fn cache_key(&self, token: &str) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.cache_keys.hash_one(token.as_bytes())
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
@@ -440,6 +471,39 @@ mod tests {
     use serde_json::json;
 
     const AUD: &str = "api";
+
+    fn identity_for(token: &str, expires_at: u64) -> Arc<Identity> {
+        let claims = json!({"sub": "alice", "exp": expires_at});
+        Arc::new(Identity::from_claims(
+            claims.as_object().unwrap().clone(),
+            Secret::new(token),
+            AuthMethod::Jwt,
+        ))
+    }
+
+    #[test]
+    fn token_cache_serves_only_the_token_it_was_given() {
+        let cache = TokenCache::new(100, Duration::from_secs(0));
+        let later = now_secs() + 300;
+        cache.insert("a.b.c", identity_for("a.b.c", later));
+        assert_eq!(cache.get("a.b.c").unwrap().subject, "alice");
+        assert!(cache.get("a.b.d").is_none());
+        assert!(cache.get("a.b.c ").is_none());
+        // An entry whose identity is for another token (what a hash
+        // collision would look like) is a miss.
+        let key = cache.key("x.y.z");
+        cache
+            .entries
+            .insert(key, identity_for("other.token.here", later));
+        assert!(cache.get("x.y.z").is_none());
+    }
+
+    #[test]
+    fn token_cache_drops_expired_identities() {
+        let cache = TokenCache::new(100, Duration::from_secs(0));
+        cache.insert("a.b.c", identity_for("a.b.c", now_secs() - 1));
+        assert!(cache.get("a.b.c").is_none());
+    }
 
     /// A verifier over the test provider's keys (or none loaded).
     fn verifier(loaded: bool) -> (EncodingKey, JwtVerifier) {
