@@ -16,6 +16,9 @@
 //! | [`KeygateProcess`] | the keygate binary's `serve` in a child process |
 //! | [`OtlpReceiver`] | an OTLP/HTTP JSON trace receiver |
 //!
+//! [`RedisServer`], [`PgServer`] and [`Idp`] can also be frozen (SIGSTOP) and
+//! thawed, to test what a hung dependency costs.
+//!
 //! A test that needs a server fails when it is missing; it never skips.
 //! Never used by the keygate binary.
 
@@ -23,6 +26,7 @@
 
 pub mod browser;
 mod chromium;
+mod freeze;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod http;
