@@ -362,14 +362,10 @@ impl Grants {
         form: &[(&str, &str)],
     ) -> Result<Answer, GrantError> {
         let url = self.endpoint(endpoint)?;
-        oauth::post_form(
-            self.provider.http(),
-            &url,
-            Some((client_id, client_secret)),
-            form,
-        )
-        .await
-        .map_err(|oauth::Unreachable(why)| GrantError::Unavailable(why))
+        self.provider
+            .post_form(&url, Some((client_id, client_secret)), form)
+            .await
+            .map_err(|oauth::Unreachable(why)| GrantError::Unavailable(why))
     }
 
     fn endpoint(&self, endpoint: Endpoint) -> Result<String, GrantError> {

@@ -186,6 +186,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         server_read_header_timeout => "server-read-header-timeout",
         server_idle_timeout => "server-idle-timeout",
         max_connections => "max-connections",
+        max_concurrent_requests => "max-concurrent-requests",
         max_header_size => "max-header-size",
         shutdown_grace_period => "shutdown-grace-period",
         log_format => "log-format",

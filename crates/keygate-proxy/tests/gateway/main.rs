@@ -8,6 +8,7 @@
 
 mod browser;
 mod cors;
+mod faults;
 mod forward_auth;
 mod headers;
 mod hygiene;
