@@ -183,7 +183,7 @@ impl Grants {
             .token_grant(client_id, client_secret, &form)
             .await
             .and_then(|answer| tokens_from(answer, "client_credentials"));
-        count("client_credentials", &result);
+        self.count("client_credentials", &result);
         result
     }
 
@@ -203,7 +203,7 @@ impl Grants {
             .token_grant(client_id, client_secret, &form)
             .await
             .and_then(|answer| tokens_from(answer, "refresh_token"));
-        count("refresh_token", &result);
+        self.count("refresh_token", &result);
         result
     }
 
@@ -254,7 +254,7 @@ impl Grants {
                 }
                 Answer::OAuth(_, e) => Err(rejected(e, "device_authorization")),
             });
-        count("device_authorization", &result);
+        self.count("device_authorization", &result);
         result
     }
 
@@ -288,7 +288,7 @@ impl Grants {
         match &result {
             Ok(DevicePoll::Denied | DevicePoll::Expired) => counter("device_code", "rejected"),
             Ok(_) => counter("device_code", "ok"),
-            Err(e) => count_error("device_code", e),
+            Err(e) => self.count_error("device_code", e),
         }
         result
     }
@@ -314,7 +314,7 @@ impl Grants {
                 Answer::Ok(_) => Ok(()),
                 Answer::OAuth(_, e) => Err(rejected(e, "revocation")),
             });
-        count("revocation", &result);
+        self.count("revocation", &result);
         result
     }
 
@@ -339,7 +339,7 @@ impl Grants {
                 }),
                 Answer::OAuth(_, e) => Err(rejected(e, "introspection")),
             });
-        count("introspection", &result);
+        self.count("introspection", &result);
         result
     }
 
@@ -409,21 +409,30 @@ fn rejected(e: OAuthError, grant: &str) -> GrantError {
     }
 }
 
-fn count<T>(grant: &'static str, result: &Result<T, GrantError>) {
-    match result {
-        Ok(_) => counter(grant, "ok"),
-        Err(e) => count_error(grant, e),
+impl Grants {
+    fn count<T>(&self, grant: &'static str, result: &Result<T, GrantError>) {
+        match result {
+            Ok(_) => counter(grant, "ok"),
+            Err(e) => self.count_error(grant, e),
+        }
     }
-}
 
-/// Counts a failure; an unavailable provider is also logged (the message
-/// names the endpoint and the HTTP status or network cause, never a token).
-fn count_error(grant: &'static str, e: &GrantError) {
-    match e {
-        GrantError::Rejected { .. } => counter(grant, "rejected"),
-        _ => {
-            tracing::warn!(grant, error = %e, "a grant at the provider failed");
-            counter(grant, "unavailable");
+    /// Counts a failure; an unavailable provider is also logged (the
+    /// message names the endpoint and the HTTP status or network cause,
+    /// never a token): as a warning while the provider otherwise answers,
+    /// at debug level while its breaker is open (the breaker has warned
+    /// once for the outage; a line per request would flood the log).
+    fn count_error(&self, grant: &'static str, e: &GrantError) {
+        match e {
+            GrantError::Rejected { .. } => counter(grant, "rejected"),
+            _ => {
+                if self.provider.is_up() {
+                    tracing::warn!(grant, error = %e, "a grant at the provider failed");
+                } else {
+                    tracing::debug!(grant, error = %e, "a grant at the provider failed");
+                }
+                counter(grant, "unavailable");
+            }
         }
     }
 }
