@@ -1204,6 +1204,32 @@ async fn a_hung_postgres_costs_one_probe_and_every_other_request_503_at_once() {
             "round {round}: {slow} requests waited for the store"
         );
     }
+    // `keygate keys create` gives up after store-acquire-timeout, not 10 s.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keygate.yaml");
+    std::fs::write(
+        &config,
+        cluster.config(0, "store-acquire-timeout: 500ms\nstore-query-timeout: 1s\n"),
+    )
+    .unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "svc-reporting-secret\n").unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "create", "--kind", "service", "--client-id", "svc-reporting"])
+        .arg("--client-secret-file")
+        .arg(&secret)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("keys create against a hung PostgreSQL: {took:?}: {stderr}");
+    assert!(!out.status.success());
+    assert!(stderr.contains("store"), "{stderr}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
     cluster.pg.thaw();
     let took = until("the store used again", || async {
         cluster.with_key(0, &cold).await == 200
