@@ -81,6 +81,9 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate,
+            sqlx::Error::PoolTimedOut => StoreError::Unavailable(
+                "no connection to the key store within store-acquire-timeout".into(),
+            ),
             _ => StoreError::Database(e),
         }
     }

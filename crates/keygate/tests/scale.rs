@@ -1216,7 +1216,14 @@ async fn a_hung_postgres_costs_one_probe_and_every_other_request_503_at_once() {
     std::fs::write(&secret, "svc-reporting-secret\n").unwrap();
     let started = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["keys", "create", "--kind", "service", "--client-id", "svc-reporting"])
+        .args([
+            "keys",
+            "create",
+            "--kind",
+            "service",
+            "--client-id",
+            "svc-reporting",
+        ])
         .arg("--client-secret-file")
         .arg(&secret)
         .arg("--config")
