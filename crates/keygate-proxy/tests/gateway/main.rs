@@ -8,7 +8,6 @@
 
 mod browser;
 mod cors;
-mod faults;
 mod forward_auth;
 mod headers;
 mod hygiene;
