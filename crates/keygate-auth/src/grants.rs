@@ -200,7 +200,7 @@ impl Grants {
             .token_grant(client_id, client_secret, &form)
             .await
             .and_then(|answer| tokens_from(answer, "client_credentials"));
-        count("client_credentials", &result);
+        self.count("client_credentials", &result);
         result
     }
 
@@ -220,7 +220,7 @@ impl Grants {
             .token_grant(client_id, client_secret, &form)
             .await
             .and_then(|answer| tokens_from(answer, "refresh_token"));
-        count("refresh_token", &result);
+        self.count("refresh_token", &result);
         result
     }
 
@@ -253,7 +253,7 @@ impl Grants {
             .token_grant(client_id, client_secret, &form)
             .await
             .and_then(|answer| tokens_from(answer, "token_exchange"));
-        count("token_exchange", &result);
+        self.count("token_exchange", &result);
         result
     }
 
@@ -280,7 +280,7 @@ impl Grants {
             .token_grant(client_id, client_secret, &form)
             .await
             .and_then(|answer| tokens_from(answer, "jwt_bearer"));
-        count("jwt_bearer", &result);
+        self.count("jwt_bearer", &result);
         result
     }
 
@@ -331,7 +331,7 @@ impl Grants {
                 }
                 Answer::OAuth(_, e) => Err(rejected(e, "device_authorization")),
             });
-        count("device_authorization", &result);
+        self.count("device_authorization", &result);
         result
     }
 
@@ -365,7 +365,7 @@ impl Grants {
         match &result {
             Ok(DevicePoll::Denied | DevicePoll::Expired) => counter("device_code", "rejected"),
             Ok(_) => counter("device_code", "ok"),
-            Err(e) => count_error("device_code", e),
+            Err(e) => self.count_error("device_code", e),
         }
         result
     }
@@ -391,7 +391,7 @@ impl Grants {
                 Answer::Ok(_) => Ok(()),
                 Answer::OAuth(_, e) => Err(rejected(e, "revocation")),
             });
-        count("revocation", &result);
+        self.count("revocation", &result);
         result
     }
 
@@ -416,7 +416,7 @@ impl Grants {
                 }),
                 Answer::OAuth(_, e) => Err(rejected(e, "introspection")),
             });
-        count("introspection", &result);
+        self.count("introspection", &result);
         result
     }
 
@@ -439,14 +439,10 @@ impl Grants {
         form: &[(&str, &str)],
     ) -> Result<Answer, GrantError> {
         let url = self.endpoint(endpoint)?;
-        oauth::post_form(
-            self.provider.http(),
-            &url,
-            Some((client_id, client_secret)),
-            form,
-        )
-        .await
-        .map_err(|oauth::Unreachable(why)| GrantError::Unavailable(why))
+        self.provider
+            .post_form(&url, Some((client_id, client_secret)), form)
+            .await
+            .map_err(|oauth::Unreachable(why)| GrantError::Unavailable(why))
     }
 
     fn endpoint(&self, endpoint: Endpoint) -> Result<String, GrantError> {
@@ -490,21 +486,30 @@ fn rejected(e: OAuthError, grant: &str) -> GrantError {
     }
 }
 
-fn count<T>(grant: &'static str, result: &Result<T, GrantError>) {
-    match result {
-        Ok(_) => counter(grant, "ok"),
-        Err(e) => count_error(grant, e),
+impl Grants {
+    fn count<T>(&self, grant: &'static str, result: &Result<T, GrantError>) {
+        match result {
+            Ok(_) => counter(grant, "ok"),
+            Err(e) => self.count_error(grant, e),
+        }
     }
-}
 
-/// Counts a failure; an unavailable provider is also logged (the message
-/// names the endpoint and the HTTP status or network cause, never a token).
-fn count_error(grant: &'static str, e: &GrantError) {
-    match e {
-        GrantError::Rejected { .. } => counter(grant, "rejected"),
-        _ => {
-            tracing::warn!(grant, error = %e, "a grant at the provider failed");
-            counter(grant, "unavailable");
+    /// Counts a failure; an unavailable provider is also logged (the
+    /// message names the endpoint and the HTTP status or network cause,
+    /// never a token): as a warning while the provider otherwise answers,
+    /// at debug level while its breaker is open (the breaker has warned
+    /// once for the outage; a line per request would flood the log).
+    fn count_error(&self, grant: &'static str, e: &GrantError) {
+        match e {
+            GrantError::Rejected { .. } => counter(grant, "rejected"),
+            _ => {
+                if self.provider.is_up() {
+                    tracing::warn!(grant, error = %e, "a grant at the provider failed");
+                } else {
+                    tracing::debug!(grant, error = %e, "a grant at the provider failed");
+                }
+                counter(grant, "unavailable");
+            }
         }
     }
 }

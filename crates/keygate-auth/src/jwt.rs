@@ -330,7 +330,11 @@ impl JwtVerifier {
                         "the provider refused keygate's client credentials at its introspection \
                          endpoint: check client-id and client-secret"
                     ),
-                    _ => tracing::warn!(error = %e, "token introspection failed"),
+                    _ if self.provider.is_up() => {
+                        tracing::warn!(error = %e, "token introspection failed")
+                    }
+                    // The provider's breaker warned once for the outage.
+                    _ => tracing::debug!(error = %e, "token introspection failed"),
                 }
                 AuthError::ProviderUnavailable
             })?;

@@ -209,7 +209,7 @@ struct RawCodeTokens {
 /// [`LoginError::Rejected`]; network errors, other statuses and unusable
 /// answers are [`LoginError::Unavailable`].
 pub async fn exchange_code(
-    http: &reqwest::Client,
+    provider: &crate::Provider,
     token_endpoint: &str,
     client_id: &str,
     client_secret: &Secret,
@@ -223,14 +223,10 @@ pub async fn exchange_code(
         ("redirect_uri", redirect_uri),
         ("code_verifier", pkce_verifier),
     ];
-    let answer = oauth::post_form(
-        http,
-        token_endpoint,
-        Some((client_id, client_secret)),
-        &form,
-    )
-    .await
-    .map_err(|oauth::Unreachable(why)| LoginError::Unavailable(why))?;
+    let answer = provider
+        .post_form(token_endpoint, Some((client_id, client_secret)), &form)
+        .await
+        .map_err(|oauth::Unreachable(why)| LoginError::Unavailable(why))?;
     let body = match answer {
         Answer::Ok(body) => body,
         Answer::OAuth(_, e) => {

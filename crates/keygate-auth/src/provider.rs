@@ -6,14 +6,29 @@
 //! per `min_refresh_interval`, so a flood of forged `kid`s costs the provider
 //! at most one request per interval. Once loaded, keys are never dropped
 //! because the provider is unreachable: an outage keeps serving cached keys.
+//!
+//! Every call to the provider — discovery, keys, and through
+//! [`Provider::post_form`] the token, device, revocation and introspection
+//! endpoints — waits at most `openid-provider-timeout` and goes through one
+//! [`Breaker`]: while the provider fails, one call at a time probes it and
+//! the others fail at once (503 for what needs it), so an outage costs one
+//! timeout, not one per request, and keygate uses the provider again within
+//! [`BREAKER_OPEN`] of its return.
 
+use crate::oauth::{self, Answer, Unreachable};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use keygate_core::Secret;
+use keygate_core::breaker::{Breaker, BreakerStats};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+
+/// How long calls to the provider fail fast after it failed, before one is
+/// let through to probe it.
+pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
 
 /// Settings for [`Provider`].
 #[derive(Clone, Debug)]
@@ -94,7 +109,16 @@ pub struct Provider {
     http: reqwest::Client,
     keys: RwLock<Option<Arc<Keys>>>,
     status: RwLock<(Option<Instant>, Option<String>)>,
-    fetch_lock: Mutex<Option<Instant>>,
+    /// When the keys were last fetched, and whether that worked.
+    fetch_lock: Mutex<Option<LastFetch>>,
+    breaker: Breaker,
+}
+
+/// The last fetch of the keys.
+#[derive(Clone, Copy)]
+struct LastFetch {
+    at: Instant,
+    ok: bool,
 }
 
 /// Why a fetch failed; logged, never sent to clients.
@@ -120,6 +144,9 @@ pub enum FetchError {
     /// The JWKS held no usable signing key.
     #[error("the provider's JWKS holds no usable signing key")]
     NoKeys,
+    /// The provider failed recently: the call was not made (see [`Breaker`]).
+    #[error("{0}")]
+    FailingFast(keygate_core::breaker::Open),
 }
 
 const WELL_KNOWN: &str = "/.well-known/openid-configuration";
@@ -140,12 +167,45 @@ impl Provider {
             keys: RwLock::new(None),
             status: RwLock::new((None, None)),
             fetch_lock: Mutex::new(None),
+            breaker: Breaker::new("provider", BREAKER_OPEN),
         }))
     }
 
-    /// The HTTP client used for the provider (shared by later token grants).
+    /// The HTTP client used for the provider. Calls made with it directly
+    /// bypass the breaker: prefer [`Provider::post_form`].
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// [`oauth::post_form`] to one of the provider's endpoints, through the
+    /// breaker: refused at once while the provider is failing, except for
+    /// the one probe. An OAuth error answer is an answer: the provider is up.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        client: Option<(&str, &Secret)>,
+        form: &[(&str, &str)],
+    ) -> Result<Answer, Unreachable> {
+        let call = self
+            .breaker
+            .enter()
+            .map_err(|open| Unreachable(open.to_string()))?;
+        let result = oauth::post_form(&self.http, url, client, form).await;
+        match &result {
+            Ok(_) => call.succeeded(),
+            Err(e) => call.failed(e),
+        }
+        result
+    }
+
+    /// Whether the provider answers (its breaker is closed).
+    pub fn is_up(&self) -> bool {
+        self.breaker.is_closed()
+    }
+
+    /// How many calls probed a failing provider, and how many failed fast.
+    pub fn breaker_stats(&self) -> BreakerStats {
+        self.breaker.stats()
     }
 
     /// The expected issuer, from the configuration.
@@ -206,10 +266,18 @@ impl Provider {
 
     /// Called when a token names a `kid` not in the key set of generation
     /// `seen_generation`. Waits for (or performs) one fetch that started after
-    /// the caller looked, respecting `min_refresh_interval`. Returns the key
-    /// set to look in again, or `Err` when the provider could not be reached
-    /// (the caller cannot tell a rotated key from a forged one then).
+    /// the caller looked, respecting `min_refresh_interval` after a fetch that
+    /// worked. Returns the key set to look in again, or `Err` when the
+    /// provider could not be reached (the caller cannot tell a rotated key
+    /// from a forged one then).
+    ///
+    /// Callers never line up for a fetch each: one that waited for the lock
+    /// while another fetched takes that fetch's outcome. While the provider
+    /// fails, the fetch goes through the breaker (one probe, the rest fail
+    /// at once) with no pause first, so keys are read again as soon as the
+    /// provider answers.
     pub async fn refresh_for_unknown_kid(&self, seen_generation: u64) -> Result<Arc<Keys>, ()> {
+        let arrived = Instant::now();
         let mut last = self.fetch_lock.lock().await;
         if let Some(keys) = self.keys()
             && keys.generation > seen_generation
@@ -217,12 +285,24 @@ impl Provider {
             // Someone fetched after the caller looked: look there, fetch no more.
             return Ok(keys);
         }
-        if let Some(at) = *last {
-            let next = at + self.settings.min_refresh_interval;
-            tokio::time::sleep_until(next.into()).await;
+        if let Some(done) = *last {
+            if done.at >= arrived {
+                // A fetch ended while this caller waited: its answer stands.
+                return match done.ok {
+                    true => self.keys().ok_or(()),
+                    false => Err(()),
+                };
+            }
+            if done.ok {
+                let next = done.at + self.settings.min_refresh_interval;
+                tokio::time::sleep_until(next.into()).await;
+            }
         }
         let result = self.fetch_keys_locked().await;
-        *last = Some(Instant::now());
+        *last = Some(LastFetch {
+            at: Instant::now(),
+            ok: result.is_ok(),
+        });
         match result {
             Ok(()) => self.keys().ok_or(()),
             Err(e) => {
@@ -235,7 +315,10 @@ impl Provider {
     async fn fetch_now(&self) -> Result<(), FetchError> {
         let mut last = self.fetch_lock.lock().await;
         let result = self.fetch_keys_locked().await;
-        *last = Some(Instant::now());
+        *last = Some(LastFetch {
+            at: Instant::now(),
+            ok: result.is_ok(),
+        });
         result
     }
 
@@ -293,19 +376,28 @@ impl Provider {
 
     #[tracing::instrument(target = "keygate::trace", name = "provider GET", skip_all, fields(otel.kind = "client", url.full = %url))]
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {
+        let call = self.breaker.enter().map_err(FetchError::FailingFast)?;
         let wrap = |source| FetchError::Http {
             url: url.to_owned(),
             source,
         };
-        self.http
-            .get(url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(wrap)?
-            .json()
-            .await
-            .map_err(wrap)
+        let result = async {
+            self.http
+                .get(url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(wrap)?
+                .json()
+                .await
+                .map_err(wrap)
+        }
+        .await;
+        match &result {
+            Ok(_) => call.succeeded(),
+            Err(e) => call.failed(e),
+        }
+        result
     }
 }
 

@@ -128,7 +128,7 @@ async fn code_flow_with_pkce_verifies_the_id_token_for_the_relying_party() {
     let secret = Secret::new(SECRET);
 
     let tokens = exchange_code(
-        provider.http(),
+        &provider,
         token_endpoint(&keys),
         CLIENT,
         &secret,
@@ -206,7 +206,7 @@ async fn code_flow_with_pkce_verifies_the_id_token_for_the_relying_party() {
 
     // A code is good once.
     let again = exchange_code(
-        provider.http(),
+        &provider,
         token_endpoint(&keys),
         CLIENT,
         &secret,
@@ -230,7 +230,7 @@ async fn code_exchange_needs_the_right_verifier_and_client() {
     let login = log_in(&keys).await;
     let other = start_login("http://x/auth", CLIENT, CALLBACK, &[], "/").unwrap();
     let wrong = exchange_code(
-        provider.http(),
+        &provider,
         token_endpoint(&keys),
         CLIENT,
         &Secret::new(SECRET),
@@ -247,7 +247,7 @@ async fn code_exchange_needs_the_right_verifier_and_client() {
     // A wrong client secret: refused, not "unavailable".
     let login = log_in(&keys).await;
     let bad_client = exchange_code(
-        provider.http(),
+        &provider,
         token_endpoint(&keys),
         CLIENT,
         &Secret::new("wrong"),
@@ -263,7 +263,7 @@ async fn code_exchange_needs_the_right_verifier_and_client() {
 
     // Nothing listening: unavailable.
     let down = exchange_code(
-        provider.http(),
+        &provider,
         "http://127.0.0.1:9/token",
         CLIENT,
         &Secret::new(SECRET),

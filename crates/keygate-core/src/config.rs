@@ -120,15 +120,20 @@ pub struct Config {
     /// Least time between two key fetches caused by unknown `kid`s.
     #[serde(default = "default_jwks_min", with = "duration")]
     pub jwks_min_refresh_interval: Duration,
-    /// Timeout of one request to the provider.
+    /// Timeout of one request to the provider (discovery, keys, token,
+    /// introspection, revocation), connecting included.
     #[serde(default = "default_provider_timeout", with = "duration")]
     pub openid_provider_timeout: Duration,
     /// Timeout to connect to the upstream.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub upstream_timeout: Duration,
-    /// Timeout for the upstream's response headers.
+    /// Timeout for the upstream's response headers (connecting included).
     #[serde(default = "default_response_timeout", with = "duration")]
     pub upstream_response_header_timeout: Duration,
+    /// Longest pause in a request or response body streaming between the
+    /// client and the upstream; then the stream is cut.
+    #[serde(default = "default_upstream_idle_timeout", with = "duration")]
+    pub upstream_idle_timeout: Duration,
     /// Idle upstream connections are closed after this.
     #[serde(default = "default_idle", with = "duration")]
     pub upstream_keepalive_timeout: Duration,
@@ -146,6 +151,10 @@ pub struct Config {
     /// upstream connections; 0: one per CPU core.
     #[serde(default)]
     pub worker_threads: usize,
+    /// Most requests keygate works on at once (on the public listener);
+    /// more are answered 503 with `Retry-After` at once instead of queued.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
     /// Reload the configuration when the config file or the API keys'
     /// server-secret file changes (besides on SIGHUP).
     #[serde(default)]
@@ -200,6 +209,14 @@ pub struct Config {
     /// Where API keys and their audit trail live: `sqlite://path` or `postgres://…`.
     #[serde(default = "default_store_url")]
     pub store_url: StoreUrl,
+    /// Longest wait for a connection to the key store (from the pool, or a
+    /// new one).
+    #[serde(default = "default_store_acquire_timeout", with = "duration")]
+    pub store_acquire_timeout: Duration,
+    /// Longest time one key-store operation's statements may take once it
+    /// has its connection.
+    #[serde(default = "default_store_query_timeout", with = "duration")]
+    pub store_query_timeout: Duration,
     /// Address of the operations port: the admin API (`/admin/v1/…`),
     /// metrics and the detailed health; off when unset. When set, the
     /// public listener serves neither metrics nor the detailed health.
@@ -1030,6 +1047,30 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        if self.max_concurrent_requests == 0 {
+            errors.push(ConfigError::Invalid {
+                key: "max-concurrent-requests",
+                message: "must be at least 1".into(),
+            });
+        }
+        for (key, value) in [
+            ("openid-provider-timeout", self.openid_provider_timeout),
+            ("upstream-timeout", self.upstream_timeout),
+            (
+                "upstream-response-header-timeout",
+                self.upstream_response_header_timeout,
+            ),
+            ("upstream-idle-timeout", self.upstream_idle_timeout),
+            ("store-acquire-timeout", self.store_acquire_timeout),
+            ("store-query-timeout", self.store_query_timeout),
+        ] {
+            if value.is_zero() {
+                errors.push(ConfigError::Invalid {
+                    key,
+                    message: "must be more than 0".into(),
+                });
+            }
+        }
         if self.max_token_size < 512 {
             errors.push(ConfigError::Invalid {
                 key: "max-token-size",
@@ -1237,7 +1278,7 @@ fn default_jwks_min() -> Duration {
     Duration::from_secs(1)
 }
 fn default_provider_timeout() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(5)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -1256,6 +1297,18 @@ fn default_server_idle() -> Duration {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_max_concurrent_requests() -> usize {
+    4096
+}
+fn default_upstream_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_store_acquire_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_store_query_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_otel_service_name() -> String {
     "keygate".into()

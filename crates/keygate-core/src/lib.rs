@@ -1,10 +1,13 @@
 //! Types shared by every keygate crate: the configuration model, the verified
 //! [`Identity`] of a caller, path normalization and the route rules.
 //!
-//! Nothing here does I/O; everything is pure and unit-tested in place.
+//! Nothing here does I/O; everything is pure and unit-tested in place. The
+//! dependencies' circuit [`breaker`] reports through the `metrics` and
+//! `tracing` facades only.
 
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod config;
 pub mod encoding;
 pub mod identity;

@@ -57,6 +57,8 @@ reasons! {
     NoUpstream => "no_upstream",
     /// The method is not allowed.
     MethodNotAllowed => "method_not_allowed",
+    /// The client stopped sending its request body (`upstream-idle-timeout`).
+    RequestTimeout => "request_timeout",
     // ---- the credential (401) ----
     /// No credential on a protected route.
     NoCredential => "no_credential",

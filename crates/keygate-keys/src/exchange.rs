@@ -20,6 +20,9 @@ use std::time::Duration;
 
 /// How long one replica may hold the right to exchange a key.
 const EXCHANGE_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long a replica waits for the token another replica is exchanging
+/// (then it exchanges the key itself).
+pub(crate) const EXCHANGE_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a JWT-grant key is refused when the provider's token is for another
 /// user than the one asserted.
@@ -144,8 +147,10 @@ impl ApiKeys {
             .await
             .unwrap_or(true);
         if !locked {
-            // Another replica is exchanging: wait for its token a little.
-            for _ in 0..30 {
+            // Another replica is exchanging: wait a little for its token,
+            // for as long as Redis answers.
+            let deadline = tokio::time::Instant::now() + EXCHANGE_WAIT;
+            while tokio::time::Instant::now() < deadline && redis.is_up() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Some(hit) = self
                     .shared_token(redis, &cache_key, key, found, verifier)

@@ -71,7 +71,12 @@ impl ApiKeys {
                         tracing::debug!(error = %e, key_id = %stale.record.id, "API-key store unavailable; using the cached record and token");
                         return Ok((stale, true));
                     }
-                    tracing::warn!(error = %e, "API-key store lookup failed");
+                    if e.is_unavailable() {
+                        // The store's breaker warned once for the outage.
+                        tracing::debug!(error = %e, "API-key store lookup failed");
+                    } else {
+                        tracing::warn!(error = %e, "API-key store lookup failed");
+                    }
                     Err(KeyError::StoreUnavailable)
                 }
             },

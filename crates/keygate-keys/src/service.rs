@@ -31,7 +31,7 @@ use keygate_auth::grants::Grants;
 use keygate_auth::{JwtVerifier, Provider};
 use keygate_core::config::Config;
 use keygate_core::{Identity, Secret, unix_now};
-use keygate_store::{KeyStore, Redis};
+use keygate_store::{KeyStore, Redis, StoreTimeouts};
 use moka::future::Cache;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -55,6 +55,8 @@ impl ApiKeys {
         };
         let crypto = KeyCrypto::new(secret.expose().as_bytes())
             .map_err(|e| ManageError::Invalid(e.to_string()))?;
+        let store =
+            KeyStore::connect_with(&config.store_url.0, StoreTimeouts::from_config(config)).await?;
         let c = &config.api_keys;
         let signer = c
             .jwt_grant
@@ -62,7 +64,6 @@ impl ApiKeys {
             .map(|g| AssertionSigner::new(secret.expose().as_bytes(), &g.issuer, g.key_generation))
             .transpose()
             .map_err(|e| ManageError::Invalid(format!("api-keys.jwt-grant: {e}")))?;
-        let store = KeyStore::connect(&config.store_url.0).await?;
         Ok(Some(ApiKeys {
             store,
             crypto,

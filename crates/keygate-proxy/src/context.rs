@@ -183,6 +183,7 @@ impl RequestCtx {
             | Refusal::MethodNotAllowed(_)
             | Refusal::TooManyRequests(..) => Decision::Deny,
             Refusal::BadRequest(_)
+            | Refusal::RequestTimeout
             | Refusal::NotFound
             | Refusal::NoUpstream
             | Refusal::Conflict(_) => Decision::Invalid,

@@ -2,7 +2,8 @@
 //! pipeline. The code is the chart of `docs/architecture.md`:
 //!
 //! - [`server`] accepts connections and hands each request to
-//!   [`dispatch`] (the main listener) or [`admin`] (`listen-admin`);
+//!   [`dispatch`] (the main listener, past the load-shedding bound of
+//!   [`shed`]) or [`admin`] (`listen-admin`);
 //! - [`dispatch`] runs phase 1 and sends `/oauth/*` to [`ops`] (health,
 //!   metrics, [`forward_auth`], [`login`], [`selfservice`] and [`keypage`]),
 //!   everything else through [`pipeline`];
@@ -53,6 +54,7 @@ pub mod route;
 pub mod selfservice;
 pub mod server;
 pub mod session;
+pub mod shed;
 pub mod sites;
 pub mod trace;
 pub mod upstream;

@@ -165,7 +165,7 @@ pub async fn callback(
         )
     })?;
     let tokens = login::exchange_code(
-        gw.verifier.provider().http(),
+        gw.verifier.provider(),
         &token_endpoint,
         &sessions.client_id,
         &sessions.client_secret,

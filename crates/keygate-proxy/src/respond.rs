@@ -14,8 +14,15 @@ use keygate_core::Reason;
 use keygate_keys::{DeviceError, KeyError, ManageError};
 use keygate_sessions::SessionError;
 
+use crate::upstream::UpstreamBody;
+
 /// The body of every response: the upstream's, streamed, or keygate's own.
-pub type Body = Either<crate::upstream::UpstreamBody, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
+
+/// `Retry-After` (seconds) of every 503: keygate's dependencies are probed
+/// again within half a second of a failure, and load is shed per request,
+/// so a client may try again after a second.
+pub const RETRY_AFTER_UNAVAILABLE: u64 = 1;
 
 /// Why keygate answered instead of the upstream.
 #[derive(Debug, Clone)]
@@ -46,6 +53,9 @@ pub enum Refusal {
     NoUpstream,
     /// 405: the credential may not use this method (API-key restriction).
     MethodNotAllowed(String),
+    /// 408: the client stopped sending its request body for
+    /// `upstream-idle-timeout`.
+    RequestTimeout,
     /// 409: the request conflicts with the state of what it names (a
     /// revoked key cannot be renewed).
     Conflict(String),
@@ -54,7 +64,9 @@ pub enum Refusal {
     TooManyRequests(String, u64),
     /// 502: the upstream could not be reached or broke the exchange.
     BadGateway,
-    /// 503: the provider is unreachable and nothing valid is cached.
+    /// 503 with `Retry-After`: a dependency (the provider, the key store,
+    /// Redis) cannot answer and nothing valid is cached, or keygate is at
+    /// `max-concurrent-requests`.
     Unavailable(String),
     /// 504: the upstream did not answer in time.
     GatewayTimeout,
@@ -71,6 +83,7 @@ impl Refusal {
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::NotFound | Refusal::NoUpstream => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::Conflict(_) => StatusCode::CONFLICT,
             Refusal::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
@@ -89,6 +102,7 @@ impl Refusal {
             Refusal::Forbidden(_) => "forbidden",
             Refusal::NotFound | Refusal::NoUpstream => "not_found",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
+            Refusal::RequestTimeout => "request_timeout",
             Refusal::Conflict(_) => "conflict",
             Refusal::TooManyRequests(..) => "rate_limited",
             Refusal::BadGateway => "bad_gateway",
@@ -108,6 +122,7 @@ impl Refusal {
             Refusal::NotFound => Reason::NotFound,
             Refusal::NoUpstream => Reason::NoUpstream,
             Refusal::MethodNotAllowed(_) => Reason::MethodNotAllowed,
+            Refusal::RequestTimeout => Reason::RequestTimeout,
             Refusal::Conflict(_) => Reason::KeyConflict,
             Refusal::TooManyRequests(..) => Reason::RateLimited,
             Refusal::BadGateway => Reason::BadGateway,
@@ -130,6 +145,9 @@ impl Refusal {
             Refusal::NoCredential => "a bearer token is required",
             Refusal::NotFound => "no such keygate endpoint",
             Refusal::NoUpstream => "no upstream serves this host and path",
+            Refusal::RequestTimeout => {
+                "the request body stalled; send it without pausing (upstream-idle-timeout)"
+            }
             Refusal::BadGateway => "the upstream could not be reached",
             Refusal::GatewayTimeout => "the upstream did not answer in time",
         }
@@ -157,9 +175,14 @@ impl Refusal {
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             resp.headers_mut().insert(WWW_AUTHENTICATE, value);
         }
-        if let Refusal::TooManyRequests(_, retry_after) = &self {
+        let retry_after = match &self {
+            Refusal::TooManyRequests(_, retry_after) => Some(*retry_after),
+            Refusal::Unavailable(_) => Some(RETRY_AFTER_UNAVAILABLE),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             resp.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         resp
     }

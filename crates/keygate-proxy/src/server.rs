@@ -1,11 +1,13 @@
 //! The listener: HTTP/1.1 and HTTP/2 (h2c by prior knowledge, h2 over TLS by
 //! ALPN) on one port, graceful shutdown that lets in-flight requests finish,
 //! and the bounds on every connection: a cap on open connections, a header
-//! timeout, and an idle timeout.
+//! timeout, and an idle timeout. On the main listener, each request first
+//! passes the load-shedding bound on concurrent requests ([`crate::shed`]).
 
 use crate::dispatch;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::shed::{self, Shedder};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -33,6 +35,9 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// `max-concurrent-requests` (the main listener only: the operations
+    /// port must stay reachable under load).
+    shedder: Option<Arc<Shedder>>,
 }
 
 impl Server {
@@ -86,6 +91,8 @@ impl Server {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(gateway.config.max_header_size).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
+        let shedder =
+            (!admin).then(|| Shedder::new(gateway.config.max_concurrent_requests, "public"));
         Ok(Server {
             gateway,
             live,
@@ -93,6 +100,7 @@ impl Server {
             listener,
             tls,
             builder: Arc::new(builder),
+            shedder,
         })
     }
 
@@ -193,6 +201,7 @@ impl Server {
                 idle_timeout: self.gateway.config.server_idle_timeout,
             },
             tls: self.tls.clone(),
+            shedder: self.shedder.clone(),
         }
     }
 
@@ -284,6 +293,7 @@ struct ConnSettings {
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
     tls: Option<TlsAcceptor>,
+    shedder: Option<Arc<Shedder>>,
 }
 
 impl ConnSettings {
@@ -299,14 +309,22 @@ impl ConnSettings {
         let admin = self.admin;
         let activity = Arc::new(Activity::new());
         let requests = Arc::clone(&activity);
-        let service = service_fn(move |req| {
-            let gateway = live.load_full();
+        let shedder = self.shedder.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             requests.request_started();
+            // Load shedding: the one place a request is counted in (Err: shed).
+            let in_flight = match &shedder {
+                Some(shedder) if !shed::exempt(req.uri().path()) => {
+                    shedder.enter().map(Some).ok_or(())
+                }
+                _ => Ok(None),
+            };
+            let gateway = live.load_full();
             async move {
-                let resp = if admin {
-                    crate::admin::handle(gateway, req, peer).await
-                } else {
-                    dispatch::handle(gateway, req, peer).await
+                let resp = match in_flight {
+                    Err(()) => shed::overloaded(),
+                    Ok(_in_flight) if admin => crate::admin::handle(gateway, req, peer).await,
+                    Ok(_in_flight) => dispatch::handle(gateway, req, peer).await,
                 };
                 Ok::<_, Infallible>(resp)
             }

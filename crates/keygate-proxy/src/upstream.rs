@@ -9,6 +9,14 @@
 //! the response body has been read to its end (an unfinished body, an
 //! upgrade or an error closes it), and one idle for longer than
 //! `upstream-keepalive-timeout` is closed instead of reused.
+//!
+//! Every wait is bounded: connecting by `upstream-timeout`, connecting and
+//! the response headers together by `upstream-response-header-timeout`
+//! (then 504), and each pause in a body — the client's on its way up, the
+//! upstream's on its way back — by `upstream-idle-timeout`: a stalled upload
+//! is the client's 408; a response body that stalls after its headers were
+//! sent is cut (the client sees the response end early) and counted in
+//! `keygate_upstream_errors_total{kind="idle"}`.
 
 use crate::error::GatewayError;
 use crate::hygiene::strip_response_hop_by_hop;
@@ -21,8 +29,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use keygate_core::config::Config;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -48,6 +58,7 @@ pub struct Upstream {
     connect_timeout: Duration,
     response_timeout: Duration,
     keepalive_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 /// One thread's idle connections, most recently used last.
@@ -149,6 +160,7 @@ impl Upstream {
             connect_timeout: config.upstream_timeout,
             response_timeout: config.upstream_response_header_timeout,
             keepalive_timeout: config.upstream_keepalive_timeout,
+            idle_timeout: config.upstream_idle_timeout,
         })
     }
 
@@ -271,10 +283,11 @@ impl Upstream {
         req: Request<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, Refusal> {
-        let client_failed = Arc::new(AtomicBool::new(false));
+        let client_failed = Arc::new(AtomicU8::new(CLIENT_OK));
         let mut req = req.map(|body| ClientBody {
             inner: body,
             failed: Arc::clone(&client_failed),
+            idle: IdleTimer::new(self.idle_timeout),
         });
         if client_upgrade.is_some() {
             req.headers_mut()
@@ -289,7 +302,13 @@ impl Upstream {
                     .increment(1);
                 return Err(Refusal::GatewayTimeout);
             }
-            Ok(Err(_)) if client_failed.load(Ordering::Relaxed) => {
+            Ok(Err(_)) if client_failed.load(Ordering::Relaxed) == CLIENT_IDLE => {
+                // The client stopped sending its body: its error.
+                metrics::counter!("keygate_client_errors_total", "kind" => "body_idle")
+                    .increment(1);
+                return Err(Refusal::RequestTimeout);
+            }
+            Ok(Err(_)) if client_failed.load(Ordering::Relaxed) == CLIENT_BROKEN => {
                 // The client's body broke off or was malformed: its error,
                 // not the upstream's.
                 metrics::counter!("keygate_client_errors_total", "kind" => "body").increment(1);
@@ -347,21 +366,80 @@ impl Upstream {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             resp.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            return Ok(resp.map(|body| Either::Left(UpstreamBody::closing(body))));
+            return Ok(
+                resp.map(|body| Either::Left(UpstreamBody::closing(body, self.idle_timeout)))
+            );
         }
         strip_response_hop_by_hop(resp.headers_mut());
         let pool = Arc::clone(self.pool());
-        Ok(resp.map(|body| Either::Left(UpstreamBody::pooled(body, sender, pool))))
+        let idle = self.idle_timeout;
+        Ok(resp.map(|body| Either::Left(UpstreamBody::pooled(body, sender, pool, idle))))
     }
 }
 
+/// The time allowed between two frames of a body, armed only while the
+/// body waits for its sender (never while the receiver is slow to take
+/// what it was given). One timer per body, allocated at its first wait.
+struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// A frame (or the end) arrived: the next wait starts afresh.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// The body is waiting: `Ready` once it has waited `limit`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.armed {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx)
+    }
+}
+
+/// Why the upstream's response body ended early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamBodyError {
+    /// The upstream's connection failed.
+    #[error("the upstream's response body failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    /// The upstream sent nothing for `upstream-idle-timeout`.
+    #[error("the upstream's response body stalled for {0:?} (upstream-idle-timeout)")]
+    Idle(Duration),
+}
+
 pin_project_lite::pin_project! {
-    /// The upstream's response body on its way to the client; when it has
-    /// been read to its end, its connection goes back to the pool it came
-    /// from (otherwise the connection is closed with it).
+    /// The upstream's response body on its way to the client: cut when the
+    /// upstream sends nothing for `upstream-idle-timeout`; when it has been
+    /// read to its end, its connection goes back to the pool it came from
+    /// (otherwise the connection is closed with it).
     pub struct UpstreamBody {
         #[pin]
         inner: Incoming,
+        idle: IdleTimer,
         back: Option<(SendRequest<ClientBody>, Arc<Pool>)>,
     }
 
@@ -379,38 +457,62 @@ pin_project_lite::pin_project! {
 }
 
 impl UpstreamBody {
-    fn pooled(inner: Incoming, sender: SendRequest<ClientBody>, pool: Arc<Pool>) -> Self {
+    fn pooled(
+        inner: Incoming,
+        sender: SendRequest<ClientBody>,
+        pool: Arc<Pool>,
+        idle: Duration,
+    ) -> Self {
         UpstreamBody {
             inner,
+            idle: IdleTimer::new(idle),
             back: Some((sender, pool)),
         }
     }
 
-    fn closing(inner: Incoming) -> Self {
-        UpstreamBody { inner, back: None }
+    fn closing(inner: Incoming, idle: Duration) -> Self {
+        UpstreamBody {
+            inner,
+            idle: IdleTimer::new(idle),
+            back: None,
+        }
     }
 }
 
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(None) => {
-                if let Some((sender, pool)) = this.back.take() {
-                    pool.put(sender);
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            this.idle.disarm();
+            match &frame {
+                None => {
+                    if let Some((sender, pool)) = this.back.take() {
+                        pool.put(sender);
+                    }
                 }
+                Some(Err(_)) => *this.back = None,
+                Some(Ok(_)) => {}
             }
-            std::task::Poll::Ready(Some(Err(_))) => *this.back = None,
-            _ => {}
+            return Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::Upstream)));
         }
-        polled
+        match this.idle.poll_expired(cx) {
+            Poll::Ready(()) => {
+                *this.back = None;
+                metrics::counter!("keygate_upstream_errors_total", "kind" => "idle").increment(1);
+                tracing::debug!(
+                    idle = ?this.idle.limit,
+                    "the upstream's response body stalled; cutting it"
+                );
+                Poll::Ready(Some(Err(UpstreamBodyError::Idle(this.idle.limit))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -422,31 +524,61 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
+/// [`ClientBody::failed`]: the body is fine.
+const CLIENT_OK: u8 = 0;
+/// [`ClientBody::failed`]: the body broke off or was malformed.
+const CLIENT_BROKEN: u8 = 1;
+/// [`ClientBody::failed`]: the client sent nothing for `upstream-idle-timeout`.
+const CLIENT_IDLE: u8 = 2;
+
+/// Why the client's request body did not reach the upstream whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientBodyError {
+    /// The client's connection failed or its framing was malformed.
+    #[error("the request body failed: {0}")]
+    Client(#[source] hyper::Error),
+    /// The client sent nothing for `upstream-idle-timeout`.
+    #[error("the request body stalled for {0:?} (upstream-idle-timeout)")]
+    Idle(Duration),
+}
+
 pin_project_lite::pin_project! {
     /// The client's request body on its way upstream; remembers whether it
-    /// failed, so that a broken or malformed upload is answered as the
-    /// client's error (400), not the upstream's (502).
+    /// failed or stalled, so that a broken or malformed upload is answered
+    /// as the client's error (400, or 408 when it stalled for
+    /// `upstream-idle-timeout`), not the upstream's (502).
     pub struct ClientBody {
         #[pin]
         inner: Incoming,
-        failed: Arc<AtomicBool>,
+        failed: Arc<AtomicU8>,
+        idle: IdleTimer,
     }
 }
 
 impl http_body::Body for ClientBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
-            this.failed.store(true, Ordering::Relaxed);
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            this.idle.disarm();
+            if let Some(Err(_)) = &frame {
+                this.failed.store(CLIENT_BROKEN, Ordering::Relaxed);
+            }
+            return Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Client)));
         }
-        polled
+        match this.idle.poll_expired(cx) {
+            Poll::Ready(()) => {
+                this.failed.store(CLIENT_IDLE, Ordering::Relaxed);
+                Poll::Ready(Some(Err(ClientBodyError::Idle(this.idle.limit))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

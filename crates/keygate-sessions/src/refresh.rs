@@ -10,6 +10,10 @@ use keygate_auth::session::SessionState;
 use keygate_core::{Reason, Secret};
 use std::sync::Arc;
 
+/// How long a replica waits for another replica's refresh of the same
+/// session before answering 503 (the refresh is one provider call).
+const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The access token to use for a session: the stored one while it is
 /// valid; otherwise, with `enable-refresh-tokens`, a refreshed one (one
 /// refresh per session at a time, across replicas with server-side
@@ -120,7 +124,8 @@ async fn refreshed_elsewhere(
     {
         return Ok(None);
     }
-    for _ in 0..50 {
+    let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
+    while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         match sessions.load(cookie).await.map_err(RefreshError::Store)? {
             Some(state) if state.access_expires_at > now() => {

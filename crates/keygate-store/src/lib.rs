@@ -33,4 +33,4 @@ pub use error::StoreError;
 pub use keygate_core::keys::{Backing, KeyKind};
 pub use record::{AuditEntry, HashMatch, KeyFilter, KeyRecord};
 pub use shared::{Redis, SharedError};
-pub use store::{CHANGES_CHANNEL, ChangeListener, KeyChange, KeyStore};
+pub use store::{CHANGES_CHANNEL, ChangeListener, KeyChange, KeyStore, StoreTimeouts};

@@ -10,22 +10,24 @@
 //! credential: when it is slow or down every call here returns
 //! [`SharedError::Unavailable`] within `redis-timeout`, and the caller
 //! decides (the pipeline refuses what it cannot verify with 503 and never
-//! lets a request through because Redis failed). After a failure calls fail
-//! fast for [`BREAKER_OPEN`] instead of each waiting for the timeout; the
-//! connection is re-established in the background, so keygate recovers on
-//! its own when Redis returns.
+//! lets a request through because Redis failed). Calls go through a
+//! [`Breaker`]: after a failure they fail fast for [`BREAKER_OPEN`], then one
+//! call at a time probes Redis while the others keep failing fast, so a hung
+//! Redis costs one `redis-timeout`, not one per request. The connection is
+//! re-established in the background, so keygate recovers on its own when
+//! Redis returns (within [`BREAKER_OPEN`] and one round trip).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keygate_core::breaker::{Breaker, BreakerStats};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, FromRedisValue, Script};
+use redis::{Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind};
 
 use crate::store::redact_password;
 
 /// How long calls fail fast after Redis failed, before one is let through
-/// to try again.
+/// to probe it.
 pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
 
 /// Errors of the shared state.
@@ -50,9 +52,7 @@ struct Inner {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
-    /// Milliseconds since `epoch` until which calls fail fast (0: closed).
-    open_until: AtomicU64,
-    epoch: Instant,
+    breaker: Breaker,
     gcra: Script,
     quota: Script,
     end_sessions: Script,
@@ -109,6 +109,23 @@ end
 redis.call('DEL', KEYS[1])
 return n
 ";
+
+/// Whether an error says Redis is down or unreachable (a connection that
+/// failed, a server that is loading or failing over), rather than that it
+/// answered this one command with an error.
+fn is_outage(e: &redis::RedisError) -> bool {
+    !matches!(
+        e.kind(),
+        ErrorKind::UnexpectedReturnType
+            | ErrorKind::Parse
+            | ErrorKind::Server(
+                ServerErrorKind::ResponseError
+                    | ServerErrorKind::ExecAbort
+                    | ServerErrorKind::NoScript
+                    | ServerErrorKind::CrossSlot
+            )
+    )
+}
 
 /// What the rate limiter decided for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +220,7 @@ impl Redis {
                 conn,
                 prefix: prefix.to_owned(),
                 timeout,
-                open_until: AtomicU64::new(0),
-                epoch: Instant::now(),
+                breaker: Breaker::new("redis", BREAKER_OPEN),
                 gcra: Script::new(GCRA_LUA),
                 quota: Script::new(QUOTA_LUA),
                 end_sessions: Script::new(END_SESSIONS_LUA),
@@ -218,42 +234,6 @@ impl Redis {
         k.push_str(&self.inner.prefix);
         k.push_str(name);
         k
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Fails fast while the breaker is open.
-    fn check_breaker(&self) -> Result<(), SharedError> {
-        let until = self.inner.open_until.load(Ordering::Relaxed);
-        if until != 0 && self.now_ms() < until {
-            return Err(SharedError::Unavailable(
-                "failing fast after a recent failure".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn record<T>(&self, result: Result<T, SharedError>) -> Result<T, SharedError> {
-        match &result {
-            Ok(_) => {
-                if self.inner.open_until.load(Ordering::Relaxed) != 0 {
-                    self.inner.open_until.store(0, Ordering::Relaxed);
-                    tracing::info!("Redis is reachable again");
-                }
-            }
-            Err(e) => {
-                let was = self.inner.open_until.swap(
-                    self.now_ms() + BREAKER_OPEN.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
-                if was == 0 {
-                    tracing::warn!(error = %e, "Redis failed; shared state is unavailable until it answers again");
-                }
-            }
-        }
-        result
     }
 
     async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, SharedError> {
@@ -288,7 +268,11 @@ impl Redis {
         F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        self.check_breaker()?;
+        let call = self
+            .inner
+            .breaker
+            .enter()
+            .map_err(|open| SharedError::Unavailable(open.to_string()))?;
         let attempt = async {
             match op(self.inner.conn.clone()).await {
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => {
@@ -297,12 +281,30 @@ impl Redis {
                 other => other,
             }
         };
-        let result = match tokio::time::timeout(self.inner.timeout, attempt).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
-            Err(_) => Err(SharedError::Unavailable("timed out".into())),
-        };
-        self.record(result)
+        match tokio::time::timeout(self.inner.timeout, attempt).await {
+            Ok(Ok(v)) => {
+                call.succeeded();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                // Redis answered with an error about this command: it is up.
+                let outage = is_outage(&e);
+                let e = SharedError::Unavailable(e.to_string());
+                match outage {
+                    true => call.failed(&e),
+                    false => call.succeeded(),
+                }
+                Err(e)
+            }
+            Err(_) => {
+                let e = SharedError::Unavailable(format!(
+                    "no answer within redis-timeout ({} ms)",
+                    self.inner.timeout.as_millis()
+                ));
+                call.failed(&e);
+                Err(e)
+            }
+        }
     }
 
     /// `PING`: whether Redis answers now.
@@ -311,9 +313,15 @@ impl Redis {
         Ok(())
     }
 
-    /// Whether the breaker is closed (the last call succeeded).
+    /// Whether the breaker is closed: Redis answered the last probe (or
+    /// has not failed since).
     pub fn is_up(&self) -> bool {
-        self.check_breaker().is_ok()
+        self.inner.breaker.is_closed()
+    }
+
+    /// How many calls probed a failing Redis, and how many failed fast.
+    pub fn breaker_stats(&self) -> BreakerStats {
+        self.inner.breaker.stats()
     }
 
     /// The value under `key` (already prefixed by [`Redis::key`]).

@@ -4,11 +4,22 @@
 //! The SQL is written once with numbered parameters (`$1`), which both
 //! backends accept, and run against whichever pool `store-url` chose. Every
 //! change to a key and its audit line are written in one transaction.
+//!
+//! Every operation is bounded: at most `store-acquire-timeout` for its
+//! connection, then `store-query-timeout` for its statements. On PostgreSQL
+//! it also goes through a [`Breaker`]: after the server failed or did not
+//! answer, operations fail fast ([`StoreError::Unavailable`]) for
+//! [`BREAKER_OPEN`], then one at a time probes it, so an outage costs one
+//! timeout, not one per request. (SQLite is a local file: it has no outage
+//! to wait out, and a busy writer must not stop the readers.)
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use keygate_core::breaker::{Breaker, BreakerStats};
 
 use keygate_core::keys::{Backing, KeyKind};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -18,14 +29,45 @@ use sqlx::{ColumnIndex, Decode, PgPool, Row, SqlitePool, Type};
 use crate::record::{AuditEntry, HashMatch, KeyFilter, KeyRecord};
 use crate::{StoreError, migrate};
 
-/// How long a writer waits for SQLite's write lock before giving up.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in a SQLite file pool (readers run in parallel under WAL).
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
 /// Connections in a PostgreSQL pool, per keygate process.
 const POSTGRES_MAX_CONNECTIONS: u32 = 10;
-/// How long to wait for a pooled connection (and at start, for the server).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long operations fail fast after PostgreSQL failed, before one is let
+/// through to probe it.
+pub const BREAKER_OPEN: Duration = Duration::from_millis(500);
+
+/// How long the store may take (`store-acquire-timeout`,
+/// `store-query-timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreTimeouts {
+    /// Longest wait for a connection: from the pool, or a new one (at
+    /// start, the first connection to the server).
+    pub acquire: Duration,
+    /// Longest time one operation's statements may take once it has its
+    /// connection (also SQLite's wait for its write lock).
+    pub query: Duration,
+}
+
+impl Default for StoreTimeouts {
+    /// The configuration's defaults: 1 s and 2 s.
+    fn default() -> Self {
+        StoreTimeouts {
+            acquire: Duration::from_secs(1),
+            query: Duration::from_secs(2),
+        }
+    }
+}
+
+impl StoreTimeouts {
+    /// `store-acquire-timeout` and `store-query-timeout`.
+    pub fn from_config(config: &keygate_core::config::Config) -> Self {
+        StoreTimeouts {
+            acquire: config.store_acquire_timeout,
+            query: config.store_query_timeout,
+        }
+    }
+}
 
 /// The columns of `api_keys`, in the order [`record_from_row`] reads them.
 macro_rules! columns {
@@ -37,45 +79,80 @@ macro_rules! columns {
     };
 }
 
-/// Runs `$body` with `$pool` bound to the backend's pool and `$db` naming its
-/// `sqlx::Database`.
+/// Runs `$body` with `$conn` bound to a connection of the backend's pool
+/// (`&mut` to it) and `$db` naming its `sqlx::Database`, through
+/// [`KeyStore::guarded`]: the breaker, `store-acquire-timeout` for the
+/// connection and `store-query-timeout` for `$body`.
 macro_rules! with_pool {
-    ($store:expr, |$pool:ident, $db:ident| $body:block) => {
-        match &$store.pool {
-            Pool::Sqlite($pool) => {
-                type $db = sqlx::Sqlite;
-                $body
-            }
-            Pool::Postgres($pool) => {
-                type $db = sqlx::Postgres;
-                $body
-            }
-        }
+    ($store:expr, |$conn:ident, $db:ident| $body:block) => {
+        $store
+            .guarded(async {
+                match &$store.pool {
+                    Pool::Sqlite(pool) => {
+                        type $db = sqlx::Sqlite;
+                        let mut held = pool.acquire().await?;
+                        $store
+                            .bounded(async {
+                                let $conn = &mut *held;
+                                $body
+                            })
+                            .await
+                    }
+                    Pool::Postgres(pool) => {
+                        type $db = sqlx::Postgres;
+                        let mut held = pool.acquire().await?;
+                        $store
+                            .bounded(async {
+                                let $conn = &mut *held;
+                                $body
+                            })
+                            .await
+                    }
+                }
+            })
+            .await
     };
 }
 
 /// Runs `$body` inside a write transaction `$tx` and commits it if `$body`
-/// did not return early. SQLite takes the write lock up front
-/// (`BEGIN IMMEDIATE`), so concurrent writers wait on `busy_timeout` instead
-/// of failing on a lock upgrade.
+/// did not return early, bounded like [`with_pool!`]; evaluates to `$body`'s
+/// value (returning the error from the enclosing function). SQLite takes the
+/// write lock up front (`BEGIN IMMEDIATE`), so concurrent writers wait on
+/// `busy_timeout` instead of failing on a lock upgrade.
 macro_rules! with_tx {
     ($store:expr, |$tx:ident, $db:ident| $body:block) => {
-        match &$store.pool {
-            Pool::Sqlite(pool) => {
-                type $db = sqlx::Sqlite;
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-            Pool::Postgres(pool) => {
-                type $db = sqlx::Postgres;
-                let mut $tx = pool.begin().await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-        }
+        $store
+            .guarded(async {
+                match &$store.pool {
+                    Pool::Sqlite(pool) => {
+                        type $db = sqlx::Sqlite;
+                        let mut held = pool.acquire().await?;
+                        $store
+                            .bounded(async {
+                                let mut $tx =
+                                    sqlx::Connection::begin_with(&mut *held, "BEGIN IMMEDIATE")
+                                        .await?;
+                                let out = $body;
+                                $tx.commit().await?;
+                                Ok(out)
+                            })
+                            .await
+                    }
+                    Pool::Postgres(pool) => {
+                        type $db = sqlx::Postgres;
+                        let mut held = pool.acquire().await?;
+                        $store
+                            .bounded(async {
+                                let mut $tx = sqlx::Connection::begin(&mut *held).await?;
+                                let out = $body;
+                                $tx.commit().await?;
+                                Ok(out)
+                            })
+                            .await
+                    }
+                }
+            })
+            .await?
     };
 }
 
@@ -96,10 +173,14 @@ macro_rules! audit {
     };
 }
 
-/// The API-key store. Cheap to clone (the clones share one connection pool).
+/// The API-key store. Cheap to clone (the clones share one connection pool
+/// and one breaker).
 #[derive(Clone)]
 pub struct KeyStore {
     pool: Pool,
+    timeouts: StoreTimeouts,
+    /// PostgreSQL's breaker; none for SQLite.
+    breaker: Option<Arc<Breaker>>,
 }
 
 #[derive(Clone)]
@@ -127,13 +208,19 @@ impl KeyStore {
     ///   be reachable now.
     ///
     /// A malformed URL gives [`StoreError::InvalidUrl`], whose message never
-    /// repeats the URL's password.
+    /// repeats the URL's password. The timeouts are the defaults
+    /// ([`KeyStore::connect_with`] takes others).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, StoreTimeouts::default()).await
+    }
+
+    /// [`KeyStore::connect`] with these timeouts.
+    pub async fn connect_with(url: &str, timeouts: StoreTimeouts) -> Result<Self, StoreError> {
         let url = url.trim();
         let store = if url.starts_with("sqlite:") {
-            Self::connect_sqlite(url).await?
+            Self::connect_sqlite(url, timeouts).await?
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Self::connect_postgres(url).await?
+            Self::connect_postgres(url, timeouts).await?
         } else {
             let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
                 !s.is_empty()
@@ -154,11 +241,11 @@ impl KeyStore {
         Ok(store)
     }
 
-    async fn connect_sqlite(url: &str) -> Result<Self, StoreError> {
+    async fn connect_sqlite(url: &str, timeouts: StoreTimeouts) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(format!("cannot parse the SQLite URL: {e}")))?
             .foreign_keys(true)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            .busy_timeout(timeouts.query);
         let memory = url.starts_with("sqlite::memory:");
         let pool = if memory {
             // One connection that never closes: the database lives as long as it.
@@ -167,7 +254,7 @@ impl KeyStore {
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(timeouts.acquire)
                 .connect_with(opts)
                 .await?
         } else {
@@ -187,16 +274,18 @@ impl KeyStore {
                 .synchronous(SqliteSynchronous::Normal);
             SqlitePoolOptions::new()
                 .max_connections(SQLITE_MAX_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(timeouts.acquire)
                 .connect_with(opts)
                 .await?
         };
         Ok(KeyStore {
             pool: Pool::Sqlite(pool),
+            timeouts,
+            breaker: None,
         })
     }
 
-    async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+    async fn connect_postgres(url: &str, timeouts: StoreTimeouts) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::InvalidUrl(format!(
                 "cannot parse the PostgreSQL URL: {}",
@@ -205,12 +294,61 @@ impl KeyStore {
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(POSTGRES_MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(timeouts.acquire)
             .connect_with(opts)
             .await?;
         Ok(KeyStore {
             pool: Pool::Postgres(pool),
+            timeouts,
+            breaker: Some(Arc::new(Breaker::new("store", BREAKER_OPEN))),
         })
+    }
+
+    /// Runs one operation through the breaker (PostgreSQL): refused at once
+    /// while the store is failing, except for the one probe.
+    async fn guarded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(breaker) = &self.breaker else {
+            return op.await;
+        };
+        let call = breaker
+            .enter()
+            .map_err(|open| StoreError::Unavailable(open.to_string()))?;
+        let result = op.await;
+        match &result {
+            Err(e) if e.is_unavailable() => call.failed(e),
+            // An answer, even an error about this operation: the store is up.
+            _ => call.succeeded(),
+        }
+        result
+    }
+
+    /// Bounds an operation's statements by `store-query-timeout`.
+    async fn bounded<T>(
+        &self,
+        statements: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeouts.query, statements)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "no answer within store-query-timeout ({} ms)",
+                    self.timeouts.query.as_millis()
+                )))
+            })
+    }
+
+    /// Whether the store answers (the breaker is closed; always on SQLite).
+    pub fn is_up(&self) -> bool {
+        self.breaker.as_ref().is_none_or(|b| b.is_closed())
+    }
+
+    /// How many operations probed a failing PostgreSQL, and how many failed
+    /// fast (zero on SQLite).
+    pub fn breaker_stats(&self) -> BreakerStats {
+        self.breaker.as_ref().map(|b| b.stats()).unwrap_or_default()
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -286,14 +424,14 @@ impl KeyStore {
     /// The record with this id, if any.
     #[tracing::instrument(target = "keygate::trace", name = "store get", skip_all, fields(otel.kind = "client"))]
     pub async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             sqlx::query::<Db>(concat!(
                 "SELECT ",
                 columns!(),
                 " FROM api_keys WHERE id = $1"
             ))
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?
             .as_ref()
             .map(record_from_row)
@@ -313,14 +451,14 @@ impl KeyStore {
         hash: &[u8],
         now: i64,
     ) -> Result<Option<(KeyRecord, HashMatch)>, StoreError> {
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             let current = sqlx::query::<Db>(concat!(
                 "SELECT ",
                 columns!(),
                 " FROM api_keys WHERE key_hash = $1"
             ))
             .bind(hash)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             if let Some(row) = current {
                 return Ok(Some((record_from_row(&row)?, HashMatch::Current)));
@@ -332,7 +470,7 @@ impl KeyStore {
             ))
             .bind(hash)
             .bind(now)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             match previous {
                 Some(row) => Ok(Some((record_from_row(&row)?, HashMatch::Previous))),
@@ -360,7 +498,7 @@ impl KeyStore {
         n += 1;
         sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${n}"));
         let limit = filter.limit.unwrap_or(i64::MAX).max(0);
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             let mut q = sqlx::query::<Db>(&sql);
             if let Some(owner) = &filter.owner {
                 q = q.bind(owner);
@@ -369,7 +507,7 @@ impl KeyStore {
                 q = q.bind(kind.as_str());
             }
             q.bind(limit)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?
                 .iter()
                 .map(record_from_row)
@@ -538,7 +676,7 @@ impl KeyStore {
         expected_version: i64,
         sealed: &[u8],
     ) -> Result<bool, StoreError> {
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             let rows = sqlx::query::<Db>(
                 "UPDATE api_keys SET sealed_secret = $3, secret_version = secret_version + 1 \
                  WHERE id = $1 AND secret_version = $2 AND revoked_at IS NULL",
@@ -546,7 +684,7 @@ impl KeyStore {
             .bind(id)
             .bind(expected_version)
             .bind(sealed)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
             Ok(rows == 1)
@@ -565,7 +703,7 @@ impl KeyStore {
         now: i64,
         limit: i64,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             sqlx::query::<Db>(concat!(
                 "SELECT ",
                 columns!(),
@@ -577,7 +715,7 @@ impl KeyStore {
             .bind(before)
             .bind(now)
             .bind(limit.max(0))
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?
             .iter()
             .map(record_from_row)
@@ -595,7 +733,7 @@ impl KeyStore {
         before: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             let rows = sqlx::query::<Db>(
                 "UPDATE api_keys SET session_refreshed_at = $3 \
                  WHERE id = $1 AND revoked_at IS NULL \
@@ -604,7 +742,7 @@ impl KeyStore {
             .bind(id)
             .bind(before)
             .bind(now)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
             Ok(rows == 1)
@@ -615,14 +753,14 @@ impl KeyStore {
     /// exchange): `session_refreshed_at` becomes the later of the two.
     #[tracing::instrument(target = "keygate::trace", name = "store session_refreshed", skip_all, fields(otel.kind = "client"))]
     pub async fn session_refreshed(&self, id: &str, at: i64) -> Result<(), StoreError> {
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             sqlx::query::<Db>(
                 "UPDATE api_keys SET session_refreshed_at = $2 \
                  WHERE id = $1 AND (session_refreshed_at IS NULL OR session_refreshed_at < $2)",
             )
             .bind(id)
             .bind(at)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
             Ok(())
         })
@@ -661,13 +799,13 @@ impl KeyStore {
     /// The audit trail of a key, oldest first. Kept after revocation.
     #[tracing::instrument(target = "keygate::trace", name = "store audit", skip_all, fields(otel.kind = "client"))]
     pub async fn audit(&self, key_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        with_pool!(self, |pool, Db| {
+        with_pool!(self, |conn, Db| {
             sqlx::query::<Db>(
                 "SELECT key_id, action, actor, at, detail FROM api_key_audit \
                  WHERE key_id = $1 ORDER BY id",
             )
             .bind(key_id)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?
             .iter()
             .map(|row| {

@@ -228,3 +228,93 @@ async fn rediss_with_a_private_ca() {
         Err(SharedError::InvalidUrl(_))
     ));
 }
+
+/// `n` calls at once; how many took at least `slow` (the rest were answered
+/// at once), and how many failed.
+async fn burst<F, Fut, T, E>(n: usize, slow: Duration, call: F) -> (usize, usize)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let fut = call();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let ok = fut.await.is_ok();
+                (start.elapsed(), ok)
+            })
+        })
+        .collect();
+    let (mut slow_calls, mut failed) = (0, 0);
+    for t in tasks {
+        let (took, ok) = t.await.unwrap();
+        slow_calls += usize::from(took >= slow);
+        failed += usize::from(!ok);
+    }
+    (slow_calls, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_redis_is_probed_by_one_call_at_a_time_and_used_again_within_a_second() {
+    let mut server = RedisServer::start().await;
+    let timeout = Duration::from_millis(500);
+    let redis = Redis::connect(&server.url(), "kgtest:", timeout, None).unwrap();
+    let key = redis.key("hung");
+    redis
+        .set(&key, b"v", Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    server.freeze();
+    // The first call waits out redis-timeout, and opens the breaker.
+    let start = Instant::now();
+    assert!(redis.get(&key).await.is_err());
+    assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
+    assert!(!redis.is_up());
+
+    // Four rounds of 50 concurrent calls, each round after the open window
+    // (500 ms) closed: one call per round probes and waits out the timeout,
+    // the 49 others fail at once.
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = redis.breaker_stats();
+        let r = redis.clone();
+        let k = key.clone();
+        let (slow, failed) = burst(50, timeout / 2, move || {
+            let (r, k) = (r.clone(), k.clone());
+            async move { r.get(&k).await }
+        })
+        .await;
+        let after = redis.breaker_stats();
+        eprintln!("round {round}: {slow} of 50 waited, {failed} failed");
+        assert_eq!(failed, 50, "round {round}: nothing answers a hung Redis");
+        assert_eq!(after.probes - before.probes, 1, "round {round}: one probe");
+        assert_eq!(after.fail_fast - before.fail_fast, 49, "round {round}");
+        assert!(slow <= 1, "round {round}: {slow} calls waited for Redis");
+    }
+
+    // Redis answers again: keygate uses it within a second, on its own.
+    server.thaw();
+    let thawed = Instant::now();
+    loop {
+        if let Ok(v) = redis.get(&key).await {
+            assert_eq!(v.as_deref(), Some(&b"v"[..]));
+            break;
+        }
+        assert!(
+            thawed.elapsed() < Duration::from_secs(5),
+            "Redis never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = thawed.elapsed();
+    eprintln!(
+        "Redis used again {:.0} ms after it answered",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(redis.is_up());
+}

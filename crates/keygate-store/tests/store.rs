@@ -6,9 +6,11 @@
 
 use keygate_store::{
     AuditEntry, Backing, HashMatch, KeyFilter, KeyKind, KeyRecord, KeyStore, StoreError,
+    StoreTimeouts,
 };
 use keygate_testkit::PgServer;
 use sqlx::Connection;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // Fixtures
@@ -1040,8 +1042,8 @@ async fn postgres_announces_key_changes_to_listeners() {
     assert!(matches!(next_change(&mut listener).await, KeyChange::Key { id, .. } if id == rec2.id));
 
     // The server goes away: errors while it is down, then one Resync. The
-    // error comes once the pool gives up reconnecting (its 10 s acquire
-    // timeout), so the bound is well above that.
+    // error comes once the pool gives up reconnecting (store-acquire-timeout,
+    // 1 s by default), so the bound is well above that.
     server.stop_server();
     let err = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
@@ -1054,7 +1056,7 @@ async fn postgres_announces_key_changes_to_listeners() {
     })
     .await
     .expect("the outage is reported");
-    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    assert!(err.is_unavailable(), "{err}");
     server.start_again().await;
     let resync = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
@@ -1158,4 +1160,124 @@ async fn postgres_v3_keys_get_their_backing() {
 async fn sqlite_has_no_change_listener() {
     let f = sqlite_fixture().await;
     assert!(f.store.listen_changes().await.unwrap().is_none());
+}
+
+/// `n` lookups of `id` at once; how many took at least `slow` (the rest were
+/// answered at once) and how many failed with `StoreError::Unavailable`.
+async fn burst(store: &KeyStore, id: &str, n: usize, slow: Duration) -> (usize, usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (store, id) = (store.clone(), id.to_owned());
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let result = store.get(&id).await;
+                (start.elapsed(), result)
+            })
+        })
+        .collect();
+    let (mut slow_calls, mut unavailable) = (0, 0);
+    for t in tasks {
+        let (took, result) = t.await.unwrap();
+        slow_calls += usize::from(took >= slow);
+        match result {
+            Err(StoreError::Unavailable(_)) => unavailable += 1,
+            Err(e) if e.is_unavailable() => unavailable += 1,
+            other => panic!("a hung store answered {other:?}"),
+        }
+    }
+    (slow_calls, unavailable)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_postgres_is_probed_by_one_operation_at_a_time_and_used_again_within_a_second() {
+    let mut server = PgServer::start().await;
+    let url = server.create_database("keygate").await;
+    let timeouts = StoreTimeouts {
+        acquire: Duration::from_millis(300),
+        query: Duration::from_millis(500),
+    };
+    let store = KeyStore::connect_with(&url, timeouts).await.unwrap();
+    let rec = record("a", KeyKind::Service, 1);
+    store.insert(&rec, "admin").await.unwrap();
+
+    server.freeze();
+    // The first operation waits out its timeouts and opens the breaker.
+    let start = Instant::now();
+    let err = store.get(&rec.id).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        took >= timeouts.acquire.min(timeouts.query),
+        "a hung server cannot answer in {took:?}"
+    );
+    assert!(!store.is_up());
+
+    // Rounds of 50 concurrent lookups, each after the open window (500 ms)
+    // closed: one probes and waits, the 49 others fail at once.
+    let slow = timeouts.acquire.min(timeouts.query) / 2;
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = store.breaker_stats();
+        let (waited, unavailable) = burst(&store, &rec.id, 50, slow).await;
+        let after = store.breaker_stats();
+        eprintln!("round {round}: {waited} of 50 waited");
+        assert_eq!(unavailable, 50);
+        assert_eq!(after.probes - before.probes, 1, "round {round}: one probe");
+        assert_eq!(after.fail_fast - before.fail_fast, 49, "round {round}");
+        assert!(waited <= 1, "round {round}: {waited} operations waited");
+    }
+
+    // Writes fail fast as well (keygate keys create, the admin API).
+    let start = Instant::now();
+    assert!(
+        store
+            .insert(&record("b", KeyKind::Service, 2), "admin")
+            .await
+            .unwrap_err()
+            .is_unavailable()
+    );
+    assert!(start.elapsed() < slow, "{:?}", start.elapsed());
+
+    server.thaw();
+    let thawed = Instant::now();
+    loop {
+        match store.get(&rec.id).await {
+            Ok(found) => {
+                assert_eq!(found.unwrap().id, rec.id);
+                break;
+            }
+            Err(e) => assert!(
+                thawed.elapsed() < Duration::from_secs(5),
+                "PostgreSQL never came back: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = thawed.elapsed();
+    eprintln!(
+        "PostgreSQL used again {:.0} ms after it answered",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(store.is_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_that_is_down_costs_keys_create_one_short_wait() {
+    // Nothing listens: connecting is refused at once. A server that accepts
+    // but never answers costs at most store-acquire-timeout.
+    let mut server = PgServer::start().await;
+    let url = server.create_database("keygate").await;
+    server.freeze();
+    let timeouts = StoreTimeouts {
+        acquire: Duration::from_millis(500),
+        query: Duration::from_secs(1),
+    };
+    let start = Instant::now();
+    let err = KeyStore::connect_with(&url, timeouts).await.unwrap_err();
+    let took = start.elapsed();
+    eprintln!("connect to a hung server: {err} after {took:?}");
+    assert!(err.is_unavailable(), "{err}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    server.thaw();
 }

@@ -183,6 +183,17 @@ impl Idp {
         stats["by_grant"][grant].as_u64().unwrap_or(0)
     }
 
+    /// Hangs the provider (SIGSTOP): its port accepts connections but
+    /// nothing answers until [`Idp::thaw`].
+    pub fn freeze(&self) {
+        crate::freeze::signal_all("STOP", &[self.child.id()]);
+    }
+
+    /// Lets a frozen provider answer again (SIGCONT).
+    pub fn thaw(&self) {
+        crate::freeze::signal_all("CONT", &[self.child.id()]);
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -17,6 +17,9 @@
 //! | [`OtlpReceiver`] | an OTLP/HTTP JSON trace receiver |
 //! | [`DpopKey`] | a client's DPoP key that makes proofs (RFC 9449) |
 //!
+//! [`RedisServer`], [`PgServer`] and [`Idp`] can also be frozen (SIGSTOP) and
+//! thawed, to test what a hung dependency costs.
+//!
 //! A test that needs a server fails when it is missing; it never skips.
 //! Never used by the keygate binary.
 
@@ -25,6 +28,7 @@
 pub mod browser;
 mod chromium;
 mod dpop;
+mod freeze;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod http;

@@ -1,6 +1,7 @@
 //! [`PgServer`]: a private PostgreSQL server on loopback per test.
 
 use crate::free_port;
+use crate::freeze::{process_tree, signal_all};
 use sqlx::Connection;
 use std::fs::File;
 use std::io::Read;
@@ -27,6 +28,7 @@ pub struct PgServer {
     stopped: Vec<(Child, Option<ChildStdin>)>,
     bin: PathBuf,
     user: Option<(u32, u32)>,
+    frozen: bool,
 }
 
 /// Starts postgres on `port` under [`WATCHDOG`]; with `owns_dir` the
@@ -192,6 +194,7 @@ impl PgServer {
                 stopped: Vec::new(),
                 bin: bin.clone(),
                 user,
+                frozen: false,
             };
             server.stdin = server.child.stdin.take();
             if server.wait_ready().await {
@@ -236,6 +239,29 @@ impl PgServer {
         assert!(self.wait_ready().await, "PostgreSQL did not start again");
     }
 
+    /// Hangs the server (SIGSTOP to the postmaster and every backend) as a
+    /// stuck database hangs: connections stay open and new ones are
+    /// accepted by the kernel, but nothing answers until [`PgServer::thaw`].
+    pub fn freeze(&mut self) {
+        signal_all("STOP", &self.server_pids());
+        self.frozen = true;
+    }
+
+    /// Lets a frozen server answer again (SIGCONT).
+    pub fn thaw(&mut self) {
+        signal_all("CONT", &self.server_pids());
+        self.frozen = false;
+    }
+
+    /// The postmaster and its children.
+    fn server_pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|pidfile| pidfile.lines().next()?.trim().parse().ok())
+            .map(process_tree)
+            .unwrap_or_default()
+    }
+
     /// The server's port.
     pub fn port(&self) -> u16 {
         self.port
@@ -274,6 +300,9 @@ impl PgServer {
 
     /// Fast shutdown; SIGKILL to the postmaster if that takes too long.
     fn stop(&mut self) {
+        if self.frozen {
+            self.thaw();
+        }
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {

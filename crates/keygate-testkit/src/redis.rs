@@ -1,6 +1,7 @@
 //! [`RedisServer`]: a private Redis server on loopback per test, plain or TLS.
 
 use crate::free_port;
+use crate::freeze::{comm, process_tree, signal_all};
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub struct RedisServer {
     child: Child,
     stdin: Option<ChildStdin>,
     stopped: Vec<(Child, Option<ChildStdin>)>,
+    frozen: bool,
     dir: tempfile::TempDir,
     /// With TLS only: the server's certificate, key and the CA that signed it.
     tls: Option<[PathBuf; 3]>,
@@ -90,6 +92,7 @@ impl RedisServer {
                 child,
                 stdin: None,
                 stopped: Vec::new(),
+                frozen: false,
                 dir,
                 tls: tls.clone(),
             };
@@ -168,8 +171,32 @@ impl RedisServer {
         assert!(self.wait_ready().await, "redis-server did not start again");
     }
 
+    /// Hangs the server (SIGSTOP) as a stuck Redis hangs: connections stay
+    /// open and new ones are accepted by the kernel, but nothing answers
+    /// until [`RedisServer::thaw`].
+    pub fn freeze(&mut self) {
+        signal_all("STOP", &self.server_pids());
+        self.frozen = true;
+    }
+
+    /// Lets a frozen server answer again (SIGCONT).
+    pub fn thaw(&mut self) {
+        signal_all("CONT", &self.server_pids());
+        self.frozen = false;
+    }
+
+    fn server_pids(&self) -> Vec<u32> {
+        process_tree(self.child.id())
+            .into_iter()
+            .filter(|pid| comm(*pid).starts_with("redis-server"))
+            .collect()
+    }
+
     /// Graceful stop: the watchdog sends SIGTERM when its stdin closes.
     fn stop(&mut self) {
+        if self.frozen {
+            self.thaw();
+        }
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -187,6 +187,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         server_idle_timeout => "server-idle-timeout",
         max_connections => "max-connections",
         worker_threads => "worker-threads",
+        max_concurrent_requests => "max-concurrent-requests",
         max_header_size => "max-header-size",
         shutdown_grace_period => "shutdown-grace-period",
         log_format => "log-format",

@@ -197,7 +197,7 @@ pub const KEYS: &[Key] = &[
     key(
         "openid-provider-timeout",
         Kind::Duration,
-        "timeout of requests to the provider [default: 10s]",
+        "timeout of each request to the provider, connecting included [default: 5s]",
     ),
     key(
         "upstream-timeout",
@@ -207,7 +207,12 @@ pub const KEYS: &[Key] = &[
     key(
         "upstream-response-header-timeout",
         Kind::Duration,
-        "timeout for the upstream's response headers [default: 60s]",
+        "timeout for the upstream's response headers, connecting included [default: 60s]",
+    ),
+    key(
+        "upstream-idle-timeout",
+        Kind::Duration,
+        "longest pause in a body streamed to or from the upstream [default: 60s]",
     ),
     key(
         "upstream-keepalive-timeout",
@@ -233,6 +238,11 @@ pub const KEYS: &[Key] = &[
         "worker-threads",
         Kind::Num,
         "threads serving requests, each with its own event loop and upstream connections; 0: one per CPU core [default: 0]",
+    ),
+    key(
+        "max-concurrent-requests",
+        Kind::Num,
+        "most requests worked on at once; more get 503 with Retry-After [default: 4096]",
     ),
     key(
         "watch-config",
@@ -306,6 +316,16 @@ pub const KEYS: &[Key] = &[
         help: "API-key store: sqlite://path or postgres://… [default: sqlite://keygate.db]",
         secret: true,
     },
+    key(
+        "store-acquire-timeout",
+        Kind::Duration,
+        "longest wait for a key-store connection [default: 1s]",
+    ),
+    key(
+        "store-query-timeout",
+        Kind::Duration,
+        "longest time of one key-store operation's statements [default: 2s]",
+    ),
     key(
         "listen-admin",
         Kind::Str,

@@ -376,7 +376,16 @@ async fn postgres_outage_keeps_cached_keys_and_refuses_the_rest_until_it_returns
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(cluster.with_key(0, &cold).await, 200);
+    // Each replica within a second: one that saw a failure just before the
+    // server came back waits out its breaker's open window (500 ms) first.
+    let back = Instant::now();
+    while cluster.with_key(0, &cold).await != 200 {
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "replica 1 did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // And the change listener is back: a revoke reaches the other replica.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let start = Instant::now();
@@ -1027,4 +1036,278 @@ async fn redis_over_tls_with_a_private_ca() {
         429,
         "the counter is shared over TLS"
     );
+}
+
+// ---------------------------------------------------------------- outages
+//
+// A hung dependency (SIGSTOP: connections open, nothing answers) costs one
+// timeout, not one per request: while it hangs, one request at a time
+// probes it and every other request gets its answer at once. Each test
+// sends rounds of 50 concurrent requests, each round after the breaker's
+// 500 ms open window, and counts the probes on the replica's breaker.
+
+/// One request's answer: status, time taken, `Retry-After`.
+struct Answer {
+    status: u16,
+    took: Duration,
+    retry_after: Option<String>,
+}
+
+/// The API keys `keys`, one request each, all at once, to replica 0.
+async fn burst_keys(cluster: &Cluster, keys: &[String]) -> Vec<Answer> {
+    let tasks: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (http, url, key) = (
+                cluster.http.clone(),
+                cluster.replicas[0].url("/api/data"),
+                key.clone(),
+            );
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let resp = http.get(url).header("X-API-Key", key).send().await.unwrap();
+                Answer {
+                    status: resp.status().as_u16(),
+                    took: start.elapsed(),
+                    retry_after: resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+/// How many of `answers` waited at least `slow`.
+fn waited(answers: &[Answer], slow: Duration) -> usize {
+    answers.iter().filter(|a| a.took >= slow).count()
+}
+
+/// Polls `ok` every 10 ms until it holds; how long that took (panics after 5 s).
+async fn until<F, Fut>(what: &str, mut ok: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ok().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what}: not after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_redis_costs_one_probe_and_every_other_request_its_answer_at_once() {
+    let timeout = Duration::from_millis(500);
+    let mut cluster = Cluster::start(
+        1,
+        "  rate-limit-service: 1000/s burst 1000\nredis-timeout: 500ms\n",
+    )
+    .await;
+    let admin = cluster.idp.token("alice").await;
+    let (_, key) = cluster.create_key(0, &admin, svc()).await;
+    assert_eq!(cluster.with_key(0, &key).await, 200);
+    let redis = cluster.replicas[0].gateway.redis.clone().unwrap();
+
+    cluster.redis.freeze();
+    // The first request waits out redis-timeout (its rate limit is then
+    // counted in memory) and opens the breaker.
+    assert_eq!(cluster.with_key(0, &key).await, 200);
+    assert!(!redis.is_up());
+    let keys = vec![key.clone(); 50];
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = redis.breaker_stats();
+        let answers = burst_keys(&cluster, &keys).await;
+        let probes = redis.breaker_stats().probes - before.probes;
+        let slow = waited(&answers, timeout / 2);
+        eprintln!("hung Redis, round {round}: {probes} probe, {slow} of 50 waited");
+        assert!(
+            answers.iter().all(|a| a.status == 200),
+            "API keys need no Redis"
+        );
+        assert_eq!(probes, 1, "round {round}");
+        assert!(slow <= 1, "round {round}: {slow} requests waited for Redis");
+    }
+    cluster.redis.thaw();
+    let took = until("Redis used again", || async {
+        cluster.with_key(0, &key).await == 200 && redis.is_up()
+    })
+    .await;
+    eprintln!(
+        "Redis used again {:.0} ms after it answered",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_postgres_costs_one_probe_and_every_other_request_503_at_once() {
+    let mut cluster =
+        Cluster::start(1, "store-acquire-timeout: 500ms\nstore-query-timeout: 1s\n").await;
+    let admin = cluster.idp.token("alice").await;
+    let (_, cold) = cluster.create_key(0, &admin, svc()).await;
+    let store = cluster.replicas[0]
+        .gateway
+        .api_keys
+        .as_ref()
+        .unwrap()
+        .store()
+        .clone();
+    let unknown = || -> Vec<String> {
+        (0..50)
+            .map(|_| {
+                keygate_auth::apikey::generate(keygate_core::keys::KeyKind::Service)
+                    .unwrap()
+                    .expose()
+                    .to_owned()
+            })
+            .collect()
+    };
+
+    cluster.pg.freeze();
+    // The first request waits out the store's timeouts, opens the breaker,
+    // and gets 503.
+    assert_eq!(cluster.with_key(0, &cold).await, 503);
+    assert!(!store.is_up());
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = store.breaker_stats();
+        // Keys this replica has never seen: each needs the store.
+        let answers = burst_keys(&cluster, &unknown()).await;
+        let probes = store.breaker_stats().probes - before.probes;
+        let slow = waited(&answers, Duration::from_millis(250));
+        eprintln!("hung PostgreSQL, round {round}: {probes} probe, {slow} of 50 waited");
+        assert!(
+            answers.iter().all(|a| a.status == 503),
+            "never a pass, never a 401"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.retry_after.as_deref() == Some("1"))
+        );
+        assert_eq!(probes, 1, "round {round}");
+        assert!(
+            slow <= 1,
+            "round {round}: {slow} requests waited for the store"
+        );
+    }
+    // `keygate keys create` gives up after store-acquire-timeout, not 10 s.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keygate.yaml");
+    std::fs::write(
+        &config,
+        cluster.config(0, "store-acquire-timeout: 500ms\nstore-query-timeout: 1s\n"),
+    )
+    .unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "svc-reporting-secret\n").unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "keys",
+            "create",
+            "--kind",
+            "service",
+            "--client-id",
+            "svc-reporting",
+        ])
+        .arg("--client-secret-file")
+        .arg(&secret)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("keys create against a hung PostgreSQL: {took:?}: {stderr}");
+    assert!(!out.status.success());
+    assert!(stderr.contains("store"), "{stderr}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    cluster.pg.thaw();
+    let took = until("the store used again", || async {
+        cluster.with_key(0, &cold).await == 200
+    })
+    .await;
+    eprintln!(
+        "PostgreSQL used again {:.0} ms after it answered",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(store.is_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_provider_costs_one_probe_and_every_other_request_503_at_once() {
+    let cluster = Cluster::start(1, "openid-provider-timeout: 1s\n").await;
+    let admin = cluster.idp.token("alice").await;
+    let jwt = cluster.idp.token("alice").await;
+    // Fifty keys never exchanged yet: each needs the provider's token endpoint.
+    let mut keys = Vec::new();
+    for _ in 0..50 {
+        keys.push(cluster.create_key(0, &admin, svc()).await.1);
+    }
+    let provider = std::sync::Arc::clone(cluster.replicas[0].gateway.verifier.provider());
+
+    cluster.idp.freeze();
+    // The first exchange waits out openid-provider-timeout and opens the breaker.
+    assert_eq!(cluster.with_key(0, &keys[0]).await, 503);
+    assert!(!provider.is_up());
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = provider.breaker_stats();
+        let answers = burst_keys(&cluster, &keys).await;
+        let probes = provider.breaker_stats().probes - before.probes;
+        let slow = waited(&answers, Duration::from_millis(500));
+        eprintln!("hung provider, round {round}: {probes} probe, {slow} of 50 waited");
+        assert!(
+            answers.iter().all(|a| a.status == 503),
+            "never a pass, never a 401"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.retry_after.as_deref() == Some("1"))
+        );
+        assert_eq!(probes, 1, "round {round}");
+        assert!(
+            slow <= 1,
+            "round {round}: {slow} requests waited for the provider"
+        );
+    }
+    // Tokens verify with the cached keys: no provider needed.
+    assert_eq!(cluster.with_token(0, &jwt).await, 200);
+    let metrics = cluster.replicas[0].metrics().await;
+    assert!(
+        counter(
+            &metrics,
+            "keygate_dependency_probes_total",
+            &["dependency=\"provider\""]
+        ) >= 4.0,
+        "the probes are counted"
+    );
+    cluster.idp.thaw();
+    let took = until("the provider used again", || async {
+        cluster.with_key(0, &keys[1]).await == 200
+    })
+    .await;
+    eprintln!(
+        "provider used again {:.0} ms after it answered",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(provider.is_up());
 }
