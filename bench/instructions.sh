@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, counted by valgrind's callgrind: keygate
-# (bearer JWT, verified-token cache warm, default log level: one access-log
-# line per request) and plain nginx proxying the same request to the same
-# upstream. Instruction counts do not depend on what else the machine is
+# (default log level: one access-log line per request) with each credential
+# it takes, caches warm: a bearer JWT, a service API key and a cookie
+# session; and plain nginx proxying the same request to the same upstream. Instruction counts do not depend on what else the machine is
 # doing, so this is the repeatable measurement beside bench/run.sh's timings.
 #
 #   ./bench/instructions.sh                 # 2000 requests per target
@@ -72,8 +72,10 @@ wait_http() {  # wait_http URL NAME PID [want-regex] [tries]
   die "$name not ready at $url (last status $code; logs in $WORK)"
 }
 
-# The provider and a token.
-spawn "$WORK/idp.out" "$WORK/idp.err" node dev/idp/server.js --port 0 --access-token-ttl 3600
+# The provider (it must know keygate's callback for the session's login) and a token.
+KG_PORT=$(free_port)
+spawn "$WORK/idp.out" "$WORK/idp.err" node dev/idp/server.js --port 0 --access-token-ttl 3600 \
+  --redirect-uri "http://127.0.0.1:$KG_PORT/oauth/callback"
 IDP_PID=$LAST_PID
 ISSUER=""
 for _ in $(seq 300); do
@@ -95,17 +97,17 @@ wait_http "http://127.0.0.1:$UP_PORT/" upstream $LAST_PID
 
 # One keep-alive connection, N requests, through curl's config file.
 CURLCFG_WARM=$WORK/warm.curl; CURLCFG_RUN=$WORK/run.curl
-requests() {  # requests PORT N FILE
+requests() {  # requests PORT N FILE HEADER
   : >"$3"
-  printf 'header = "Authorization: Bearer %s"\nsilent\noutput = /dev/null\n' "$TOKEN" >>"$3"
+  printf 'header = "%s"\nsilent\noutput = /dev/null\n' "$4" >>"$3"
   for _ in $(seq "$2"); do printf 'url = "http://127.0.0.1:%s/api/items"\noutput = /dev/null\n' "$1"; done >>"$3"
 }
 
 declare -A IR
-measure() {  # measure NAME PORT PID OUTFILE
-  local name=$1 port=$2 pid=$3 out=$4 before after ok
-  requests "$port" "$WARMUP_REQUESTS" "$CURLCFG_WARM"
-  requests "$port" "$REQUESTS" "$CURLCFG_RUN"
+measure() {  # measure NAME PORT PID OUTFILE [HEADER]
+  local name=$1 port=$2 pid=$3 out=$4 header=${5:-"Authorization: Bearer $TOKEN"} ok
+  requests "$port" "$WARMUP_REQUESTS" "$CURLCFG_WARM" "$header"
+  requests "$port" "$REQUESTS" "$CURLCFG_RUN" "$header"
   curl -K "$CURLCFG_WARM" -w '%{http_code}\n' | sort | uniq -c | grep -q " 200$" || die "$name: warm-up not 200"
   callgrind_control -i on "$pid" >/dev/null
   ok=$(curl -K "$CURLCFG_RUN" -w '%{http_code}\n' | grep -c '^200$' || true)
@@ -114,8 +116,9 @@ measure() {  # measure NAME PORT PID OUTFILE
   callgrind_control -i off "$pid" >/dev/null
   sleep 1
   # The dump made by -d: the newest file with a `totals:` line.
-  local total
-  total=$(grep -h '^totals:' $(ls -t "$out".* "$out" 2>/dev/null | head -n1) | awk '{print $2}')
+  local total newest
+  newest=$(ls -t "$out".* 2>/dev/null | head -n1)
+  total=$(grep -h '^totals:' "$newest" | awk '{print $2}')
   [ -n "$total" ] || die "$name: no callgrind totals in $out*"
   IR[$name]=$total
   log "$name: $total instructions for $REQUESTS requests: $(( total / REQUESTS )) per request"
@@ -146,7 +149,7 @@ wait_http "http://127.0.0.1:$NGX_PORT/" "nginx under valgrind" $NGX_PID
 measure nginx "$NGX_PORT" "$NGX_PID" "$NGX_DIR/callgrind.out"
 
 # keygate.
-KG_PORT=$(free_port); KG_DIR=$WORK/keygate; mkdir -p "$KG_DIR"
+KG_DIR=$WORK/keygate; mkdir -p "$KG_DIR"
 cat >"$KG_DIR/keygate.yaml" <<EOF
 listen: 127.0.0.1:$KG_PORT
 discovery-url: $ISSUER
@@ -154,19 +157,33 @@ client-id: keygate
 client-secret: keygate-secret
 upstream-url: http://127.0.0.1:$UP_PORT
 log-level: $LOG_LEVEL
+store-url: sqlite://$KG_DIR/keys.db
+api-keys:
+  server-secret: bench-server-secret-0123456789abcdef-0123456789
+encryption-key: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+secure-cookie: false
 EOF
+printf 'svc-reporting-secret' >"$KG_DIR/svc-secret"
+API_KEY=$("$KEYGATE" keys create --config "$KG_DIR/keygate.yaml" --kind service \
+  --client-id svc-reporting --client-secret-file "$KG_DIR/svc-secret" 2>/dev/null | head -n1)
+case "$API_KEY" in kgs_*) ;; *) die "could not create a service key";; esac
 spawn /dev/null "$KG_DIR/err" valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$KG_DIR/callgrind.out" "$KEYGATE" serve --config "$KG_DIR/keygate.yaml"
 KG_PID=$LAST_PID
 wait_http "http://127.0.0.1:$KG_PORT/oauth/ready" "keygate under valgrind" $KG_PID
+SESSION=$(node bench/login.mjs "http://127.0.0.1:$KG_PORT") || die "login to keygate failed"
 measure keygate "$KG_PORT" "$KG_PID" "$KG_DIR/callgrind.out"
+measure keygate-apikey "$KG_PORT" "$KG_PID" "$KG_DIR/callgrind.out" "X-API-Key: $API_KEY"
+measure keygate-session "$KG_PORT" "$KG_PID" "$KG_DIR/callgrind.out" "Cookie: $SESSION"
 
 per() { echo $(( IR[$1] / REQUESTS )); }
 REPORT=$(cat <<EOF
-| target | instructions per request | vs nginx |
-|---|---:|---:|
-| nginx proxy, no auth (master_process off) | $(per nginx) | 1.00× |
-| keygate, bearer JWT, log-level $LOG_LEVEL | $(per keygate) | $(ratio "$(per keygate)" "$(per nginx)") |
+| target | instructions per request | vs nginx | vs keygate's bearer JWT |
+|---|---:|---:|---:|
+| nginx proxy, no auth (master_process off) | $(per nginx) | 1.00× | |
+| keygate, bearer JWT, log-level $LOG_LEVEL | $(per keygate) | $(ratio "$(per keygate)" "$(per nginx)") | 1.00× |
+| keygate, service API key | $(per keygate-apikey) | $(ratio "$(per keygate-apikey)" "$(per nginx)") | $(ratio "$(per keygate-apikey)" "$(per keygate)") |
+| keygate, cookie session | $(per keygate-session) | $(ratio "$(per keygate-session)" "$(per nginx)") | $(ratio "$(per keygate-session)" "$(per keygate)") |
 
 $REQUESTS requests over one keep-alive connection (curl), after $WARMUP_REQUESTS warm-up requests; \`valgrind --tool=callgrind\`, every thread of the process counted.
 EOF

@@ -419,28 +419,42 @@ pub fn clear_cookie_headers(name: &str, chunks: usize, secure: bool) -> Vec<Stri
 /// otherwise the value of `name` followed by `name-1`, `name-2`, … up to the
 /// first missing index, and how many chunks were found. When a name occurs
 /// more than once, its first occurrence counts.
-pub fn read_cookie(cookie_headers: &[&str], name: &str) -> Option<(String, usize)> {
-    let pairs: Vec<(&str, &str)> = cookie_headers
-        .iter()
-        .flat_map(|header| header.split(';'))
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v);
-            Some((k.trim(), v))
-        })
-        .collect();
-    let find = |wanted: &str| pairs.iter().find(|(k, _)| *k == wanted).map(|(_, v)| *v);
-    let mut value = find(name)?.to_owned();
-    let mut count = 1;
+pub fn read_cookie<'a>(
+    cookie_headers: &[&'a str],
+    name: &str,
+) -> Option<(std::borrow::Cow<'a, str>, usize)> {
+    // Scanned lazily, pair by pair, once per name looked for: a session
+    // cookie is kilobytes long and usually in one piece, then borrowed.
+    let find = |wanted: &str| {
+        cookie_headers
+            .iter()
+            .flat_map(|header| header.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                if k.trim() != wanted {
+                    return None;
+                }
+                let v = v.trim();
+                Some(
+                    v.strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(v),
+                )
+            })
+    };
+    let first = find(name)?;
+    let Some(second) = find(&chunk_name(name, 1)) else {
+        return Some((std::borrow::Cow::Borrowed(first), 1));
+    };
+    let mut value = String::with_capacity(first.len() * 2);
+    value.push_str(first);
+    value.push_str(second);
+    let mut count = 2;
     while let Some(chunk) = find(&chunk_name(name, count)) {
         value.push_str(chunk);
         count += 1;
     }
-    Some((value, count))
+    Some((std::borrow::Cow::Owned(value), count))
 }
 
 #[cfg(test)]
@@ -748,7 +762,7 @@ mod tests {
         );
         assert_eq!(
             read_cookie(&[&format!("{NAME}={sealed}")], NAME),
-            Some((sealed, 1))
+            Some((sealed.into(), 1))
         );
     }
 
@@ -764,7 +778,8 @@ mod tests {
             .filter(|(i, _)| *i != 1)
             .map(|(_, h)| pair(h))
             .collect();
-        let (value, count) = read_cookie(&[&kept.join("; ")], NAME).unwrap();
+        let joined = kept.join("; ");
+        let (value, count) = read_cookie(&[&joined], NAME).unwrap();
         assert_eq!(count, 1);
         assert!(value.len() < sealed.len());
         assert!(matches!(
@@ -787,7 +802,7 @@ mod tests {
             &["kg_session=\"abc\"", "kg_session=zzz; kg_session-1=def"],
             NAME,
         );
-        assert_eq!(got, Some(("abcdef".to_owned(), 2)));
+        assert_eq!(got, Some(("abcdef".into(), 2)));
     }
 
     #[test]

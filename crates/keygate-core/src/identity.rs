@@ -59,6 +59,9 @@ pub struct Identity {
     /// [`Identity::derived`]. Private, so a changed identity can only be made
     /// by [`Identity::reissued`], which starts it empty.
     derived: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// This identity re-issued for a browser session, made once: see
+    /// [`Identity::as_session`].
+    session: OnceLock<Arc<Identity>>,
 }
 
 impl Identity {
@@ -101,6 +104,7 @@ impl Identity {
             method,
             key_id: None,
             derived: OnceLock::new(),
+            session: OnceLock::new(),
         }
     }
 
@@ -122,7 +126,19 @@ impl Identity {
             method,
             key_id,
             derived: OnceLock::new(),
+            session: OnceLock::new(),
         }
+    }
+
+    /// The same verified caller as a browser session's (`method` session),
+    /// re-issued once and kept with this identity, so the session's
+    /// requests share it (and the headers derived from it) instead of
+    /// copying the claims each time.
+    pub fn as_session(&self) -> Arc<Identity> {
+        Arc::clone(
+            self.session
+                .get_or_init(|| Arc::new(self.reissued(AuthMethod::Session, None))),
+        )
     }
 
     /// A value derived from this identity, built by `build` on first use and

@@ -32,6 +32,15 @@ impl ApiKeys {
     /// a key whose exchanged token is still cached (then `true`); anything
     /// else is 503.
     pub(crate) async fn record(&self, hash: &[u8; 32]) -> Result<(Arc<Found>, bool), KeyError> {
+        // The usual case: cached, and no lookup future is even built.
+        if let Some(found) = self.records.get(hash).await {
+            return Ok((found, false));
+        }
+        Box::pin(self.record_from_store(hash)).await
+    }
+
+    /// [`ApiKeys::record`] when the record is not cached.
+    async fn record_from_store(&self, hash: &[u8; 32]) -> Result<(Arc<Found>, bool), KeyError> {
         let store = &self.store;
         let found = self
             .records

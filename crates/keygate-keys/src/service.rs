@@ -95,6 +95,7 @@ impl ApiKeys {
                 .time_to_live(Duration::from_secs(1800))
                 .build(),
             used: Mutex::new(HashMap::new()),
+            hashes: crate::state::KeyHashes::new(),
         }))
     }
 
@@ -138,7 +139,7 @@ impl ApiKeys {
         if apikey::parse(key).is_err() {
             return Err(KeyError::Malformed);
         }
-        let hash = self.crypto.hash(key);
+        let hash = self.hashes.get(key, || self.crypto.hash(key));
         if let Some(refused) = self.negative.get(&hash).await {
             return Err(refused.into());
         }
@@ -167,14 +168,17 @@ impl ApiKeys {
         };
         let exchanged = match cached {
             Some(exchanged) => Ok(exchanged),
-            None => {
-                self.tokens
-                    .try_get_with(
+            None => match self.tokens.get(&record.id).await {
+                // The usual case: no exchange future is even built.
+                Some(exchanged) => Ok(exchanged),
+                None => {
+                    Box::pin(self.tokens.try_get_with(
                         record.id.clone(),
                         self.exchange_shared(key, &hash, &found, verifier),
-                    )
+                    ))
                     .await
-            }
+                }
+            },
         };
         let exchanged = match exchanged {
             Ok(exchanged) => exchanged,
@@ -188,7 +192,13 @@ impl ApiKeys {
             }
         };
         if let Ok(mut used) = self.used.lock() {
-            used.insert(record.id.clone(), unix_now() as i64);
+            let now = unix_now() as i64;
+            match used.get_mut(&record.id) {
+                Some(at) => *at = now,
+                None => {
+                    used.insert(record.id.clone(), now);
+                }
+            }
         }
         Ok(Arc::clone(&exchanged.identity))
     }

@@ -39,6 +39,47 @@ pub struct ApiKeys {
     pub(crate) limiter: Limiter,
     pub(crate) pending: Cache<String, Arc<PendingDevice>>,
     pub(crate) used: Mutex<HashMap<String, i64>>,
+    /// The keyed hashes of the keys seen lately ([`KeyHashes`]).
+    pub(crate) hashes: KeyHashes,
+}
+
+/// A memo of `KeyCrypto::hash` (an HMAC-SHA256, the costliest step of a
+/// cached key's check) for the keys seen lately. The key itself is never
+/// kept: entries are found by one SipHash-1-3 of the key under a random
+/// per-process key, and must match a second one under another: 128 keyed
+/// bits that nobody can aim a collision at without the process's keys.
+pub(crate) struct KeyHashes {
+    entries: moka::sync::Cache<u64, (u64, [u8; 32])>,
+    find: std::collections::hash_map::RandomState,
+    check: std::collections::hash_map::RandomState,
+}
+
+impl KeyHashes {
+    pub(crate) fn new() -> Self {
+        KeyHashes {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            find: std::collections::hash_map::RandomState::new(),
+            check: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// The keyed hash of `key`, from the memo or computed by `hash`.
+    pub(crate) fn get(&self, key: &str, hash: impl FnOnce() -> [u8; 32]) -> [u8; 32] {
+        use std::hash::BuildHasher as _;
+        let find = self.find.hash_one(key);
+        let check = self.check.hash_one(key);
+        if let Some((seen, hashed)) = self.entries.get(&find)
+            && seen == check
+        {
+            return hashed;
+        }
+        let hashed = hash();
+        self.entries.insert(find, (check, hashed));
+        hashed
+    }
 }
 
 /// The longest a record read before a store outage is used during it (and
@@ -87,4 +128,28 @@ pub(crate) struct PendingDevice {
     pub(crate) interval: u64,
     /// The new key's backing, chosen when the flow started.
     pub(crate) backing: Backing,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyHashes;
+    use std::cell::Cell;
+
+    #[test]
+    fn key_hashes_compute_each_key_once_and_never_mix_keys_up() {
+        let memo = KeyHashes::new();
+        let calls = Cell::new(0);
+        let hash_of = |key: &str| {
+            calls.set(calls.get() + 1);
+            let mut out = [0u8; 32];
+            out[..key.len().min(32)].copy_from_slice(&key.as_bytes()[..key.len().min(32)]);
+            out
+        };
+        let a = memo.get("kgs_aaaa", || hash_of("kgs_aaaa"));
+        assert_eq!(memo.get("kgs_aaaa", || hash_of("kgs_aaaa")), a);
+        assert_eq!(calls.get(), 1, "the second lookup is served from the memo");
+        let b = memo.get("kgs_bbbb", || hash_of("kgs_bbbb"));
+        assert_ne!(a, b);
+        assert_eq!(calls.get(), 2);
+    }
 }

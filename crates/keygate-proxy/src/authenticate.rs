@@ -131,9 +131,7 @@ pub async fn verify_with(
                 .await
                 .map_err(|e| auth_refusal(&e))?;
             gw.dpop.check_unbound(&verified, false)?;
-            Ok(Arc::new(
-                verified.reissued(keygate_core::AuthMethod::Session, None),
-            ))
+            Ok(verified.as_session())
         }
         Credential::ApiKey(key) => {
             let Some(keys) = &gw.api_keys else {

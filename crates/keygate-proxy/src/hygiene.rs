@@ -333,30 +333,36 @@ pub fn strip_keygate_cookies(headers: &mut HeaderMap) {
         return;
     }
     let mut found = false;
-    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut kept: Vec<&[u8]> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
-        for pair in value.as_bytes().split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
+        // A session cookie is kilobytes long: pairs and names are found
+        // with memchr, not byte by byte.
+        let bytes = value.as_bytes();
+        let mut start = 0;
+        while start <= bytes.len() {
+            let end = memchr::memchr(b';', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+            let pair = bytes[start..end].trim_ascii();
+            start = end + 1;
             if pair.is_empty() {
                 continue;
             }
-            let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+            let name = &pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())];
             let ours = std::str::from_utf8(name.trim_ascii()).is_ok_and(is_keygate_cookie);
             if ours {
                 found = true;
             } else {
-                kept.push(pair.to_vec());
+                kept.push(pair);
             }
         }
     }
     if !found {
         return;
     }
+    let joined = kept.join(&b"; "[..]);
     headers.remove(header::COOKIE);
-    if kept.is_empty() {
+    if joined.is_empty() {
         return;
     }
-    let joined = kept.join(&b"; "[..]);
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, v);
     }
@@ -366,6 +372,41 @@ pub fn strip_keygate_cookies(headers: &mut HeaderMap) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keygate_cookies_are_removed_with_odd_spacing_chunks_and_several_headers() {
+        let cases = [
+            ("a=1; kg_session=xyz; b=2", Some("a=1; b=2")),
+            ("kg_session=xyz", None),
+            ("kg_session=x; kg_session-1=y;kg_login=z", None),
+            ("a=1;b=2", Some("a=1;b=2")),
+            (
+                " a=1 ;  kg_session-2=q ; kg_sessionx=3 ",
+                Some("a=1; kg_sessionx=3"),
+            ),
+            ("a=1; ; b", Some("a=1; ; b")),
+            ("a=1; ; kg_login=x; b", Some("a=1; b")),
+        ];
+        for (cookie, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, HeaderValue::from_static(cookie));
+            strip_keygate_cookies(&mut h);
+            let got = h.get(header::COOKIE).map(|v| v.to_str().unwrap());
+            assert_eq!(got, want, "{cookie}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; kg_session=s"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("kg_session-1=t; b=2"),
+        );
+        strip_keygate_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -94,6 +94,15 @@ mod tests {
         assert_eq!(loaded.subject, "alice");
         assert_eq!(loaded.access_token.expose(), "at-1");
 
+        // Opened once: the second read is the same state, from the cache.
+        let (again, _) = sessions.read(&[&header]).unwrap().unwrap();
+        match (&cookie, &again) {
+            (SessionCookie::State(a), SessionCookie::State(b)) => assert!(Arc::ptr_eq(a, b)),
+            _ => panic!("a cookie session"),
+        }
+
+        // Same length and same first bytes as the cached cookie: found under
+        // its cache key, refused by the whole comparison and the AEAD.
         let mut tampered = header.into_bytes();
         let at = tampered.len() - 5;
         tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };

@@ -68,7 +68,7 @@ pub async fn current_access_token(
                 access_token: tokens.access_token,
                 refresh_token: tokens.refresh_token.or(Some(refresh_token.clone())),
                 access_expires_at: expires_at,
-                ..state.clone()
+                ..(*state).clone()
             });
             let cookies = sessions
                 .save(&new_state, Some(cookie))
@@ -129,7 +129,7 @@ async fn refreshed_elsewhere(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         match sessions.load(cookie).await.map_err(RefreshError::Store)? {
             Some(state) if state.access_expires_at > now() => {
-                return Ok(Some((Arc::new(state), Vec::new())));
+                return Ok(Some((state, Vec::new())));
             }
             Some(_) => {}
             None => {

@@ -59,13 +59,23 @@ pub struct Sessions {
     /// `session-store: redis`: sessions live there, the cookie holds an id.
     pub(crate) server_side: bool,
     pub(crate) redis: Option<Redis>,
+    /// Session cookies opened lately, by [`Sessions::read`]: a cookie is
+    /// opened (base64, AES-256-GCM, JSON) once, not on every request. An
+    /// entry holds the sealed value it was opened from and serves only that
+    /// exact value; whether the session has ended is still decided on every
+    /// request.
+    pub(crate) opened: moka::sync::Cache<u64, Arc<(Box<str>, SessionCookie)>>,
+    pub(crate) opened_keys: foldhash::quality::RandomState,
 }
 
-/// What a request's session cookie holds.
-#[derive(Debug)]
+/// The bytes of opened cookies kept at most (their sealed values and states).
+const OPENED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What a request's session cookie holds. Cheap to clone.
+#[derive(Debug, Clone)]
 pub enum SessionCookie {
     /// `session-store: cookie`: the session itself.
-    State(SessionState),
+    State(Arc<SessionState>),
     /// `session-store: redis`: the opaque id Redis keeps the session under.
     Id(Secret),
 }
@@ -136,6 +146,15 @@ impl Sessions {
             leeway: config.clock_skew.as_secs(),
             refresh: config.enable_refresh_tokens,
             grants: Grants::new(provider),
+            opened: moka::sync::Cache::builder()
+                .weigher(|_: &u64, v: &Arc<(Box<str>, SessionCookie)>| {
+                    // The sealed value and about as much again for the state.
+                    u32::try_from(v.0.len() * 2).unwrap_or(u32::MAX)
+                })
+                .max_capacity(OPENED_CACHE_BYTES)
+                .time_to_idle(std::time::Duration::from_secs(300))
+                .build(),
+            opened_keys: foldhash::quality::RandomState::default(),
             refreshes: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(60))
@@ -163,18 +182,37 @@ impl Sessions {
         let Some((value, chunks)) = session::read_cookie(cookies, SESSION_COOKIE) else {
             return Ok(None);
         };
+        // Found by its first bytes (a sealed cookie starts with its random
+        // nonce) and its length, then compared whole: a forged cookie can at
+        // most miss, and it is never cached.
+        let key = {
+            use std::hash::BuildHasher as _;
+            let head = &value.as_bytes()[..value.len().min(64)];
+            self.opened_keys.hash_one((head, value.len()))
+        };
+        if let Some(hit) = self.opened.get(&key)
+            && *hit.0 == *value
+        {
+            return Ok(Some((hit.1.clone(), chunks)));
+        }
         let opened = match self.server_side {
             false => self
                 .sealer
                 .open(&value, SESSION_COOKIE)
-                .map(SessionCookie::State),
+                .map(|state| SessionCookie::State(Arc::new(state))),
             true => self
                 .sealer
                 .open_json::<SessionRef>(&value, SESSION_REF_AAD)
                 .map(|r| SessionCookie::Id(Secret::new(r.id))),
         };
         match opened {
-            Ok(cookie) => Ok(Some((cookie, chunks))),
+            Ok(cookie) => {
+                self.opened.insert(
+                    key,
+                    Arc::new((value.into_owned().into_boxed_str(), cookie.clone())),
+                );
+                Ok(Some((cookie, chunks)))
+            }
             Err(_) => Err(chunks),
         }
     }
@@ -191,9 +229,12 @@ impl Sessions {
     /// The session a cookie names: the cookie's own, or the one Redis keeps
     /// under its id. `Ok(None)` when Redis no longer has it (logged out,
     /// expired); 503 when Redis cannot be asked.
-    pub async fn load(&self, cookie: &SessionCookie) -> Result<Option<SessionState>, SessionError> {
+    pub async fn load(
+        &self,
+        cookie: &SessionCookie,
+    ) -> Result<Option<Arc<SessionState>>, SessionError> {
         let id = match cookie {
-            SessionCookie::State(state) => return Ok(Some(state.clone())),
+            SessionCookie::State(state) => return Ok(Some(Arc::clone(state))),
             SessionCookie::Id(id) => id,
         };
         let redis = self.redis_or_unavailable()?;
@@ -204,7 +245,7 @@ impl Sessions {
         })?;
         Ok(sealed.and_then(|blob| {
             let text = String::from_utf8(blob).ok()?;
-            self.sealer.open(&text, &key).ok()
+            self.sealer.open(&text, &key).ok().map(Arc::new)
         }))
     }
 
