@@ -1,4 +1,5 @@
-# Shell functions shared by bench/run.sh and bench/scale.sh (sourced).
+# shellcheck shell=bash
+# Shell functions shared by the scripts under bench/ (sourced).
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -82,6 +83,7 @@ install_missing() {  # install_missing nginx:nginx-light redis-server:redis-serv
 
 pg_bin_dir() {  # the newest /usr/lib/postgresql/<version>/bin with a postgres in it
   local d
+  # shellcheck disable=SC2012  # version directories: plain names
   d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
   [ -n "$d" ] && [ -x "$d/postgres" ] && echo "$d"
 }
@@ -135,6 +137,7 @@ stop_spawned() {
   for pid in "${PIDS[@]}"; do
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   done
+  # shellcheck disable=SC2009  # by session id; zombies do not count (reaped below)
   alive() { ps -o stat= -s "$1" 2>/dev/null | grep -qv '^Z'; }   # zombies are reaped below
   for pid in "${PIDS[@]}"; do
     for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
@@ -189,6 +192,7 @@ start_postgres() {  # start_postgres DIR PORT CPUS [postgres args…]
   PG_PID=$LAST_PID
   wait_until "postgres" "$PG_PID" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port"
   [ $fresh = 0 ] || "$PG_BIN/psql" -qAt -h 127.0.0.1 -p "$port" -U postgres -c 'CREATE DATABASE keygate' >/dev/null
+  # shellcheck disable=SC2034  # for the caller
   PG_URL="postgres://postgres@127.0.0.1:$port/keygate"
 }
 
