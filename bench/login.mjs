@@ -2,10 +2,17 @@
 // Logs a user in to keygate through its OpenID provider (dev/idp) the way a
 // browser would, and prints the session cookie(s) as one `Cookie` header
 // value, e.g. `kg_session=…` (or `kg_session=…; kg_session-1=…` when keygate
-// split a large cookie-session into chunks). Used by bench/scale.sh.
+// split a large cookie-session into chunks). Used by bench/scale.sh and
+// bench/soak.sh.
 //
 //   node bench/login.mjs http://127.0.0.1:PORT [--user alice] [--password alice]
 //                        [--start '/oauth/authorize?return_to=/']
+//   node bench/login.mjs --device VERIFICATION_URI_COMPLETE [--user bob]
+//
+// With --device it approves a device flow instead (as `act_as_user` in
+// crates/keygate-testkit/src/browser.rs does): it opens the provider's
+// verification address, submits each page's form (confirmation, sign-in)
+// as the user, and exits 0 once the provider says the device is signed in.
 //
 // The flow is the one of `login_at` in crates/keygate/tests/common/browser.rs:
 // GET <base><start>, follow redirects to the provider's login page, fill
@@ -23,14 +30,16 @@ const { values: opts, positionals } = parseArgs({
     user: { type: 'string', default: 'alice' },
     password: { type: 'string' },
     start: { type: 'string', default: '/oauth/authorize?return_to=/' },
+    device: { type: 'string' },
   },
   allowPositionals: true,
 });
-if (positionals.length !== 1) {
-  console.error('usage: node bench/login.mjs BASE_URL [--user U] [--password P] [--start PATH]');
+if (positionals.length !== (opts.device ? 0 : 1)) {
+  console.error('usage: node bench/login.mjs BASE_URL [--user U] [--password P] [--start PATH]\n'
+    + '       node bench/login.mjs --device VERIFICATION_URI_COMPLETE [--user U] [--password P]');
   process.exit(2);
 }
-const base = positionals[0].replace(/\/+$/, '');
+const base = (positionals[0] ?? '').replace(/\/+$/, '');
 const user = opts.user;
 const password = opts.password ?? user; // dev/idp: password = user name
 
@@ -110,6 +119,26 @@ function firstForm(html) {
   return { action: attr(m[1], 'action'), fields };
 }
 
+// ------------------------------------------------------------------ forms, in turn
+const fillIn = (form) => form.fields.map(([name, value]) => {
+  if (name === 'username') return [name, user];
+  if (name === 'password') return [name, password];
+  return [name, value];
+});
+
+// ------------------------------------------------------------------ device flow
+if (opts.device) {
+  const done = (page) => /Sign-in Success|Device Login Successful/.test(page.body);
+  let page = await go(new URL(opts.device));
+  for (let step = 0; step < 10 && !done(page); step++) {
+    const form = firstForm(page.body);
+    if (!form) fail(`no form at ${page.url} (HTTP ${page.status}): ${page.body.slice(0, 500)}`);
+    page = await go(form.action ? new URL(form.action, page.url) : page.url, fillIn(form));
+  }
+  if (!done(page)) fail(`the device flow did not finish: ${page.url} ${page.body.slice(0, 500)}`);
+  process.exit(0);
+}
+
 // ------------------------------------------------------------------ login
 const backOnKeygate = (page) => page.url.href.startsWith(`${base}/`)
   && !page.url.pathname.startsWith('/oauth/');
@@ -118,12 +147,7 @@ let page = await go(new URL(`${base}${opts.start}`));
 for (let step = 0; step < 10 && !backOnKeygate(page); step++) {
   const form = firstForm(page.body);
   if (!form) fail(`no form at ${page.url} (HTTP ${page.status}): ${page.body.slice(0, 500)}`);
-  const fields = form.fields.map(([name, value]) => {
-    if (name === 'username') return [name, user];
-    if (name === 'password') return [name, password];
-    return [name, value];
-  });
-  page = await go(form.action ? new URL(form.action, page.url) : page.url, fields);
+  page = await go(form.action ? new URL(form.action, page.url) : page.url, fillIn(form));
 }
 if (!backOnKeygate(page)) fail(`login did not come back to keygate: ${page.url} ${page.body.slice(0, 500)}`);
 if (page.status !== 200) fail(`back on keygate with HTTP ${page.status} at ${page.url}: ${page.body.slice(0, 500)}`);

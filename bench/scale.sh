@@ -81,33 +81,12 @@ STATE_CPUS=${STATE_CPUS:-$MY_CPUS}
 
 
 # ---------------------------------------------------------------- cleanup
-WORK=""
-PIDS=()      # processes we started, each the leader of its own session (setsid)
-PG_PID=""
+WORK=""     # PIDS, PG_PID: see bench/lib.sh
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM ERR
-  local pid
-  # PostgreSQL: SIGINT is its fast shutdown (SIGTERM waits for clients to leave).
-  [ -z "$PG_PID" ] || kill -INT "$PG_PID" 2>/dev/null || true
-  # Signal each session's process group (nginx workers, postgres backends too)
-  # and wait until the session is empty.
-  for pid in "${PIDS[@]}"; do
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  done
-  alive() { ps -o stat= -s "$1" 2>/dev/null | grep -qv '^Z'; }   # zombies are reaped below
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
-  done
-  wait 2>/dev/null || true
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP_WORKDIR" = 1 ] || [ $rc -ne 0 ]; then
-      log "work dir kept: $WORK"
-    else
-      rm -rf "$WORK" 2>/dev/null || { sleep 1; rm -rf "$WORK"; }
-    fi
-  fi
+  stop_spawned
+  finish_workdir $rc
   exit $rc
 }
 trap cleanup EXIT
@@ -117,37 +96,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- install
-pg_bin_dir() {  # the newest /usr/lib/postgresql/<version>/bin with a postgres in it
-  local d
-  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
-  [ -n "$d" ] && [ -x "$d/postgres" ] && echo "$d"
-}
-
-install_missing() {
-  local missing=()
-  command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
-  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  pg_bin_dir >/dev/null || missing+=(postgresql)
-  command -v jq >/dev/null 2>&1 || missing+=(jq)
-  command -v curl >/dev/null 2>&1 || missing+=(curl)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing ${missing[*]} (Debian packages)"
-  local SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-[ "${SKIP_INSTALL:-0}" = 1 ] || install_missing
+[ "${SKIP_INSTALL:-0}" = 1 ] || install_missing nginx:nginx-light wrk:wrk redis-server:redis-server \
+  postgres:postgresql jq:jq curl:curl
 command -v node >/dev/null 2>&1 || die "Node.js >= 20 is required (dev/idp, bench/login.mjs)"
 for c in nginx wrk redis-server redis-cli jq curl openssl taskset setsid; do
   command -v $c >/dev/null 2>&1 || die "$c not found"
 done
-PG_BIN=$(pg_bin_dir) || die "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin"
-AS_PG=()     # PostgreSQL refuses to run as root: run it as `postgres` then
-if [ "$(id -u)" -eq 0 ]; then
-  id -u postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
-  AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups)
-fi
+pg_setup
 
 if [ ! -d dev/idp/node_modules/oidc-provider ]; then
   log "npm ci (dev/idp)"
@@ -169,26 +124,6 @@ chmod 755 "$WORK"   # nginx workers and postgres run unprivileged when we are ro
 # before the servers bind them (the provider must know the load balancers'
 # callback URLs), and meanwhile any outgoing connection, ours or the test
 # suite's, could take a port from the ephemeral range.
-# Start a command in the background in its own session and process group,
-# pinned to CPUS; record its pid (setsid and taskset exec, so it is the pid of
-# the command itself).
-spawn() {  # spawn CPUS OUTFILE ERRFILE cmd...
-  local cpus=$1 out=$2 err=$3; shift 3
-  setsid taskset -c "$cpus" "$@" >"$out" 2>"$err" </dev/null &
-  PIDS+=($!)
-  LAST_PID=$!
-}
-
-wait_until() {  # wait_until NAME PID cmd...: until cmd succeeds (30 s), or fail when PID died
-  local name=$1 pid=$2; shift 2
-  for _ in $(seq 300); do
-    kill -0 "$pid" 2>/dev/null || die "$name exited during startup (logs in $WORK)"
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  die "$name not ready after 30 s (logs in $WORK)"
-}
-http_ok() { curl -fsS -o /dev/null "$1"; }
 
 # GET URL with one credential header, expecting the upstream's "ok" and 200.
 expect_ok() {  # expect_ok WHAT URL HEADER
@@ -208,7 +143,7 @@ declare -A LB_URL=([A]="http://127.0.0.1:$LB_PORT_A" [B]="http://127.0.0.1:$LB_P
 # to the load balancers' addresses.
 log "starting dev/idp"
 IDP_OUT=$WORK/idp.out
-spawn "$MY_CPUS" "$IDP_OUT" "$WORK/idp.err" node dev/idp/server.js --port 0 \
+spawn_pinned "$MY_CPUS" "$IDP_OUT" "$WORK/idp.err" node dev/idp/server.js --port 0 \
   --access-token-ttl 43200 --refresh-token-ttl 43200 \
   --redirect-uri "${LB_URL[A]}/oauth/callback" --redirect-uri "${LB_URL[B]}/oauth/callback"
 IDP_PID=$LAST_PID
@@ -224,35 +159,16 @@ log "access token for alice: ${#TOKEN} bytes"
 
 # ---------------------------------------------------------------- nginx
 UP_PORT=$(free_port)
-UP_DIR=$WORK/upstream; mkdir -p "$UP_DIR"
-{
-  nginx_common "$UP_DIR" "$UPSTREAM_WORKERS"
-  echo "http {"
-  nginx_http_common "$UP_DIR"
-  cat <<EOF
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / { return 200 "ok"; }
-    }
-}
-EOF
-} >"$UP_DIR/nginx.conf"
+UP_DIR=$WORK/upstream
 log "starting upstream nginx on :$UP_PORT"
-spawn "$NGINX_CPUS" "$UP_DIR/stdout" "$UP_DIR/stderr" nginx -p "$UP_DIR" -e "$UP_DIR/error.log" -c "$UP_DIR/nginx.conf"
-UP_PID=$LAST_PID
-wait_until "upstream nginx" $UP_PID http_ok "http://127.0.0.1:$UP_PORT/"
+start_upstream_nginx "$UP_DIR" "$UP_PORT" "$NGINX_CPUS" "$UPSTREAM_WORKERS"
 
 # ---------------------------------------------------------------- Redis, PostgreSQL (side B)
 REDIS_PORT=$(free_port)
-REDIS_DIR=$WORK/redis; mkdir -p "$REDIS_DIR"
+REDIS_DIR=$WORK/redis
 log "starting redis-server on :$REDIS_PORT (no persistence)"
-spawn "$STATE_CPUS" "$REDIS_DIR/stdout" "$REDIS_DIR/stderr" redis-server \
-  --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode no --daemonize no \
-  --save "" --appendonly no --dir "$REDIS_DIR" --logfile "$REDIS_DIR/redis.log"
-REDIS_PID=$LAST_PID
+start_redis "$REDIS_DIR" "$REDIS_PORT" "$STATE_CPUS" --save "" --appendonly no
 redis() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
-redis_ping() { [ "$(redis ping)" = PONG ]; }
-wait_until "redis-server" $REDIS_PID redis_ping
 # Commands Redis executed so far, as "name calls" lines. Redis counts the
 # commands a Lua script calls too, so these are not all round trips.
 redis_cmdstats() { redis info commandstats | tr -d '\r' | sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),.*/\1 \2/p'; }
@@ -265,18 +181,9 @@ redis_per_request() {  # redis_per_request BEFORE AFTER REQUESTS
 }
 
 PG_PORT=$(free_port)
-PG_DIR=$WORK/postgres; mkdir -p "$PG_DIR"
-[ ${#AS_PG[@]} -eq 0 ] || chown postgres:postgres "$PG_DIR"
+PG_DIR=$WORK/postgres
 log "initdb + postgres on :$PG_PORT ($PG_BIN; fsync off, as the tests run it)"
-(cd "$PG_DIR" && "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres -E UTF8 \
-  --locale=C --no-sync >"$PG_DIR/initdb.log" 2>&1) || die "initdb failed: $(tail -n 20 "$PG_DIR/initdb.log")"
-spawn "$STATE_CPUS" "$PG_DIR/stdout" "$PG_DIR/postgres.log" env -C "$PG_DIR" "${AS_PG[@]}" \
-  "$PG_BIN/postgres" -D "$PG_DIR/data" -k "$PG_DIR" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
-  -c fsync=off -c synchronous_commit=off -c full_page_writes=off
-PG_PID=$LAST_PID
-wait_until "postgres" $PG_PID "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
-"$PG_BIN/psql" -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'CREATE DATABASE keygate' >/dev/null
-PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/keygate"
+start_postgres "$PG_DIR" "$PG_PORT" "$STATE_CPUS" -c synchronous_commit=off -c full_page_writes=off
 
 # ---------------------------------------------------------------- keygate replicas
 # One encryption key for every replica of both sides (any replica can open any
@@ -325,7 +232,7 @@ start_replica() {  # start_replica SIDE INDEX PORT
   "$KEYGATE" check-config --config "${KG_CONF[$name]}" >/dev/null 2>"$dir/$name.check" \
     || die "keygate check-config refused ${KG_CONF[$name]}: $(cat "$dir/$name.check")"
   log "starting keygate $name on :$port"
-  spawn "$KEYGATE_CPUS" "$dir/$name.stdout" "$dir/$name.stderr" "${KG_ENV[@]}" \
+  spawn_pinned "$KEYGATE_CPUS" "$dir/$name.stdout" "$dir/$name.stderr" "${KG_ENV[@]}" \
     "$KEYGATE" serve --config "${KG_CONF[$name]}"
   KG_PID[$name]=$LAST_PID
   SIDE_REPLICAS[$side]+="$name "
@@ -344,24 +251,9 @@ for i in "${!KG_PORTS_B[@]}"; do KG_URL[B$(( i + 1 ))]="http://127.0.0.1:${KG_PO
 # for cookie sessions (their Set-Cookie headers can exceed the default 4 KB).
 LB_DIR=$WORK/lb; mkdir -p "$LB_DIR"
 lb_side() {  # lb_side SIDE PORT
-  local side=$1 port=$2 name
-  echo "    upstream keygate_$side {"
-  for name in ${SIDE_REPLICAS[$side]}; do echo "        server ${KG_URL[$name]#http://};"; done
-  cat <<EOF
-        keepalive 128;
-        keepalive_requests 1000000;
-        keepalive_timeout 120s;
-    }
-    server {
-        listen 127.0.0.1:$port;
-        location / {
-            proxy_pass http://keygate_$side;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-        }
-    }
-EOF
+  local side=$1 port=$2 name addrs=()
+  for name in ${SIDE_REPLICAS[$side]}; do addrs+=("${KG_URL[$name]#http://}"); done
+  lb_block "keygate_$side" "$port" "${addrs[@]}"
 }
 {
   nginx_common "$LB_DIR" "$LB_WORKERS"
@@ -378,7 +270,7 @@ EOF
   echo "}"
 } >"$LB_DIR/nginx.conf"
 log "starting the load balancer (nginx, worker_processes $LB_WORKERS): A on :$LB_PORT_A, B on :$LB_PORT_B"
-spawn "$NGINX_CPUS" "$LB_DIR/stdout" "$LB_DIR/stderr" nginx -p "$LB_DIR" -e "$LB_DIR/error.log" -c "$LB_DIR/nginx.conf"
+spawn_pinned "$NGINX_CPUS" "$LB_DIR/stdout" "$LB_DIR/stderr" nginx -p "$LB_DIR" -e "$LB_DIR/error.log" -c "$LB_DIR/nginx.conf"
 LB_PID=$LAST_PID
 for side in A B; do wait_until "load balancer ($side)" $LB_PID http_ok "${LB_URL[$side]}/oauth/ready"; done
 

@@ -1,6 +1,7 @@
 // keygate dev/test OpenID provider: an `oidc-provider` instance dressed up as a
 // Keycloak realm ("acme"). See README.md. Not for production use.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -20,6 +21,8 @@ try {
       host: { type: 'string', default: '127.0.0.1' },
       'access-token-ttl': { type: 'string', default: '300' },
       'refresh-token-ttl': { type: 'string', default: '1800' },
+      'offline-token-ttl': { type: 'string' },
+      'state-file': { type: 'string' },
       'redirect-uri': { type: 'string', multiple: true, default: [] },
       'post-logout-redirect-uri': { type: 'string', multiple: true, default: [] },
       'backchannel-logout-uri': { type: 'string' },
@@ -36,7 +39,8 @@ try {
 
 if (args.help) {
   process.stdout.write(`usage: node server.js [--port 0] [--host 127.0.0.1]
-  [--access-token-ttl 300] [--refresh-token-ttl 1800]
+  [--access-token-ttl 300] [--refresh-token-ttl 1800] [--offline-token-ttl S]
+  [--state-file PATH]
   [--redirect-uri URI]... [--post-logout-redirect-uri URI]...
   [--backchannel-logout-uri URI] [--rotate-refresh-tokens] [--verbose]
 `);
@@ -56,6 +60,11 @@ const PORT = intArg('port');
 const HOST = args.host;
 const ACCESS_TTL = intArg('access-token-ttl') || 1;
 const REFRESH_TTL = intArg('refresh-token-ttl') || 1;
+// Offline tokens (scope offline_access) may live longer than a browser
+// session's refresh token, as Keycloak's "Offline Session Max" and "SSO
+// Session Max" are separate settings.
+const OFFLINE_TTL = args['offline-token-ttl'] === undefined ? REFRESH_TTL : (intArg('offline-token-ttl') || 1);
+const STATE_FILE = args['state-file'];
 const VERBOSE = args.verbose;
 const REDIRECT_URIS = [...new Set([...DEFAULT_REDIRECT_URIS, ...args['redirect-uri']])];
 const POST_LOGOUT_REDIRECT_URIS = [...new Set([
@@ -186,23 +195,41 @@ const grantIndex = new Map(); // grantId -> Set(storage keys)
 const userCodeIndex = new Map(); // userCode -> id
 const uidIndex = new Map(); // session uid -> id
 
+// With --state-file, every change to the signing keys and to this storage is
+// appended to the file as one JSON line, written before the change is
+// answered, and replayed at start: a provider killed (SIGKILL) and started
+// again with the same file and port keeps its keys, sessions, grants and
+// refresh tokens, as Keycloak keeps them in its database. Not persisted:
+// changes made through /admin/users, and access tokens revoked by jti.
+function journal(entry) {
+  if (STATE_FILE) fs.appendFileSync(STATE_FILE, `${JSON.stringify(entry)}\n`);
+}
+
+function store(model, id, payload, expiresAt) {
+  const key = `${model}:${id}`;
+  storage.set(key, { payload, expiresAt });
+  if (payload.grantId) {
+    if (!grantIndex.has(payload.grantId)) grantIndex.set(payload.grantId, new Set());
+    grantIndex.get(payload.grantId).add(key);
+  }
+  if (payload.userCode) userCodeIndex.set(payload.userCode, id);
+  if (payload.uid) uidIndex.set(payload.uid, id);
+}
+
+function revokeGrant(grantId) {
+  for (const key of grantIndex.get(grantId) ?? []) storage.delete(key);
+  grantIndex.delete(grantId);
+}
+
 class MemoryAdapter {
   constructor(model) { this.model = model; }
 
   key(id) { return `${this.model}:${id}`; }
 
   async upsert(id, payload, expiresIn) {
-    const key = this.key(id);
-    storage.set(key, {
-      payload,
-      expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Infinity,
-    });
-    if (payload.grantId) {
-      if (!grantIndex.has(payload.grantId)) grantIndex.set(payload.grantId, new Set());
-      grantIndex.get(payload.grantId).add(key);
-    }
-    if (payload.userCode) userCodeIndex.set(payload.userCode, id);
-    if (payload.uid) uidIndex.set(payload.uid, id);
+    const expiresAt = expiresIn ? Date.now() + expiresIn * 1000 : Infinity;
+    store(this.model, id, payload, expiresAt);
+    journal({ op: 'set', model: this.model, id, payload, expiresAt: Number.isFinite(expiresAt) ? expiresAt : null });
   }
 
   async find(id) {
@@ -228,16 +255,20 @@ class MemoryAdapter {
 
   async consume(id) {
     const entry = storage.get(this.key(id));
-    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+    if (entry) {
+      entry.payload.consumed = Math.floor(Date.now() / 1000);
+      journal({ op: 'consume', key: this.key(id), at: entry.payload.consumed });
+    }
   }
 
   async destroy(id) {
     storage.delete(this.key(id));
+    journal({ op: 'del', key: this.key(id) });
   }
 
   async revokeByGrantId(grantId) {
-    for (const key of grantIndex.get(grantId) ?? []) storage.delete(key);
-    grantIndex.delete(grantId);
+    revokeGrant(grantId);
+    journal({ op: 'revoke-grant', grantId });
   }
 }
 
@@ -266,6 +297,44 @@ function newKey() {
   const kid = crypto.randomBytes(12).toString('base64url');
   const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
   return { kid, jwk, key: privateKey };
+}
+
+const keyFromJwk = (jwk) => ({ kid: jwk.kid, jwk, key: crypto.createPrivateKey({ key: jwk, format: 'jwk' }) });
+const journalKeys = () => journal({ op: 'keys', keys: keys.map((k) => k.jwk) });
+
+// Replays --state-file (when it exists), then rewrites it with only what is
+// still live, so the file does not grow across restarts.
+function loadState() {
+  if (!STATE_FILE || !fs.existsSync(STATE_FILE)) return;
+  const lines = fs.readFileSync(STATE_FILE, 'utf8').split('\n');
+  lines.forEach((line, i) => {
+    if (!line.trim()) return;
+    let e;
+    try {
+      e = JSON.parse(line);
+    } catch (err) {
+      // A line cut short by a kill mid-write can only be the last one.
+      if (i >= lines.length - 2) return;
+      throw new Error(`${STATE_FILE}:${i + 1}: ${err.message}`);
+    }
+    if (e.op === 'keys') keys.splice(0, keys.length, ...e.keys.map(keyFromJwk));
+    else if (e.op === 'set') store(e.model, e.id, e.payload, e.expiresAt ?? Infinity);
+    else if (e.op === 'consume') { const x = storage.get(e.key); if (x) x.payload.consumed = e.at; }
+    else if (e.op === 'del') storage.delete(e.key);
+    else if (e.op === 'revoke-grant') revokeGrant(e.grantId);
+  });
+  const now = Date.now();
+  const live = [{ op: 'keys', keys: keys.map((k) => k.jwk) }];
+  for (const [key, { payload, expiresAt }] of storage) {
+    if (expiresAt <= now) { storage.delete(key); continue; }
+    const sep = key.indexOf(':');
+    live.push({
+      op: 'set', model: key.slice(0, sep), id: key.slice(sep + 1), payload, expiresAt: Number.isFinite(expiresAt) ? expiresAt : null,
+    });
+  }
+  const tmp = `${STATE_FILE}.tmp`;
+  fs.writeFileSync(tmp, live.map((e) => `${JSON.stringify(e)}\n`).join(''));
+  fs.renameSync(tmp, STATE_FILE);
 }
 
 // ---------------------------------------------------------------------------
@@ -391,7 +460,7 @@ function buildProvider() {
       AccessToken: ACCESS_TTL,
       ClientCredentials: ACCESS_TTL,
       IdToken: ACCESS_TTL,
-      RefreshToken: REFRESH_TTL,
+      RefreshToken: (ctx, token) => ((token?.scope ?? '').split(' ').includes('offline_access') ? OFFLINE_TTL : REFRESH_TTL),
       AuthorizationCode: 60,
       DeviceCode: 600,
       Interaction: 3600,
@@ -694,6 +763,7 @@ function rotate(dropOld) {
   const k = newKey();
   const old = dropOld ? [] : keys.slice();
   keys.splice(0, keys.length, k, ...old);
+  journalKeys();
   current = buildProvider(); // requests in flight keep using the previous instance
   return { kid: k.kid, kids: keys.map((x) => x.kid) };
 }
@@ -950,11 +1020,21 @@ server.on('error', (err) => {
   process.exit(1);
 });
 
+try {
+  loadState();
+} catch (err) {
+  process.stderr.write(`dev idp: --state-file: ${err.message}\n`);
+  process.exit(2);
+}
+
 server.listen(PORT, HOST, () => {
   const { port } = server.address();
   const hostForUrl = HOST.includes(':') ? `[${HOST}]` : HOST;
   ISSUER = `http://${hostForUrl}:${port}${MOUNT}`;
-  keys.push(newKey());
+  if (!keys.length) {
+    keys.push(newKey());
+    journalKeys();
+  }
   current = buildProvider();
   process.stdout.write(`IDP READY issuer=${ISSUER}\n`);
 });

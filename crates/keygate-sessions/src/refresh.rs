@@ -58,22 +58,31 @@ pub async fn current_access_token(
             if let Some(done) = refreshed_elsewhere(sessions, cookie).await? {
                 return Ok(Arc::new(done));
             }
-            let tokens = sessions
-                .grants
-                .refresh(&sessions.client_id, &sessions.client_secret, &refresh_token)
-                .await
-                .map_err(RefreshError::Grant)?;
-            let expires_at = now + tokens.expires_in.unwrap_or(60);
-            let new_state = Arc::new(SessionState {
-                access_token: tokens.access_token,
-                refresh_token: tokens.refresh_token.or(Some(refresh_token.clone())),
-                access_expires_at: expires_at,
-                ..(*state).clone()
-            });
-            let cookies = sessions
-                .save(&new_state, Some(cookie))
-                .await
-                .map_err(RefreshError::Store)?;
+            let refreshed = async {
+                let tokens = sessions
+                    .grants
+                    .refresh(&sessions.client_id, &sessions.client_secret, &refresh_token)
+                    .await
+                    .map_err(RefreshError::Grant)?;
+                let expires_at = now + tokens.expires_in.unwrap_or(60);
+                let new_state = Arc::new(SessionState {
+                    access_token: tokens.access_token,
+                    refresh_token: tokens.refresh_token.or(Some(refresh_token.clone())),
+                    access_expires_at: expires_at,
+                    ..(*state).clone()
+                });
+                let cookies = sessions
+                    .save(&new_state, Some(cookie))
+                    .await
+                    .map_err(RefreshError::Store)?;
+                Ok::<_, RefreshError>(Arc::new((new_state, cookies)))
+            }
+            .await;
+            // The lock is this replica's: let it go whether the refresh
+            // worked or not. Kept after a failure (the provider down), it
+            // made every request of the session wait for a refresh nobody
+            // was doing, and answer 503, until it expired (10 s) — long
+            // after the provider was back.
             if let Some(redis) = &sessions.redis
                 && let SessionCookie::Id(id) = cookie
             {
@@ -81,7 +90,7 @@ pub async fn current_access_token(
                     .del(&[redis.key(&format!("{}:refresh", session_key(id)))])
                     .await;
             }
-            Ok::<_, RefreshError>(Arc::new((new_state, cookies)))
+            refreshed
         })
         .await;
     match refreshed {

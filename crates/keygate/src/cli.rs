@@ -167,8 +167,15 @@ fn init_logging(config: &keygate_core::config::Config) -> Result<Telemetry, Stri
     use tracing_subscriber::util::SubscriberInitExt as _;
     let is_trace_span =
         |m: &tracing::Metadata<'_>| m.is_span() && m.target().starts_with("keygate::trace");
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The log has exactly one filter: `log-level`, with the trace spans
+    // turned off (they go to the OTLP exporter only). The access log asks
+    // `tracing::enabled!` whether to write its line (keygate-proxy's log.rs),
+    // and a second per-layer filter on this layer (a `filter_fn`, nested or
+    // combined with `and`) made that answer true at every level, so
+    // `log-level: warn` still wrote a line per request.
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{},keygate::trace=off", config.log_level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,keygate::trace=off"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stdout());
@@ -179,11 +186,7 @@ fn init_logging(config: &keygate_core::config::Config) -> Result<Telemetry, Stri
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Text => fmt.boxed(),
     };
-    let fmt = fmt
-        .with_filter(filter)
-        .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
-            !is_trace_span(m)
-        }));
+    let fmt = fmt.with_filter(filter);
     let (otel, provider) = match &config.otel_endpoint {
         None => (None, None),
         Some(endpoint) => {

@@ -289,6 +289,82 @@ async fn serve_logs_json_and_finishes_in_flight_requests_on_sigterm() {
     assert!(lines.iter().any(|l| l.contains("keygate stopped")));
 }
 
+/// `log-level: warn` writes warnings and no access lines: the requests,
+/// allowed or refused, leave no line on stdout. (The access log decides with
+/// `tracing::enabled!`, which a second filter on the log layer once made true
+/// at every level; bench/soak.sh's replicas wrote a line per request.)
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_at_log_level_warn_writes_no_access_lines() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    // `enable-logging` (a gatekeeper option keygate ignores) makes one warning.
+    let cfg = write_config(&format!(
+        "listen: 127.0.0.1:{port}\ndiscovery-url: {}\nclient-id: keygate\nupstream-url: {}\n\
+         log-format: json\nlog-level: warn\nenable-logging: true\n",
+        idp.issuer,
+        upstream.url()
+    ));
+    let mut child = keygate()
+        .args(["serve", "--config"])
+        .arg(cfg.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut out).ok();
+        out
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let http = client();
+    let mut ready = false;
+    for _ in 0..200 {
+        if http
+            .get(format!("{url}/oauth/ready"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "keygate did not become ready");
+    let token = idp.token("alice").await;
+    for _ in 0..3 {
+        let allowed = http.get(format!("{url}/api")).bearer_auth(&token).send();
+        assert_eq!(allowed.await.unwrap().status(), 200);
+        let refused = http.get(format!("{url}/api")).send().await.unwrap();
+        assert_eq!(refused.status(), 401);
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let out = reader.join().unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("enable-logging") && l.contains("WARN")),
+        "the warning is logged: {out}"
+    );
+    assert!(
+        !out.contains("keygate::access"),
+        "access lines at log-level warn: {out}"
+    );
+    assert!(!out.contains("INFO"), "info lines at log-level warn: {out}");
+}
+
 #[test]
 fn personal_keys_refuse_service_key_options() {
     let f = write_config(MINIMAL);

@@ -605,6 +605,40 @@ async fn expired_sessions_are_refreshed_once_across_replicas() {
     assert_eq!(cluster.with_session(2, &cookie).await.0, 200);
 }
 
+/// A session whose refresh failed while the provider hung is refreshed as
+/// soon as the provider answers again, on any replica. The replica whose
+/// refresh failed lets the session's refresh lock go; kept until it expired
+/// (10 s), every request of the session waited 5 s for a refresh nobody was
+/// doing and got 503 (bench/soak.sh saw sessions at 503 for 8 s after the
+/// provider came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_refreshes_as_soon_as_a_hung_provider_answers_again() {
+    let cluster = Cluster::start_with(
+        2,
+        &["--access-token-ttl", "2"],
+        &format!("{REDIS_SESSIONS}clock-skew: 0s\nopenid-provider-timeout: 1s\n"),
+    )
+    .await;
+    let cookie = cluster.login(0, "alice").await;
+    assert_eq!(cluster.with_session(1, &cookie).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cluster.idp.freeze();
+    // The access token has expired and cannot be refreshed: 503, on both.
+    assert_eq!(cluster.with_session(0, &cookie).await.0, 503);
+    assert_eq!(cluster.with_session(1, &cookie).await.0, 503);
+    cluster.idp.thaw();
+    let took = until("the session refreshed", || async {
+        cluster.with_session(1, &cookie).await.0 == 200
+    })
+    .await;
+    eprintln!(
+        "session refreshed {:.0} ms after the provider answered",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(cluster.with_session(0, &cookie).await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_wait_out_a_redis_outage_with_503_and_survive_it() {
     let mut cluster = Cluster::start(2, REDIS_SESSIONS).await;
