@@ -138,9 +138,13 @@ wait_http() {  # wait_http URL NAME PID [expected codes regex]
 }
 
 # ---------------------------------------------------------------- provider
+# The warn instance's port is chosen now: the provider must know its callback
+# for the cookie-session login.
+KGW_PORT=$(free_port)
 log "starting dev/idp (access-token TTL 3600 s)"
 IDP_OUT=$WORK/idp.out
-spawn "$IDP_OUT" "$WORK/idp.err" node dev/idp/server.js --port 0 --access-token-ttl 3600
+spawn "$IDP_OUT" "$WORK/idp.err" node dev/idp/server.js --port 0 --access-token-ttl 3600 \
+  --refresh-token-ttl 7200 --redirect-uri "http://127.0.0.1:$KGW_PORT/oauth/callback"
 IDP_PID=$LAST_PID
 ISSUER=""
 for _ in $(seq 300); do
@@ -277,10 +281,10 @@ AP_PID=$LAST_PID
 wait_http "http://127.0.0.1:$AP_PORT/" "apache" $AP_PID '^401$'
 
 # ---------------------------------------------------------------- keygate
-start_keygate() {  # start_keygate NAME LOG_LEVEL STDOUT -> sets KG_PORT
+start_keygate() {  # start_keygate NAME LOG_LEVEL STDOUT [PORT] -> sets KG_PORT
   local name=$1 level=$2 out=$3 dir=$WORK/$1
   mkdir -p "$dir"
-  KG_PORT=$(free_port)
+  KG_PORT=${4:-$(free_port)}
   cat >"$dir/keygate.yaml" <<EOF
 listen: 127.0.0.1:$KG_PORT
 discovery-url: $ISSUER
@@ -291,6 +295,8 @@ log-level: $level
 store-url: sqlite://$dir/keys.db
 api-keys:
   server-secret: bench-server-secret-0123456789abcdef-0123456789
+encryption-key: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+secure-cookie: false
 EOF
   log "starting keygate ($name, log-level $level, stdout to $out) on :$KG_PORT"
   spawn "$out" "$dir/stderr" "$KEYGATE" serve --config "$dir/keygate.yaml"
@@ -299,18 +305,23 @@ EOF
 # info: one access-log line per request on stdout, thrown away; warn: stdout kept
 # (only warnings and errors) so that problems under load can be reported.
 start_keygate keygate-info info /dev/null;                  KGI_PORT=$KG_PORT
-start_keygate keygate-warn warn "$WORK/keygate-warn/stdout"; KGW_PORT=$KG_PORT
+start_keygate keygate-warn warn "$WORK/keygate-warn/stdout" "$KGW_PORT"
 # A service key on the warn instance: API-key requests are measured on the
 # same process, in the same run, as bearer-JWT requests.
 printf 'svc-reporting-secret' >"$WORK/svc-secret"
 API_KEY=$("$KEYGATE" keys create --config "$WORK/keygate-warn/keygate.yaml" --kind service \
   --client-id svc-reporting --client-secret-file "$WORK/svc-secret" 2>/dev/null | head -n1)
 case "$API_KEY" in kgs_*) ;; *) die "could not create a service key for the benchmark";; esac
+# And a cookie session (a login through dev/idp, as a browser makes it) on the
+# same instance: the session's cookie is sent as it is, the access token inside
+# it valid for the whole run.
+SESSION=$(node bench/login.mjs "http://127.0.0.1:$KGW_PORT") || die "login to keygate failed"
 
 # ---------------------------------------------------------------- targets
-NAMES=(nginx apache keygate-info keygate-warn keygate-apikey)
+NAMES=(nginx apache keygate-info keygate-warn keygate-apikey keygate-session)
 declare -A LABEL=(
   [keygate-apikey]="keygate API key, cache warm (log-level warn)"
+  [keygate-session]="keygate cookie session (log-level warn)"
   [nginx]="nginx proxy, no auth"
   [apache]="Apache + mod_auth_openidc"
   [keygate-info]="keygate (log-level info, stdout→/dev/null)"
@@ -318,6 +329,7 @@ declare -A LABEL=(
 )
 declare -A URL=(
   [keygate-apikey]="http://127.0.0.1:$KGW_PORT/"
+  [keygate-session]="http://127.0.0.1:$KGW_PORT/"
   [nginx]="http://127.0.0.1:$NGX_PORT/"
   [apache]="http://127.0.0.1:$AP_PORT/"
   [keygate-info]="http://127.0.0.1:$KGI_PORT/"
@@ -331,13 +343,14 @@ log "checking every target answers 200 with the token (401 without for apache/ke
 declare -A CRED
 for n in "${NAMES[@]}"; do CRED[$n]="Authorization: Bearer $TOKEN"; done
 CRED[keygate-apikey]="X-API-Key: $API_KEY"
+CRED[keygate-session]="Cookie: $SESSION"
 for n in "${NAMES[@]}"; do
   body=$(curl -sS -H "${CRED[$n]}" -w ' %{http_code}' "${URL[$n]}")
   [ "$body" = "ok 200" ] || die "$n with token: got '$body', want 'ok 200'"
   if [ "$n" != nginx ]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}")
     [ "$code" = 401 ] || die "$n without token: got $code, want 401"
-    [ "$n" = keygate-apikey ] && continue
+    case $n in keygate-apikey|keygate-session) continue ;; esac
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $BAD_TOKEN" "${URL[$n]}")
     [ "$code" = 401 ] || die "$n with a bad signature: got $code, want 401"
   fi
@@ -443,13 +456,15 @@ report() {
   for k in keygate-info keygate-warn; do
     local vs_nginx vs_apache dp99
     vs_nginx=$(awk -v a="${MRPS[$k]}" -v b="${MRPS[nginx]}" 'BEGIN{print (a>=b)?"met":"NOT met"}')
-    dp99=$(awk -v a="${MP99[$k]}" -v b="${MP99[nginx]}" 'BEGIN{print (a-b<=1.0)?"met":"NOT met"}')
+    dp99=$(awk -v a="${MP99[$k]}" -v b="${MP99[nginx]}" 'BEGIN{print (a<=b)?"met":"NOT met"}')
     vs_apache=$(awk -v a="${MRPS[$k]}" -v b="${MRPS[apache]}" 'BEGIN{print (a>=3*b)?"met":"NOT met"}')
-    echo "Targets for ${LABEL[$k]}: ≥ 1.0× nginx req/s: $vs_nginx; p99 within 1 ms of nginx: $dp99; ≥ 3× Apache req/s: $vs_apache."
+    echo "Targets for ${LABEL[$k]}: ≥ 1.0× nginx req/s: $vs_nginx; p99 ≤ nginx's: $dp99; ≥ 3× Apache req/s: $vs_apache."
   done
-  echo "API-key requests (cache warm) vs bearer-JWT requests on the same keygate process:" \
-       "$(ratio "${MRPS[keygate-apikey]}" "${MRPS[keygate-warn]}") (target: within 10%," \
-       "$(awk -v a="${MRPS[keygate-apikey]}" -v b="${MRPS[keygate-warn]}" 'BEGIN{print (a>=0.9*b)?"met":"NOT met"}'))."
+  for k in keygate-apikey keygate-session; do
+    echo "${LABEL[$k]} vs bearer JWT on the same keygate process:" \
+         "$(ratio "${MRPS[$k]}" "${MRPS[keygate-warn]}") (target ≥ 0.9×:" \
+         "$(awk -v a="${MRPS[$k]}" -v b="${MRPS[keygate-warn]}" 'BEGIN{print (a>=0.9*b)?"met":"NOT met"}'))."
+  done
 }
 REPORT=$(report)
 echo

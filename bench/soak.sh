@@ -47,6 +47,7 @@
 #   BENCH_OUT (unset)      also write the markdown report to this file
 #   KEEP_WORKDIR (0)       1 = keep the temp dir (configs, logs, requests.csv …),
 #                          made under ${TMPDIR:-/tmp}
+#   KEYGATE_BIN (target/release/keygate; set: no build)
 #   SKIP_INSTALL (0) SKIP_BUILD (0)
 #
 # Not part of the test suite. Starts everything itself on 127.0.0.1 on free
@@ -126,11 +127,13 @@ if [ "$SOAK_PLOT" != none ] && ! python3 -c 'import matplotlib' 2>/dev/null; the
   PY=$VENV/bin/python
 fi
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
+if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${KEYGATE_BIN:-}" ]; then
   log "cargo build --release -p keygate"
   cargo build --release -p keygate
 fi
-KEYGATE=$ROOT/target/release/keygate
+# A long run restarts replicas from this file: point KEYGATE_BIN at a copy when
+# target/ may be rebuilt meanwhile.
+KEYGATE=${KEYGATE_BIN:-$ROOT/target/release/keygate}
 [ -x "$KEYGATE" ] || die "$KEYGATE not built"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/keygate-soak.XXXXXX")
