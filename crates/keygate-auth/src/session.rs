@@ -423,35 +423,52 @@ pub fn read_cookie<'a>(
     cookie_headers: &[&'a str],
     name: &str,
 ) -> Option<(std::borrow::Cow<'a, str>, usize)> {
-    // Scanned lazily, pair by pair, once per name looked for: a session
-    // cookie is kilobytes long and usually in one piece, then borrowed.
-    let find = |wanted: &str| {
-        cookie_headers
-            .iter()
-            .flat_map(|header| header.split(';'))
-            .find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                if k.trim() != wanted {
-                    return None;
-                }
-                let v = v.trim();
-                Some(
-                    v.strip_prefix('"')
-                        .and_then(|v| v.strip_suffix('"'))
-                        .unwrap_or(v),
-                )
-            })
-    };
-    let first = find(name)?;
-    let Some(second) = find(&chunk_name(name, 1)) else {
+    // One pass over the headers, pair by pair (`;` found with memchr: a
+    // session cookie is kilobytes long and usually in one piece, then
+    // borrowed, not copied). Chunks `name-1`, `name-2`, … are noted as they
+    // come, in any order; the first occurrence of a name counts.
+    let mut first: Option<&'a str> = None;
+    let mut chunks: Vec<(usize, &'a str)> = Vec::new();
+    for header in cookie_headers {
+        let bytes = header.as_bytes();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b';', bytes).chain(std::iter::once(bytes.len())) {
+            let pair = &header[start..end];
+            start = end + 1;
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let Some(rest) = k.trim().strip_prefix(name) else {
+                continue;
+            };
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            if rest.is_empty() {
+                first.get_or_insert(v);
+            } else if let Some(index) = rest
+                .strip_prefix('-')
+                .filter(|n| !n.starts_with(['0', '+']))
+                .and_then(|n| n.parse::<usize>().ok())
+                && !chunks.iter().any(|(i, _)| *i == index)
+            {
+                chunks.push((index, v));
+            }
+        }
+    }
+    let first = first?;
+    let chunk = |index: usize| chunks.iter().find(|(i, _)| *i == index).map(|(_, v)| *v);
+    let Some(second) = chunk(1) else {
         return Some((std::borrow::Cow::Borrowed(first), 1));
     };
     let mut value = String::with_capacity(first.len() * 2);
     value.push_str(first);
     value.push_str(second);
     let mut count = 2;
-    while let Some(chunk) = find(&chunk_name(name, count)) {
-        value.push_str(chunk);
+    while let Some(next) = chunk(count) {
+        value.push_str(next);
         count += 1;
     }
     Some((std::borrow::Cow::Owned(value), count))
@@ -803,6 +820,25 @@ mod tests {
             NAME,
         );
         assert_eq!(got, Some(("abcdef".into(), 2)));
+    }
+
+    #[test]
+    fn read_cookie_takes_chunks_by_their_exact_names_only() {
+        // Not chunks: a leading zero or sign, a suffix, another prefix.
+        let got = read_cookie(
+            &["kg_session-01=x; kg_session-+1=x; kg_session-1x=x; x-kg_session-1=x; kg_session=a"],
+            NAME,
+        );
+        assert_eq!(got, Some(("a".into(), 1)));
+        // Chunks in any order and header, stopping at the first gap.
+        let got = read_cookie(
+            &[
+                "kg_session-2=c; kg_session-4=e",
+                "kg_session=a;kg_session-1=b",
+            ],
+            NAME,
+        );
+        assert_eq!(got, Some(("abc".into(), 3)));
     }
 
     #[test]

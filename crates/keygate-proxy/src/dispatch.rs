@@ -17,6 +17,11 @@ use tracing::Instrument;
 /// Serves one request from the main listener, in its trace span (see
 /// [`crate::trace`]).
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if !gw.tracing {
+        // No span to enter: the request's future is not moved into an
+        // `Instrumented` (a copy of the whole future per request).
+        return serve(gw, req, peer, &tracing::Span::none()).await;
+    }
     let span = crate::trace::request_span(&gw, &req, peer);
     let resp = serve(Arc::clone(&gw), req, peer, &span)
         .instrument(span.clone())

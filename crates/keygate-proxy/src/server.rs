@@ -323,8 +323,12 @@ impl ConnSettings {
             async move {
                 let resp = match in_flight {
                     Err(()) => shed::overloaded(),
-                    Ok(_in_flight) if admin => crate::admin::handle(gateway, req, peer).await,
-                    Ok(_in_flight) => dispatch::handle(gateway, req, peer).await,
+                    Ok(_in_flight) if admin => {
+                        Box::pin(crate::admin::handle(gateway, req, peer)).await
+                    }
+                    // Boxed: hyper keeps (and moves) this future, a pointer
+                    // is cheaper to move than the whole request's state.
+                    Ok(_in_flight) => Box::pin(dispatch::handle(gateway, req, peer)).await,
                 };
                 Ok::<_, Infallible>(resp)
             }
