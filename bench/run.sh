@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side proxy benchmark (DESIGN.md "Performance targets"): bearer-JWT
 # requests through keygate vs. plain nginx proxying (no auth) vs. Apache +
-# mod_auth_openidc validating the same token, all on loopback, same upstream.
+# mod_auth_openidc validating the same token, all on loopback, same upstream;
+# and, on the keygate that logs at warn, API-key and cookie-session requests.
 #
 #   ./bench/run.sh                       # wrk -t1 -c32 -d10s, 3 runs per target
 #   WRK_CONNS=64 WRK_DURATION=20s RUNS=5 ./bench/run.sh
@@ -12,6 +13,12 @@
 #   UPSTREAM_WORKERS (1)   worker_processes of the upstream nginx
 #   APACHE_PROCS (2) APACHE_THREADS (32)   mpm_event ServerLimit/ThreadsPerChild
 #   BENCH_OUT (unset)      also write the markdown report to this file
+#   PEER_GATEKEEPER (unset)    path of a gogatekeeper binary, PEER_OAUTH2_PROXY
+#                              (unset) of an oauth2-proxy binary: measured beside
+#                              the others when given (built by you from their
+#                              sources; this repository builds neither). Both
+#                              validate the bearer token and log each request,
+#                              to /dev/null like keygate-info.
 #   KEEP_WORKDIR (0)       1 = keep the temp dir (configs, logs, raw wrk output)
 #   SKIP_INSTALL (0) SKIP_BUILD (0)
 #
@@ -317,11 +324,37 @@ case "$API_KEY" in kgs_*) ;; *) die "could not create a service key for the benc
 # it valid for the whole run.
 SESSION=$(node bench/login.mjs "http://127.0.0.1:$KGW_PORT") || die "login to keygate failed"
 
+# ---------------------------------------------------------------- peers (optional)
+PEERS=()
+if [ -n "${PEER_GATEKEEPER:-}" ]; then
+  GK_PORT=$(free_port); mkdir -p "$WORK/gatekeeper"
+  log "starting gogatekeeper ($PEER_GATEKEEPER) on :$GK_PORT"
+  spawn /dev/null "$WORK/gatekeeper/stderr" "$PEER_GATEKEEPER" --listen "127.0.0.1:$GK_PORT" \
+    --discovery-url "$ISSUER" --client-id keygate --client-secret keygate-secret \
+    --upstream-url "http://127.0.0.1:$UP_PORT" --no-redirects=true --enable-default-deny=true \
+    --enable-logging=true --secure-cookie=false --enable-pkce=false --enable-encrypted-token=false
+  wait_http "http://127.0.0.1:$GK_PORT/oauth/health" "gogatekeeper" $LAST_PID
+  PEERS+=(gatekeeper)
+fi
+if [ -n "${PEER_OAUTH2_PROXY:-}" ]; then
+  O2P_PORT=$(free_port); mkdir -p "$WORK/oauth2-proxy"
+  log "starting oauth2-proxy ($PEER_OAUTH2_PROXY) on :$O2P_PORT"
+  spawn /dev/null "$WORK/oauth2-proxy/stderr" "$PEER_OAUTH2_PROXY" --provider=oidc \
+    --oidc-issuer-url="$ISSUER" --client-id=keygate --client-secret=keygate-secret \
+    --cookie-secret=0123456789abcdef0123456789abcdef --cookie-secure=false --email-domain='*' \
+    --upstream="http://127.0.0.1:$UP_PORT/" --http-address="127.0.0.1:$O2P_PORT" \
+    --skip-jwt-bearer-tokens=true --api-route=/ --request-logging=true
+  wait_http "http://127.0.0.1:$O2P_PORT/ping" "oauth2-proxy" $LAST_PID
+  PEERS+=(oauth2-proxy)
+fi
+
 # ---------------------------------------------------------------- targets
-NAMES=(nginx apache keygate-info keygate-warn keygate-apikey keygate-session)
+NAMES=(nginx apache keygate-info keygate-warn keygate-apikey keygate-session "${PEERS[@]}")
 declare -A LABEL=(
   [keygate-apikey]="keygate API key, cache warm (log-level warn)"
   [keygate-session]="keygate cookie session (log-level warn)"
+  [gatekeeper]="gogatekeeper (access log on, stdout→/dev/null)"
+  [oauth2-proxy]="oauth2-proxy (request log on, stdout→/dev/null)"
   [nginx]="nginx proxy, no auth"
   [apache]="Apache + mod_auth_openidc"
   [keygate-info]="keygate (log-level info, stdout→/dev/null)"
@@ -330,6 +363,8 @@ declare -A LABEL=(
 declare -A URL=(
   [keygate-apikey]="http://127.0.0.1:$KGW_PORT/"
   [keygate-session]="http://127.0.0.1:$KGW_PORT/"
+  [gatekeeper]="http://127.0.0.1:${GK_PORT:-0}/"
+  [oauth2-proxy]="http://127.0.0.1:${O2P_PORT:-0}/"
   [nginx]="http://127.0.0.1:$NGX_PORT/"
   [apache]="http://127.0.0.1:$AP_PORT/"
   [keygate-info]="http://127.0.0.1:$KGI_PORT/"
@@ -352,7 +387,8 @@ for n in "${NAMES[@]}"; do
     [ "$code" = 401 ] || die "$n without token: got $code, want 401"
     case $n in keygate-apikey|keygate-session) continue ;; esac
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $BAD_TOKEN" "${URL[$n]}")
-    [ "$code" = 401 ] || die "$n with a bad signature: got $code, want 401"
+    # (gogatekeeper answers a bad signature with 403)
+    [[ $code =~ ^40[13]$ ]] || die "$n with a bad signature: got $code, want 401"
   fi
 done
 

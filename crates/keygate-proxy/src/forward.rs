@@ -150,6 +150,9 @@ pub fn identity_headers(
     };
     match prebuilt {
         Some(prebuilt) => {
+            // Room for all of them at once (and X-Auth-ExpiresIn), instead
+            // of the map growing step by step.
+            headers.reserve(prebuilt.len() + 1);
             for (name, value) in prebuilt {
                 headers.insert(name.clone(), value.clone());
             }

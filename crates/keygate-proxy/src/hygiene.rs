@@ -97,7 +97,8 @@ pub struct HopByHop {
 /// header, so a `Connection` list can only remove what the client sent.
 pub fn strip_client_hop_by_hop(method: &Method, headers: &mut HeaderMap) -> HopByHop {
     // Most requests carry none: one pass over the names, no lookups.
-    if !headers.keys().any(is_hop_by_hop) {
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
         return HopByHop::default();
     }
     let mut asks_upgrade = false;
@@ -129,7 +130,7 @@ pub fn strip_client_hop_by_hop(method: &Method, headers: &mut HeaderMap) -> HopB
     for name in named {
         headers.remove(name);
     }
-    remove_hop_by_hop(headers);
+    remove_present(headers, present);
     if refused_upgrade {
         metrics::counter!("keygate_refused_upgrades_total").increment(1);
     }
@@ -142,39 +143,49 @@ pub fn strip_client_hop_by_hop(method: &Method, headers: &mut HeaderMap) -> HopB
 /// Removes the hop-by-hop headers of an upstream response, including those
 /// its `Connection` names.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
         return;
     }
     // Usually just `Connection: keep-alive`: the names `Connection` lists
     // that are not among the fixed ones are parsed, only then.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| {
-            !HOP_BY_HOP
-                .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(n))
-        })
-        .filter_map(|n| HeaderName::try_from(n).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(n))
+            })
+            .filter_map(|n| HeaderName::try_from(n).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    remove_hop_by_hop(headers);
+    remove_present(headers, present);
 }
 
-/// Whether `name` is one of the fixed hop-by-hop headers.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+/// Which of the fixed hop-by-hop headers `headers` has: bit `i` for
+/// `HOP_BY_HOP[i]` (bit 0: `Connection`). One pass over the names.
+fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    present
 }
 
-/// Removes the fixed hop-by-hop headers present (looked up only when seen).
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    for name in &HOP_BY_HOP {
-        if headers.keys().any(|n| n == name) {
+/// Removes the fixed hop-by-hop headers `present` names.
+fn remove_present(headers: &mut HeaderMap, present: u16) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
