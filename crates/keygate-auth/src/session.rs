@@ -80,6 +80,45 @@ pub struct SessionState {
     /// copy of the session's cookie opens the session again.
     #[serde(default)]
     pub id: String,
+    /// Not part of the sealed state: the last logout check that found this
+    /// session not ended (see [`LogoutCheck`]).
+    #[serde(skip)]
+    pub logout_checked: LogoutCheck,
+}
+
+/// Memo of a logout check: the generation of the set of ended sessions at
+/// which this session was last found not ended. The keeper of that set
+/// raises the generation after each logout it adds, so a session checked at
+/// the current generation needs no new lookups. A copy (a refreshed
+/// session) starts unchecked.
+#[derive(Debug)]
+pub struct LogoutCheck(std::sync::atomic::AtomicU64);
+
+impl LogoutCheck {
+    const NEVER: u64 = u64::MAX;
+
+    /// Whether the session was found not ended at `generation`.
+    pub fn is(&self, generation: u64) -> bool {
+        generation != Self::NEVER && self.0.load(std::sync::atomic::Ordering::Acquire) == generation
+    }
+
+    /// Records that the session was found not ended at `generation`.
+    pub fn set(&self, generation: u64) {
+        self.0
+            .store(generation, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Default for LogoutCheck {
+    fn default() -> Self {
+        LogoutCheck(std::sync::atomic::AtomicU64::new(Self::NEVER))
+    }
+}
+
+impl Clone for LogoutCheck {
+    fn clone(&self) -> Self {
+        LogoutCheck::default()
+    }
 }
 
 /// The plaintext form inside the sealed cookie, with the secrets as plain
@@ -132,6 +171,7 @@ impl SealedState {
             session_expires_at: self.session_expires_at,
             created_at_ms: self.created_at_ms,
             id: self.id,
+            logout_checked: LogoutCheck::default(),
         }
     }
 }
@@ -502,6 +542,7 @@ mod tests {
             session_expires_at: 1_700_036_000,
             created_at_ms: 1_700_000_000_000,
             id: "login-789".to_owned(),
+            logout_checked: LogoutCheck::default(),
         }
     }
 

@@ -226,6 +226,7 @@ pub async fn callback(
             .map_err(|e| Refused::new(Refusal::Unavailable(e.to_string()), Reason::SessionFailed))?
             .expose()
             .to_owned(),
+        logout_checked: Default::default(),
     };
     let mut set = sessions.save(&state, None).await?;
     set.extend(session::clear_cookie_headers(

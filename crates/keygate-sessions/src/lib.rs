@@ -69,6 +69,7 @@ mod tests {
             session_expires_at: (now + 3600) as u64,
             created_at_ms: now_ms(),
             id: new_session_id().unwrap().expose().to_owned(),
+            logout_checked: Default::default(),
         }
     }
 
@@ -109,6 +110,33 @@ mod tests {
         let tampered = String::from_utf8(tampered).unwrap();
         assert_eq!(sessions.read(&[&tampered]).err(), Some(1));
         assert!(sessions.read(&["other=1"]).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_found_not_ended_is_looked_up_again_after_any_logout() {
+        use std::sync::atomic::Ordering;
+        let sessions = sessions("");
+        let generation = || sessions.ended_generation.load(Ordering::Acquire);
+        let alice = state(60);
+        assert!(!alice.logout_checked.is(generation()));
+        assert!(!sessions.logged_out(&alice).await.unwrap());
+        assert!(alice.logout_checked.is(generation()));
+        // Another user's logout: the memo no longer holds, the lookup runs.
+        sessions.end_by("sub:bob", now_ms()).await.unwrap();
+        assert!(!alice.logout_checked.is(generation()));
+        assert!(!sessions.logged_out(&alice).await.unwrap());
+        assert!(alice.logout_checked.is(generation()));
+        // Her own session's logout is found although she was checked before.
+        sessions.end_by("sid:sid-1", now_ms()).await.unwrap();
+        assert!(sessions.logged_out(&alice).await.unwrap());
+        // A copy (a refreshed session) starts unchecked.
+        let other = SessionState {
+            sid: Some("sid-2".into()),
+            ..state(60)
+        };
+        assert!(!sessions.logged_out(&other).await.unwrap());
+        assert!(other.logout_checked.is(generation()));
+        assert!(!other.clone().logout_checked.is(generation()));
     }
 
     #[tokio::test]

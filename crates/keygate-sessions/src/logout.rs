@@ -8,6 +8,7 @@ use crate::service::{
     store_unavailable,
 };
 use keygate_auth::session::SessionState;
+use std::sync::atomic::Ordering;
 
 impl Sessions {
     /// Ends a session on logout, so that no copy of its cookie opens it
@@ -42,6 +43,14 @@ impl Sessions {
         if self.server_side {
             return Ok(false);
         }
+        // Without Redis every marker is in `ended`, and each one added raises
+        // the generation after it is in: a session found not ended at the
+        // current generation needs no lookup (read before the lookups, so a
+        // logout during them raises it past what is recorded below).
+        let generation = self.ended_generation.load(Ordering::Acquire);
+        if self.redis.is_none() && state.logout_checked.is(generation) {
+            return Ok(false);
+        }
         let mut markers = vec![format!("sub:{}", state.subject), login_marker(state)];
         if let Some(sid) = &state.sid {
             markers.push(format!("sid:{sid}"));
@@ -60,6 +69,7 @@ impl Sessions {
             return Ok(true);
         }
         let Some(redis) = &self.redis else {
+            state.logout_checked.set(generation);
             return Ok(false);
         };
         let keys: Vec<String> = markers
@@ -73,6 +83,7 @@ impl Sessions {
         for (marker, at) in markers.iter().zip(found) {
             if let Some(at) = at.and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok()) {
                 self.ended.insert(marker.clone(), at);
+                self.ended_generation.fetch_add(1, Ordering::Release);
                 if ends(marker, at) {
                     return Ok(true);
                 }
@@ -122,6 +133,7 @@ impl Sessions {
             return Ok(());
         }
         self.ended.insert(marker.to_owned(), now);
+        self.ended_generation.fetch_add(1, Ordering::Release);
         if let Some(redis) = &self.redis {
             redis
                 .set(

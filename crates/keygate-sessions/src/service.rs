@@ -53,6 +53,10 @@ pub struct Sessions {
     /// with the time of the logout (Unix ms), kept for the longest a session cookie
     /// can live. With Redis they are also kept there, for every replica.
     pub(crate) ended: moka::sync::Cache<String, u64>,
+    /// Raised after every marker added to `ended`: a cookie session found
+    /// not ended at the current generation is still not ended (without
+    /// Redis, where other replicas add markers this one does not count).
+    pub(crate) ended_generation: Arc<std::sync::atomic::AtomicU64>,
     /// The `jti`s of accepted back-channel logout tokens (hashed with the
     /// issuer), kept as long as such a token is accepted.
     pub(crate) seen_jti: moka::sync::Cache<String, ()>,
@@ -104,6 +108,7 @@ impl Sessions {
     /// cookie session back, nor accept a replayed logout token).
     pub fn take_over_logouts(&mut self, old: &Sessions) {
         self.ended = old.ended.clone();
+        self.ended_generation = Arc::clone(&old.ended_generation);
         self.seen_jti = old.seen_jti.clone();
     }
 }
@@ -163,6 +168,7 @@ impl Sessions {
                 .max_capacity(1_000_000)
                 .time_to_live(std::time::Duration::from_secs(MAX_SESSION_SECS))
                 .build(),
+            ended_generation: Arc::default(),
             seen_jti: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(std::time::Duration::from_secs(
