@@ -79,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
         session_expires_at: u64::MAX - data.len() as u64,
         created_at_ms: 1_700_000_000_000,
         id: text.chars().rev().take(16).collect(),
+        logout_checked: Default::default(),
     };
     let sealed = sealer
         .seal(&state, SESSION)
@@ -90,7 +91,8 @@ fuzz_target!(|data: &[u8]| {
         .filter(|h| !h.contains("Max-Age=0"))
         .map(|h| h.split(';').next().unwrap_or(""))
         .collect();
-    let (value, count) = read_cookie(&[&pairs.join("; ")], SESSION)
+    let joined = pairs.join("; ");
+    let (value, count) = read_cookie(&[&joined], SESSION)
         .unwrap_or_else(|| panic!("own Set-Cookie not read back"));
     assert_eq!(value, sealed);
     assert_eq!(count, pairs.len());
