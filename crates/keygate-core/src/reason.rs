@@ -126,6 +126,9 @@ reasons! {
     ApiKeyTokenRejected => "api_key_token_rejected",
     /// The session cookie names a session that no longer exists.
     SessionEnded => "session_ended",
+    /// The session cookie cannot be opened: tampered, truncated, or sealed
+    /// with a key this gateway no longer has.
+    SessionInvalid => "session_invalid",
     /// The session was logged out (here or by back-channel logout).
     SessionLoggedOut => "session_logged_out",
     /// The session expired and cannot be refreshed.

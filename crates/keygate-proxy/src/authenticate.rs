@@ -91,6 +91,16 @@ pub async fn verify_with(
             refusal: Refusal::NoCredential,
             reason: Reason::NoCredential,
         }),
+        Credential::InvalidSession(chunks) => {
+            // Cleared, so that the browser stops sending it.
+            if let Some(sessions) = gw.sessions.as_ref() {
+                ctx.set_cookies.extend(sessions.clear_headers(*chunks));
+            }
+            Err(Refused {
+                refusal: Refusal::SessionEnded,
+                reason: Reason::SessionInvalid,
+            })
+        }
         Credential::Unusable(why, reason) => Err(Refused {
             refusal: Refusal::BadCredential((*why).into()),
             reason: *reason,

@@ -178,6 +178,7 @@ impl RequestCtx {
     pub fn refused(&mut self, refusal: &Refusal, reason: Reason) {
         self.decision = match refusal {
             Refusal::NoCredential
+            | Refusal::SessionEnded
             | Refusal::BadCredential(_)
             | Refusal::Forbidden(_)
             | Refusal::MethodNotAllowed(_)
@@ -209,6 +210,9 @@ pub enum Credential {
     Unusable(&'static str, Reason),
     /// A browser session from the session cookie.
     Session(Box<crate::session::SessionCookie>),
+    /// A session cookie (in this many chunks) that cannot be opened:
+    /// tampered, truncated, or sealed with a key keygate no longer has.
+    InvalidSession(usize),
 }
 
 /// A DPoP-bound token as presented: the token, the request's `DPoP`

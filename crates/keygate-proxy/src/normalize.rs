@@ -239,7 +239,8 @@ fn take_dpop_proof(headers: &mut HeaderMap) -> Result<String, DpopError> {
 }
 
 /// The session cookie, when browser sessions are on. A cookie that cannot
-/// be opened (tampered, truncated, sealed with another key) counts as none.
+/// be opened (tampered, truncated, sealed with another key) is no session:
+/// where a credential is needed it is refused as an ended session.
 fn session_credential(gw: &Gateway, headers: &HeaderMap) -> Credential {
     match gw
         .sessions
@@ -247,6 +248,7 @@ fn session_credential(gw: &Gateway, headers: &HeaderMap) -> Credential {
         .map(|s| s.read(&crate::session::cookie_headers(headers)))
     {
         Some(Ok(Some((cookie, _)))) => Credential::Session(Box::new(cookie)),
+        Some(Err(chunks)) => Credential::InvalidSession(chunks),
         _ => Credential::None,
     }
 }

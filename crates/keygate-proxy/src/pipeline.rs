@@ -74,7 +74,7 @@ pub fn finish(
         Ok(resp) => resp,
         Err(Refused { refusal, reason }) => {
             ctx.refused(&refusal, reason);
-            let to_login = matches!(refusal, Refusal::NoCredential)
+            let to_login = matches!(refusal, Refusal::NoCredential | Refusal::SessionEnded)
                 && ctx.browser
                 && gw.sessions.as_ref().is_some_and(|s| !s.no_redirects);
             if to_login {

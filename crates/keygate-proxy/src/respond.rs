@@ -33,6 +33,10 @@ pub enum Refusal {
     NoCredential,
     /// 401 with a bad credential; the text is safe for the client.
     BadCredential(String),
+    /// 401: the session cookie names a session that has ended (logged
+    /// out, expired, its refresh refused) or cannot be opened; its
+    /// cookies are cleared, and a browser is sent to log in again.
+    SessionEnded,
     /// 401 for a DPoP-bound token (RFC 9449 §7.1): a `DPoP` challenge with
     /// `error` (`invalid_dpop_proof` or `invalid_token`) and the accepted
     /// proof algorithms.
@@ -77,9 +81,10 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Refusal::NoCredential | Refusal::BadCredential(_) | Refusal::Dpop { .. } => {
-                StatusCode::UNAUTHORIZED
-            }
+            Refusal::NoCredential
+            | Refusal::SessionEnded
+            | Refusal::BadCredential(_)
+            | Refusal::Dpop { .. } => StatusCode::UNAUTHORIZED,
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::NotFound | Refusal::NoUpstream => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,7 +101,7 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::BadRequest(_) => "invalid_request",
-            Refusal::NoCredential => "unauthorized",
+            Refusal::NoCredential | Refusal::SessionEnded => "unauthorized",
             Refusal::BadCredential(_) => "invalid_token",
             Refusal::Dpop { error, .. } => error,
             Refusal::Forbidden(_) => "forbidden",
@@ -116,6 +121,7 @@ impl Refusal {
         match self {
             Refusal::BadRequest(_) => Reason::InvalidRequest,
             Refusal::NoCredential => Reason::Unauthorized,
+            Refusal::SessionEnded => Reason::SessionEnded,
             Refusal::BadCredential(_) => Reason::InvalidToken,
             Refusal::Dpop { .. } => Reason::DpopProofInvalid,
             Refusal::Forbidden(_) => Reason::Forbidden,
@@ -143,6 +149,9 @@ impl Refusal {
             | Refusal::Unavailable(d) => d,
             Refusal::Dpop { description, .. } => description,
             Refusal::NoCredential => "a bearer token is required",
+            Refusal::SessionEnded => {
+                "the session has ended or its cookie is not valid; log in again"
+            }
             Refusal::NotFound => "no such keygate endpoint",
             Refusal::NoUpstream => "no upstream serves this host and path",
             Refusal::RequestTimeout => {
@@ -157,7 +166,9 @@ impl Refusal {
     pub fn into_response(self) -> Response<Body> {
         let mut resp = json(self.status(), &error_body(self.code(), self.description()));
         let challenge = match &self {
-            Refusal::NoCredential => Some("Bearer realm=\"keygate\"".to_owned()),
+            Refusal::NoCredential | Refusal::SessionEnded => {
+                Some("Bearer realm=\"keygate\"".to_owned())
+            }
             Refusal::BadCredential(d) => Some(format!(
                 "Bearer realm=\"keygate\", error=\"invalid_token\", error_description=\"{}\"",
                 d.replace(['"', '\\'], "'")
@@ -281,7 +292,7 @@ impl From<SessionError> for Refused {
     fn from(e: SessionError) -> Self {
         let reason = e.reason();
         let refusal = match e {
-            SessionError::Ended(_) => Refusal::NoCredential,
+            SessionError::Ended(_) => Refusal::SessionEnded,
             other => Refusal::Unavailable(other.to_string()),
         };
         Refused { refusal, reason }

@@ -231,12 +231,15 @@ async fn tampered_or_truncated_cookies_are_no_session_never_a_500() {
     let mut flipped = good.clone().into_bytes();
     let i = flipped.len() / 2;
     flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
-    for value in [
+    for (case, value) in [
         String::from_utf8(flipped).unwrap(),
         good[..good.len() / 2].to_owned(),
         "garbage".into(),
         String::new(),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let resp = http
             .get(format!("{}/api/items", web.base))
             .header("accept", "application/json")
@@ -245,6 +248,24 @@ async fn tampered_or_truncated_cookies_are_no_session_never_a_500() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 401);
+        if value.is_empty() {
+            continue;
+        }
+        // An API client is told that its session is the trouble (not that
+        // a bearer token is missing), and the useless cookie is cleared.
+        let cleared = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("kg_session=;"));
+        assert!(cleared, "case {case}: the cookie is not cleared");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(
+            description.contains("session has ended"),
+            "case {case}: {description}"
+        );
     }
     let resp = http
         .get(format!("{}/api/items", web.base))
