@@ -173,6 +173,11 @@ impl Grants {
         Grants { provider }
     }
 
+    /// Whether the provider answers (its breaker is closed).
+    pub fn is_up(&self) -> bool {
+        self.provider.is_up()
+    }
+
     /// The provider's issuer from its discovery document (the audience of
     /// keygate's assertions); `None` before discovery has loaded.
     pub fn provider_issuer(&self) -> Option<String> {

@@ -124,14 +124,29 @@ impl TokenExchanger {
         // and asked for again.
         for _ in 0..2 {
             let mut fresh = false;
-            let outcome = self
-                .cache
-                .try_get_with(key, async {
-                    fresh = true;
-                    self.ask(subject).await.map(Arc::new)
-                })
-                .await
-                .map_err(|e| (*e).clone())?;
+            // Concurrent first uses share one exchange, except while the
+            // provider is failing: then each request asks its breaker, which
+            // lets one probe and answers the rest at once, where sharing
+            // would make them all wait for the probe.
+            let outcome = match self.grants.is_up() {
+                true => self
+                    .cache
+                    .try_get_with(key, async {
+                        fresh = true;
+                        self.ask(subject).await.map(Arc::new)
+                    })
+                    .await
+                    .map_err(|e| (*e).clone())?,
+                false => match self.cache.get(&key).await {
+                    Some(cached) => cached,
+                    None => {
+                        fresh = true;
+                        let asked = Arc::new(self.ask(subject).await?);
+                        self.cache.insert(key, Arc::clone(&asked)).await;
+                        asked
+                    }
+                },
+            };
             metrics::counter!("keygate_token_exchange_cache_total",
                 "result" => if fresh { "miss" } else { "hit" })
             .increment(1);

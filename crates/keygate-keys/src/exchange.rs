@@ -148,9 +148,14 @@ impl ApiKeys {
             .unwrap_or(true);
         if !locked {
             // Another replica is exchanging: wait a little for its token,
-            // for as long as Redis answers.
+            // for as long as Redis answers. While the provider is failing,
+            // the provider's breaker answers this request at once below,
+            // instead of it waiting for another's probe; but an offline
+            // session's refresh token may rotate, so its exchange always
+            // waits for the other's.
             let deadline = tokio::time::Instant::now() + EXCHANGE_WAIT;
-            while tokio::time::Instant::now() < deadline && redis.is_up() {
+            let wait = self.grants.is_up() || found.record.backing == Backing::OfflineSession;
+            while wait && tokio::time::Instant::now() < deadline && redis.is_up() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Some(hit) = self
                     .shared_token(redis, &cache_key, key, found, verifier)

@@ -39,30 +39,51 @@ impl ApiKeys {
         Box::pin(self.record_from_store(hash)).await
     }
 
+    /// The record from the store, for [`ApiKeys::record`]: concurrent
+    /// lookups of one key share one query, except while the store is
+    /// failing. Then each asks the store's breaker, which lets one probe and
+    /// answers the rest at once, where sharing would make them all wait
+    /// for the probe.
+    async fn lookup(&self, hash: &[u8; 32]) -> Result<Arc<Found>, Arc<Lookup>> {
+        match self.store.is_up() {
+            true => {
+                self.records
+                    .try_get_with(*hash, self.lookup_once(hash))
+                    .await
+            }
+            false => match self.lookup_once(hash).await {
+                Ok(found) => {
+                    self.records.insert(*hash, Arc::clone(&found)).await;
+                    Ok(found)
+                }
+                Err(e) => Err(Arc::new(e)),
+            },
+        }
+    }
+
+    /// One lookup: the shared negative cache, then the store.
+    async fn lookup_once(&self, hash: &[u8; 32]) -> Result<Arc<Found>, Lookup> {
+        if let Some(refused) = self.shared_refusal(hash).await {
+            return Err(Lookup::Refused(refused));
+        }
+        match self.store.find_by_hash(hash, unix_now() as i64).await {
+            Ok(Some((record, matched))) => {
+                let (rate, quota) = self.limits_of(&record).map_err(Lookup::Store)?;
+                Ok(Arc::new(Found {
+                    record,
+                    previous: matches!(matched, HashMatch::Previous),
+                    rate,
+                    quota,
+                }))
+            }
+            Ok(None) => Err(Lookup::Refused(KeyRefusal::Unknown)),
+            Err(e) => Err(Lookup::Store(e)),
+        }
+    }
+
     /// [`ApiKeys::record`] when the record is not cached.
     async fn record_from_store(&self, hash: &[u8; 32]) -> Result<(Arc<Found>, bool), KeyError> {
-        let store = &self.store;
-        let found = self
-            .records
-            .try_get_with(*hash, async move {
-                if let Some(refused) = self.shared_refusal(hash).await {
-                    return Err(Lookup::Refused(refused));
-                }
-                match store.find_by_hash(hash, unix_now() as i64).await {
-                    Ok(Some((record, matched))) => {
-                        let (rate, quota) = self.limits_of(&record).map_err(Lookup::Store)?;
-                        Ok(Arc::new(Found {
-                            record,
-                            previous: matches!(matched, HashMatch::Previous),
-                            rate,
-                            quota,
-                        }))
-                    }
-                    Ok(None) => Err(Lookup::Refused(KeyRefusal::Unknown)),
-                    Err(e) => Err(Lookup::Store(e)),
-                }
-            })
-            .await;
+        let found = self.lookup(hash).await;
         match found {
             Ok(found) => {
                 self.stale.insert(*hash, Arc::clone(&found)).await;

@@ -30,6 +30,7 @@ use keygate_auth::assertion::AssertionSigner;
 use keygate_auth::grants::Grants;
 use keygate_auth::{JwtVerifier, Provider};
 use keygate_core::config::Config;
+use keygate_core::keys::Backing;
 use keygate_core::{Identity, Secret, unix_now};
 use keygate_store::{KeyStore, Redis, StoreTimeouts};
 use moka::future::Cache;
@@ -172,11 +173,27 @@ impl ApiKeys {
                 // The usual case: no exchange future is even built.
                 Some(exchanged) => Ok(exchanged),
                 None => {
-                    Box::pin(self.tokens.try_get_with(
-                        record.id.clone(),
-                        self.exchange_shared(key, &hash, &found, verifier),
-                    ))
-                    .await
+                    let exchange = self.exchange_shared(key, &hash, &found, verifier);
+                    // Concurrent first uses share one exchange, except
+                    // while the provider is failing: then each request
+                    // asks its breaker, which lets one probe and answers
+                    // the rest at once, where sharing would make them all
+                    // wait for the probe. An offline session's refresh
+                    // token may rotate, so its exchanges are always shared.
+                    match self.grants.is_up() || record.backing == Backing::OfflineSession {
+                        true => {
+                            Box::pin(self.tokens.try_get_with(record.id.clone(), exchange)).await
+                        }
+                        false => match Box::pin(exchange).await {
+                            Ok(exchanged) => {
+                                self.tokens
+                                    .insert(record.id.clone(), Arc::clone(&exchanged))
+                                    .await;
+                                Ok(exchanged)
+                            }
+                            Err(e) => Err(Arc::new(e)),
+                        },
+                    }
                 }
             },
         };

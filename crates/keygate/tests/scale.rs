@@ -1218,8 +1218,14 @@ async fn a_hung_postgres_costs_one_probe_and_every_other_request_503_at_once() {
     for round in 0..4 {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let before = store.breaker_stats();
-        // Keys this replica has never seen: each needs the store.
-        let answers = burst_keys(&cluster, &unknown()).await;
+        // Keys this replica has never seen, each needs the store: fifty,
+        // or one fifty times (requests for one key do not wait for the
+        // probe of another request for it either).
+        let burst = match round % 2 {
+            0 => unknown(),
+            _ => vec![unknown().remove(0); 50],
+        };
+        let answers = burst_keys(&cluster, &burst).await;
         let probes = store.breaker_stats().probes - before.probes;
         let slow = waited(&answers, Duration::from_millis(250));
         eprintln!("hung PostgreSQL, round {round}: {probes} probe, {slow} of 50 waited");
@@ -1303,7 +1309,13 @@ async fn a_hung_provider_costs_one_probe_and_every_other_request_503_at_once() {
     for round in 0..4 {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let before = provider.breaker_stats();
-        let answers = burst_keys(&cluster, &keys).await;
+        // Fifty keys, or one key fifty times: requests for one key do not
+        // wait for the probe of another request for it either.
+        let burst = match round % 2 {
+            0 => keys.clone(),
+            _ => vec![keys[0].clone(); 50],
+        };
+        let answers = burst_keys(&cluster, &burst).await;
         let probes = provider.breaker_stats().probes - before.probes;
         let slow = waited(&answers, Duration::from_millis(500));
         eprintln!("hung provider, round {round}: {probes} probe, {slow} of 50 waited");

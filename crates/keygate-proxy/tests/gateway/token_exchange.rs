@@ -70,3 +70,45 @@ async fn an_unreachable_provider_is_a_503_never_the_callers_token() {
     let metrics = stack.keygate.metrics().await;
     assert_eq!(metric(&metrics, UNAVAILABLE), before + 2, "{metrics}");
 }
+
+/// While the provider hangs, one request at a time probes it; the others
+/// with the same token get their 503 at once, instead of sharing (and
+/// waiting for) the probe's exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_provider_costs_one_probe_not_one_wait_per_request() {
+    let stack = Stack::start(&format!("{EXCHANGE}openid-provider-timeout: 1s\n")).await;
+    let token = stack.idp.token("alice").await;
+    stack.idp.freeze();
+    // The first exchange waits out openid-provider-timeout and opens the breaker.
+    assert_eq!(stack.get("/api/x", Some(&token)).await.status(), 503);
+    for round in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let asked: Vec<_> = (0..20)
+            .map(|_| {
+                let (http, url, token) = (
+                    stack.http.clone(),
+                    stack.keygate.url("/api/x"),
+                    token.clone(),
+                );
+                tokio::spawn(async move {
+                    let start = std::time::Instant::now();
+                    let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+                    (resp.status().as_u16(), start.elapsed())
+                })
+            })
+            .collect();
+        let mut slow = 0;
+        for asked in asked {
+            let (status, took) = asked.await.unwrap();
+            assert_eq!(status, 503, "round {round}");
+            if took > std::time::Duration::from_millis(500) {
+                slow += 1;
+            }
+        }
+        assert!(
+            slow <= 1,
+            "round {round}: {slow} of 20 waited for the provider"
+        );
+    }
+    stack.idp.thaw();
+}
