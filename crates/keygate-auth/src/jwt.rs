@@ -300,44 +300,54 @@ impl JwtVerifier {
         issuer: &str,
     ) -> Result<Map<String, Value>, AuthError> {
         let exp = signed.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        let introspected = self
-            .introspections
-            .try_get_with(hash, async {
-                let answer = self
-                    .grants
-                    .introspect(
-                        &self.settings.client_id,
-                        &self.settings.client_secret,
-                        token,
-                    )
-                    .await?;
-                let active = answer.get("active") == Some(&Value::Bool(true));
-                metrics::counter!("keygate_introspections_total",
+        let ask = async {
+            let answer = self
+                .grants
+                .introspect(
+                    &self.settings.client_id,
+                    &self.settings.client_secret,
+                    token,
+                )
+                .await?;
+            let active = answer.get("active") == Some(&Value::Bool(true));
+            metrics::counter!("keygate_introspections_total",
                     "result" => if active { "active" } else { "inactive" })
-                .increment(1);
-                Ok::<_, GrantError>(Arc::new(Introspected {
-                    expires_at: exp,
-                    answer,
-                }))
-            })
-            .await
-            .map_err(|e| {
-                metrics::counter!("keygate_introspections_total", "result" => "error").increment(1);
-                match &*e {
-                    GrantError::Rejected { .. } => tracing::error!(
-                        client_id = %self.settings.client_id,
-                        error = %e,
-                        "the provider refused keygate's client credentials at its introspection \
-                         endpoint: check client-id and client-secret"
-                    ),
-                    _ if self.provider.is_up() => {
-                        tracing::warn!(error = %e, "token introspection failed")
-                    }
-                    // The provider's breaker warned once for the outage.
-                    _ => tracing::debug!(error = %e, "token introspection failed"),
+            .increment(1);
+            Ok::<_, GrantError>(Arc::new(Introspected {
+                expires_at: exp,
+                answer,
+            }))
+        };
+        // Concurrent requests with one token share one introspection, except
+        // while the provider is failing: then each asks its breaker, which
+        // lets one probe and answers the rest at once.
+        let introspected = match self.provider.is_up() {
+            true => self.introspections.try_get_with(hash, ask).await,
+            false => match ask.await {
+                Ok(fresh) => {
+                    self.introspections.insert(hash, Arc::clone(&fresh)).await;
+                    Ok(fresh)
                 }
-                AuthError::ProviderUnavailable
-            })?;
+                Err(e) => Err(Arc::new(e)),
+            },
+        };
+        let introspected = introspected.map_err(|e| {
+            metrics::counter!("keygate_introspections_total", "result" => "error").increment(1);
+            match &*e {
+                GrantError::Rejected { .. } => tracing::error!(
+                    client_id = %self.settings.client_id,
+                    error = %e,
+                    "the provider refused keygate's client credentials at its introspection \
+                     endpoint: check client-id and client-secret"
+                ),
+                _ if self.provider.is_up() => {
+                    tracing::warn!(error = %e, "token introspection failed")
+                }
+                // The provider's breaker warned once for the outage.
+                _ => tracing::debug!(error = %e, "token introspection failed"),
+            }
+            AuthError::ProviderUnavailable
+        })?;
         let answer = &introspected.answer;
         if answer.get("active") != Some(&Value::Bool(true)) {
             return Err(AuthError::Inactive);

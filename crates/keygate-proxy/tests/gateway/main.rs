@@ -21,3 +21,54 @@ mod rules;
 mod sessions;
 mod token_exchange;
 mod upstreams;
+
+/// `n` concurrent GETs of `path` with one bearer token: each one's status
+/// and how long it took.
+pub async fn burst(
+    stack: &keygate_testkit::Stack,
+    path: &str,
+    token: &str,
+    n: usize,
+) -> Vec<(u16, std::time::Duration)> {
+    let asked: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url, token) = (
+                stack.http.clone(),
+                stack.keygate.url(path),
+                token.to_owned(),
+            );
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+                (resp.status().as_u16(), start.elapsed())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for asked in asked {
+        answers.push(asked.await.unwrap());
+    }
+    answers
+}
+
+/// Checks rounds of 20 concurrent requests with one token while the
+/// provider hangs (the breaker already open): every one 503, and at most
+/// one (the probe) waits for the provider.
+pub async fn one_probe_per_round(stack: &keygate_testkit::Stack, path: &str, token: &str) {
+    for round in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let answers = burst(stack, path, token, 20).await;
+        assert!(
+            answers.iter().all(|(status, _)| *status == 503),
+            "round {round}: {answers:?}"
+        );
+        let slow = answers
+            .iter()
+            .filter(|(_, took)| *took > std::time::Duration::from_millis(500))
+            .count();
+        assert!(
+            slow <= 1,
+            "round {round}: {slow} of 20 waited for the provider"
+        );
+    }
+}

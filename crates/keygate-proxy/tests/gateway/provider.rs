@@ -1,4 +1,4 @@
-//! The provider down at start-up, and down after start-up.
+//! The provider down at start-up, down after start-up, and hung.
 
 use keygate_testkit::*;
 use std::time::Duration;
@@ -108,4 +108,22 @@ async fn provider_down_after_start_keeps_serving_with_cached_keys() {
     let swap = if &used[i..=i] == "A" { "B" } else { "A" };
     let bad = format!("{}{swap}{}", &used[..i], &used[i + 1..]);
     assert_eq!(stack.get("/api", Some(&bad)).await.status(), 401);
+}
+
+/// With `token-introspection: always`, while the provider hangs one request
+/// at a time probes it; the others with the same token get their 503 at
+/// once, instead of sharing (and waiting for) the probe's introspection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_introspection_costs_one_probe_not_one_wait_per_request() {
+    let stack = Stack::start("token-introspection: always\nopenid-provider-timeout: 1s\n").await;
+    let token = stack.idp.token("alice").await;
+    assert_eq!(stack.get("/api/x", Some(&token)).await.status(), 200);
+    let fresh = stack.idp.token("alice").await;
+    stack.idp.freeze();
+    // The first introspection waits out openid-provider-timeout and opens
+    // the breaker; the answer already given stays cached meanwhile.
+    assert_eq!(stack.get("/api/x", Some(&fresh)).await.status(), 503);
+    assert_eq!(stack.get("/api/x", Some(&token)).await.status(), 200);
+    crate::one_probe_per_round(&stack, "/api/x", &fresh).await;
+    stack.idp.thaw();
 }
