@@ -52,6 +52,14 @@ pub async fn current_access_token(
     );
     let mut key = [0u8; 32];
     key.copy_from_slice(digest.as_ref());
+    // While the provider is failing, a request of a session that another
+    // request is refreshing (the probe) gets its 503 at once instead of
+    // waiting for it. It does not refresh the session itself either: two
+    // refreshes with one refresh token could end the session.
+    let _refreshing = match Refreshing::claim(sessions, key) {
+        None if !sessions.grants.is_up() => return Err(SessionError::ProviderUnavailable),
+        claimed => claimed,
+    };
     let refreshed = sessions
         .refreshes
         .try_get_with(key, async {
@@ -101,6 +109,7 @@ pub async fn current_access_token(
         }
         Err(e) => match &*e {
             RefreshError::Grant(e) if e.is_unavailable() => Err(SessionError::ProviderUnavailable),
+            RefreshError::ProviderDown => Err(SessionError::ProviderUnavailable),
             RefreshError::Grant(_) => Err(ended(set_cookies, Reason::SessionRefreshRefused)),
             RefreshError::Store(e) => Err(e.clone()),
         },
@@ -112,6 +121,32 @@ pub async fn current_access_token(
 enum RefreshError {
     Grant(keygate_auth::grants::GrantError),
     Store(SessionError),
+    /// Another replica is refreshing the session, and this one finds the
+    /// provider failing: it answers at once rather than wait for the other.
+    ProviderDown,
+}
+
+/// Marks a session's refresh as asked for on this replica while it lives.
+struct Refreshing<'a> {
+    sessions: &'a Sessions,
+    key: [u8; 32],
+}
+
+impl<'a> Refreshing<'a> {
+    /// `None` when another request of this replica is refreshing the
+    /// session already.
+    fn claim(sessions: &'a Sessions, key: [u8; 32]) -> Option<Self> {
+        let claimed = sessions.refreshing.lock().ok()?.insert(key);
+        claimed.then(|| Refreshing { sessions, key })
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut on) = self.sessions.refreshing.lock() {
+            on.remove(&self.key);
+        }
+    }
 }
 
 /// With server-side sessions, at most one replica refreshes a session at a
@@ -135,6 +170,9 @@ async fn refreshed_elsewhere(
     }
     let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
     while tokio::time::Instant::now() < deadline {
+        if !sessions.grants.is_up() {
+            return Err(RefreshError::ProviderDown);
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         match sessions.load(cookie).await.map_err(RefreshError::Store)? {
             Some(state) if state.access_expires_at > now() => {

@@ -49,6 +49,8 @@ pub struct Sessions {
     /// Refreshes in flight or just done, by the SHA-256 of the refresh token:
     /// concurrent requests of one session share one refresh.
     pub(crate) refreshes: moka::future::Cache<[u8; 32], Arc<Refreshed>>,
+    /// The refreshes this replica is making now (same key as `refreshes`).
+    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
     /// Cookie sessions ended by back-channel logout (`sid:…` or `sub:…`),
     /// with the time of the logout (Unix ms), kept for the longest a session cookie
     /// can live. With Redis they are also kept there, for every replica.
@@ -164,6 +166,7 @@ impl Sessions {
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
+            refreshing: Default::default(),
             ended: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(std::time::Duration::from_secs(MAX_SESSION_SECS))

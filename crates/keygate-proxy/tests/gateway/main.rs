@@ -22,24 +22,16 @@ mod sessions;
 mod token_exchange;
 mod upstreams;
 
-/// `n` concurrent GETs of `path` with one bearer token: each one's status
-/// and how long it took.
-pub async fn burst(
-    stack: &keygate_testkit::Stack,
-    path: &str,
-    token: &str,
-    n: usize,
-) -> Vec<(u16, std::time::Duration)> {
+/// `n` concurrent GETs of `url` with one header (a credential): each
+/// one's status and how long it took.
+pub async fn burst(url: &str, header: (&str, &str), n: usize) -> Vec<(u16, std::time::Duration)> {
+    let http = reqwest::Client::new();
     let asked: Vec<_> = (0..n)
         .map(|_| {
-            let (http, url, token) = (
-                stack.http.clone(),
-                stack.keygate.url(path),
-                token.to_owned(),
-            );
+            let request = http.get(url).header(header.0, header.1);
             tokio::spawn(async move {
                 let start = std::time::Instant::now();
-                let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+                let resp = request.send().await.unwrap();
                 (resp.status().as_u16(), start.elapsed())
             })
         })
@@ -51,13 +43,13 @@ pub async fn burst(
     answers
 }
 
-/// Checks rounds of 20 concurrent requests with one token while the
+/// Checks rounds of 20 concurrent requests with one credential while the
 /// provider hangs (the breaker already open): every one 503, and at most
 /// one (the probe) waits for the provider.
-pub async fn one_probe_per_round(stack: &keygate_testkit::Stack, path: &str, token: &str) {
+pub async fn one_probe_per_round(url: &str, header: (&str, &str)) {
     for round in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-        let answers = burst(stack, path, token, 20).await;
+        let answers = burst(url, header, 20).await;
         assert!(
             answers.iter().all(|(status, _)| *status == 503),
             "round {round}: {answers:?}"

@@ -124,6 +124,7 @@ async fn a_hung_introspection_costs_one_probe_not_one_wait_per_request() {
     // the breaker; the answer already given stays cached meanwhile.
     assert_eq!(stack.get("/api/x", Some(&fresh)).await.status(), 503);
     assert_eq!(stack.get("/api/x", Some(&token)).await.status(), 200);
-    crate::one_probe_per_round(&stack, "/api/x", &fresh).await;
+    let bearer = format!("Bearer {fresh}");
+    crate::one_probe_per_round(&stack.keygate.url("/api/x"), ("authorization", &bearer)).await;
     stack.idp.thaw();
 }

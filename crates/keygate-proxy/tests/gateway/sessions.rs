@@ -356,10 +356,9 @@ async fn cookie_authenticated_writes_need_this_sites_origin() {
     assert_ne!(resp.status(), 403);
 }
 
-/// Tokens live 3 s here: after that the session is refreshed transparently,
-/// once for many concurrent requests, and the browser gets the new cookie.
-#[tokio::test(flavor = "multi_thread")]
-async fn expired_access_tokens_are_refreshed_once_per_session() {
+/// keygate with cookie sessions that refresh, and a provider whose access
+/// tokens live 3 s; `extra` is more configuration.
+async fn start_refreshing(extra: &str) -> Web {
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = reserved.local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
@@ -375,18 +374,25 @@ async fn expired_access_tokens_are_refreshed_once_per_session() {
     let yaml = format!(
         "listen: 127.0.0.1:{port}\ndiscovery-url: {}\nclient-id: APP-frontend\nclient-secret: frontend-secret\n\
          upstream-url: {}\nlog-level: warn\nencryption-key: {KEY}\nsecure-cookie: false\n\
-         access-token-audience: [APP-backend]\nenable-refresh-tokens: true\nclock-skew: 0s\n",
+         access-token-audience: [APP-backend]\nenable-refresh-tokens: true\nclock-skew: 0s\n{extra}",
         idp.issuer,
         upstream.url()
     );
     let keygate = Keygate::start_yaml(&yaml).await;
     keygate.wait_ready().await;
-    let web = Web {
+    Web {
         idp,
         _upstream: upstream,
         keygate,
         base,
-    };
+    }
+}
+
+/// Tokens live 3 s here: after that the session is refreshed transparently,
+/// once for many concurrent requests, and the browser gets the new cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_access_tokens_are_refreshed_once_per_session() {
+    let web = start_refreshing("").await;
     let mut browser = Browser::new();
     let page = login(
         &mut browser,
@@ -1017,4 +1023,36 @@ async fn backchannel_logout_refuses_replayed_and_incomplete_logout_tokens() {
     let resp = post(valid).await.unwrap();
     assert_eq!(resp.status(), 400, "a replayed logout token was accepted");
     assert_eq!(api_status(&web, &fresh).await, 200);
+}
+
+/// While the provider hangs, one request of a session whose access token
+/// has expired probes it with the session's refresh; the session's other
+/// requests get their 503 at once instead of waiting for that refresh. The
+/// session is refreshed as soon as the provider answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_provider_costs_a_session_one_probe_not_one_wait_per_request() {
+    let web = start_refreshing("openid-provider-timeout: 1s\n").await;
+    let mut browser = Browser::new();
+    login(
+        &mut browser,
+        &web,
+        "/oauth/authorize?return_to=/app",
+        "alice",
+    )
+    .await;
+    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    web.idp.freeze();
+    // The first refresh waits out openid-provider-timeout and opens the breaker.
+    assert_eq!(api_status(&web, &cookie).await, 503);
+    crate::one_probe_per_round(&format!("{}/api/items", web.base), ("cookie", &cookie)).await;
+    web.idp.thaw();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while api_status(&web, &cookie).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session is not refreshed once the provider answers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

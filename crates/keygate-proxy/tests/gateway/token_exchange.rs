@@ -81,6 +81,7 @@ async fn a_hung_provider_costs_one_probe_not_one_wait_per_request() {
     stack.idp.freeze();
     // The first exchange waits out openid-provider-timeout and opens the breaker.
     assert_eq!(stack.get("/api/x", Some(&token)).await.status(), 503);
-    crate::one_probe_per_round(&stack, "/api/x", &token).await;
+    let bearer = format!("Bearer {token}");
+    crate::one_probe_per_round(&stack.keygate.url("/api/x"), ("authorization", &bearer)).await;
     stack.idp.thaw();
 }
