@@ -1032,15 +1032,7 @@ async fn backchannel_logout_refuses_replayed_and_incomplete_logout_tokens() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_provider_costs_a_session_one_probe_not_one_wait_per_request() {
     let web = start_refreshing("openid-provider-timeout: 1s\n").await;
-    let mut browser = Browser::new();
-    login(
-        &mut browser,
-        &web,
-        "/oauth/authorize?return_to=/app",
-        "alice",
-    )
-    .await;
-    let cookie = format!("kg_session={}", browser.cookies.get("kg_session").unwrap());
+    let cookie = session_of(&web, "alice").await;
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     web.idp.freeze();
     // The first refresh waits out openid-provider-timeout and opens the breaker.
