@@ -223,6 +223,55 @@ impl Drop for Call<'_> {
     }
 }
 
+/// The keys of calls in flight, for a caller that must never make two
+/// calls for one key at once (a refresh token that may rotate), yet must
+/// not make a request wait for another's probe of a failing dependency:
+/// a request that cannot [`InFlight::claim`] the key while the breaker is
+/// not closed is answered at once.
+#[derive(Debug)]
+pub struct InFlight<K> {
+    keys: std::sync::Mutex<std::collections::HashSet<K>>,
+}
+
+impl<K> Default for InFlight<K> {
+    fn default() -> Self {
+        InFlight {
+            keys: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> InFlight<K> {
+    /// Marks `key` in flight until the returned guard is dropped; `None`
+    /// when another call holds it.
+    pub fn claim(&self, key: &K) -> Option<Claim<'_, K>> {
+        let claimed = self.keys.lock().ok()?.insert(key.clone());
+        match claimed {
+            true => Some(Claim {
+                set: self,
+                key: key.clone(),
+            }),
+            false => None,
+        }
+    }
+}
+
+/// A key claimed in an [`InFlight`] set, released when dropped.
+#[derive(Debug)]
+#[must_use = "the key is released when the claim is dropped"]
+pub struct Claim<'a, K: Eq + std::hash::Hash> {
+    set: &'a InFlight<K>,
+    key: K,
+}
+
+impl<K: Eq + std::hash::Hash> Drop for Claim<'_, K> {
+    fn drop(&mut self) {
+        if let Ok(mut keys) = self.set.keys.lock() {
+            keys.remove(&self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -324,5 +373,19 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(probes.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_key_is_claimed_once_until_its_claim_is_dropped() {
+        let set = InFlight::default();
+        let first = set.claim(&"session");
+        assert!(first.is_some());
+        assert!(set.claim(&"session").is_none(), "claimed twice");
+        // A refused claim leaves the first one standing.
+        assert!(set.claim(&"session").is_none());
+        let other = set.claim(&"another");
+        assert!(other.is_some());
+        drop(first);
+        assert!(set.claim(&"session").is_some(), "not released");
     }
 }

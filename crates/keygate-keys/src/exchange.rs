@@ -149,13 +149,18 @@ impl ApiKeys {
         if !locked {
             // Another replica is exchanging: wait a little for its token,
             // for as long as Redis answers. While the provider is failing,
-            // the provider's breaker answers this request at once below,
-            // instead of it waiting for another's probe; but an offline
-            // session's refresh token may rotate, so its exchange always
-            // waits for the other's.
+            // no request waits for another's probe: an offline session's
+            // key (whose refresh token may rotate, so that it must not be
+            // refreshed twice at once) is answered at once; any other key
+            // asks the provider's breaker below, which answers it at once.
             let deadline = tokio::time::Instant::now() + EXCHANGE_WAIT;
-            let wait = self.grants.is_up() || found.record.backing == Backing::OfflineSession;
-            while wait && tokio::time::Instant::now() < deadline && redis.is_up() {
+            while tokio::time::Instant::now() < deadline && redis.is_up() {
+                if !self.grants.is_up() {
+                    match found.record.backing {
+                        Backing::OfflineSession => return Err(ExchangeError::Unavailable),
+                        _ => break,
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Some(hit) = self
                     .shared_token(redis, &cache_key, key, found, verifier)

@@ -21,10 +21,11 @@
 //! 5. the provider's token is verified like any bearer token and its
 //!    identity forwarded, marked `api-key` with the key's id.
 
+use crate::error::ExchangeError;
 use crate::error::{KeyError, ManageError};
 use crate::limits::{LimitHeaders, Limiter};
 use crate::restrictions::{check_restrictions, check_validity};
-use crate::state::{ApiKeys, RenewBeforeExpiry, STALE_RECORD_TTL};
+use crate::state::{ApiKeys, Exchanged, Found, RenewBeforeExpiry, STALE_RECORD_TTL};
 use keygate_auth::apikey::{self, KeyCrypto};
 use keygate_auth::assertion::AssertionSigner;
 use keygate_auth::grants::Grants;
@@ -91,6 +92,7 @@ impl ApiKeys {
                 .max_capacity(100_000)
                 .expire_after(RenewBeforeExpiry)
                 .build(),
+            exchanging: Default::default(),
             pending: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(1800))
@@ -172,29 +174,7 @@ impl ApiKeys {
             None => match self.tokens.get(&record.id).await {
                 // The usual case: no exchange future is even built.
                 Some(exchanged) => Ok(exchanged),
-                None => {
-                    let exchange = self.exchange_shared(key, &hash, &found, verifier);
-                    // Concurrent first uses share one exchange, except
-                    // while the provider is failing: then each request
-                    // asks its breaker, which lets one probe and answers
-                    // the rest at once, where sharing would make them all
-                    // wait for the probe. An offline session's refresh
-                    // token may rotate, so its exchanges are always shared.
-                    match self.grants.is_up() || record.backing == Backing::OfflineSession {
-                        true => {
-                            Box::pin(self.tokens.try_get_with(record.id.clone(), exchange)).await
-                        }
-                        false => match Box::pin(exchange).await {
-                            Ok(exchanged) => {
-                                self.tokens
-                                    .insert(record.id.clone(), Arc::clone(&exchanged))
-                                    .await;
-                                Ok(exchanged)
-                            }
-                            Err(e) => Err(Arc::new(e)),
-                        },
-                    }
-                }
+                None => Box::pin(self.exchange_uncached(key, &hash, &found, verifier)).await,
             },
         };
         let exchanged = match exchanged {
@@ -218,6 +198,43 @@ impl ApiKeys {
             }
         }
         Ok(Arc::clone(&exchanged.identity))
+    }
+
+    /// The key's exchange when no token is cached. Concurrent first uses
+    /// share one exchange, except while the provider is failing: then each
+    /// request asks its breaker, which lets one probe and answers the rest
+    /// at once, where sharing would make them all wait for the probe.
+    ///
+    /// An offline session's refresh token may rotate, and two refreshes
+    /// with it could end the key, so such a key is never exchanged twice at
+    /// once: while the provider is failing, a request whose key another
+    /// request is exchanging gets its answer at once instead of joining.
+    async fn exchange_uncached(
+        &self,
+        key: &str,
+        hash: &[u8; 32],
+        found: &Found,
+        verifier: &JwtVerifier,
+    ) -> Result<Arc<Exchanged>, Arc<ExchangeError>> {
+        let id = &found.record.id;
+        let exchange = self.exchange_shared(key, hash, found, verifier);
+        if found.record.backing == Backing::OfflineSession {
+            let _exchanging = match self.exchanging.claim(id) {
+                None if !self.grants.is_up() => return Err(Arc::new(ExchangeError::Unavailable)),
+                claimed => claimed,
+            };
+            return self.tokens.try_get_with(id.clone(), exchange).await;
+        }
+        match self.grants.is_up() {
+            true => self.tokens.try_get_with(id.clone(), exchange).await,
+            false => match exchange.await {
+                Ok(exchanged) => {
+                    self.tokens.insert(id.clone(), Arc::clone(&exchanged)).await;
+                    Ok(exchanged)
+                }
+                Err(e) => Err(Arc::new(e)),
+            },
+        }
     }
 
     /// Writes the batched last-used times; called periodically.

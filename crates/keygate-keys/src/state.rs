@@ -34,6 +34,9 @@ pub struct ApiKeys {
     pub(crate) stale: Cache<[u8; 32], Arc<Found>>,
     pub(crate) negative: Cache<[u8; 32], KeyRefusal>,
     pub(crate) tokens: Cache<String, Arc<Exchanged>>,
+    /// The offline-session keys (by record id) whose exchange this replica
+    /// is making now.
+    pub(crate) exchanging: keygate_core::breaker::InFlight<String>,
     /// Shared negative and exchange caches, when `redis-url` is set.
     pub(crate) redis: Option<Redis>,
     pub(crate) limiter: Limiter,

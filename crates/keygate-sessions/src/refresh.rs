@@ -56,7 +56,7 @@ pub async fn current_access_token(
     // request is refreshing (the probe) gets its 503 at once instead of
     // waiting for it. It does not refresh the session itself either: two
     // refreshes with one refresh token could end the session.
-    let _refreshing = match Refreshing::claim(sessions, key) {
+    let _refreshing = match sessions.refreshing.claim(&key) {
         None if !sessions.grants.is_up() => return Err(SessionError::ProviderUnavailable),
         claimed => claimed,
     };
@@ -124,29 +124,6 @@ enum RefreshError {
     /// Another replica is refreshing the session, and this one finds the
     /// provider failing: it answers at once rather than wait for the other.
     ProviderDown,
-}
-
-/// Marks a session's refresh as asked for on this replica while it lives.
-struct Refreshing<'a> {
-    sessions: &'a Sessions,
-    key: [u8; 32],
-}
-
-impl<'a> Refreshing<'a> {
-    /// `None` when another request of this replica is refreshing the
-    /// session already.
-    fn claim(sessions: &'a Sessions, key: [u8; 32]) -> Option<Self> {
-        let claimed = sessions.refreshing.lock().ok()?.insert(key);
-        claimed.then(|| Refreshing { sessions, key })
-    }
-}
-
-impl Drop for Refreshing<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut on) = self.sessions.refreshing.lock() {
-            on.remove(&self.key);
-        }
-    }
 }
 
 /// With server-side sessions, at most one replica refreshes a session at a

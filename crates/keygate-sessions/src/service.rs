@@ -50,7 +50,7 @@ pub struct Sessions {
     /// concurrent requests of one session share one refresh.
     pub(crate) refreshes: moka::future::Cache<[u8; 32], Arc<Refreshed>>,
     /// The refreshes this replica is making now (same key as `refreshes`).
-    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    pub(crate) refreshing: keygate_core::breaker::InFlight<[u8; 32]>,
     /// Cookie sessions ended by back-channel logout (`sid:…` or `sub:…`),
     /// with the time of the logout (Unix ms), kept for the longest a session cookie
     /// can live. With Redis they are also kept there, for every replica.

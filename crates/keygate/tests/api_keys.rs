@@ -442,6 +442,39 @@ fn validate_openapi(doc: &Value) {
     }
 }
 
+/// Starts a personal key's device flow at keygate: the flow's id and the
+/// page where the user approves it.
+async fn device_start(stack: &Stack) -> (String, String) {
+    let start: Value = stack
+        .http
+        .post(stack.keygate.url("/oauth/keys/device"))
+        .json(&json!({"description": "notebook", "expires_in": "14d"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        start["flow_id"].as_str().unwrap().to_owned(),
+        start["verification_uri_complete"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+/// Asks keygate for the key of a device flow.
+async fn device_poll(stack: &Stack, flow: &str) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.keygate.url("/oauth/keys/device/token"))
+        .json(&json!({"flow_id": flow}))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn personal_key_via_device_flow_carries_the_users_current_roles() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,38 +486,14 @@ async fn personal_key_via_device_flow_carries_the_users_current_roles() {
     )
     .await;
     // The user (or `keygate keys create --kind personal`) starts the flow at keygate.
-    let start: Value = stack
-        .http
-        .post(stack.keygate.url("/oauth/keys/device"))
-        .json(&json!({"description": "notebook", "expires_in": "14d"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let flow = start["flow_id"].as_str().unwrap().to_owned();
-    let poll = || async {
-        stack
-            .http
-            .post(stack.keygate.url("/oauth/keys/device/token"))
-            .json(&json!({"flow_id": flow}))
-            .send()
-            .await
-            .unwrap()
-    };
+    let (flow, approve_at) = device_start(&stack).await;
     assert_eq!(
-        poll().await.status(),
+        device_poll(&stack, &flow).await.status(),
         202,
         "pending until the user approves"
     );
-    act_as_user(
-        start["verification_uri_complete"].as_str().unwrap(),
-        "bob",
-        true,
-    )
-    .await;
-    let resp = poll().await;
+    act_as_user(&approve_at, "bob", true).await;
+    let resp = device_poll(&stack, &flow).await;
     assert_eq!(resp.status(), 201);
     let created: Value = resp.json().await.unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
@@ -967,4 +976,60 @@ async fn rate_limits_and_quotas_on_one_gateway_and_through_the_cli() {
     let last = shown["audit"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["action"], "limits");
     assert!(last["actor"].as_str().unwrap().starts_with("cli:"));
+}
+
+/// A personal key backed by an offline session is never refreshed twice at
+/// once (its refresh token may rotate). While the provider hangs, one
+/// request probes it with the key's refresh, and the key's other requests
+/// get their 503 at once instead of waiting for that refresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_provider_costs_a_personal_key_one_probe_not_one_wait_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_with(
+        &["--access-token-ttl", "3"],
+        &keys_config(&dir, "openid-provider-timeout: 1s\n"),
+    )
+    .await;
+    let (flow, approve_at) = device_start(&stack).await;
+    act_as_user(&approve_at, "bob", true).await;
+    let created: Value = device_poll(&stack, &flow).await.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 200);
+    // The exchanged token expires; the next request must refresh the key.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    stack.idp.freeze();
+    // The first refresh waits out openid-provider-timeout and opens the breaker.
+    assert_eq!(with_key(&stack, "GET", "/api", &key).await.status(), 503);
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let asked: Vec<_> = (0..20)
+            .map(|_| {
+                let (http, url, key) = (stack.http.clone(), stack.keygate.url("/api"), key.clone());
+                tokio::spawn(async move {
+                    let start = std::time::Instant::now();
+                    let resp = http.get(url).header("X-API-Key", key).send().await.unwrap();
+                    (resp.status().as_u16(), start.elapsed())
+                })
+            })
+            .collect();
+        let mut slow = 0;
+        for asked in asked {
+            let (status, took) = asked.await.unwrap();
+            assert_eq!(status, 503, "round {round}");
+            slow += usize::from(took > Duration::from_millis(500));
+        }
+        assert!(
+            slow <= 1,
+            "round {round}: {slow} of 20 waited for the provider"
+        );
+    }
+    stack.idp.thaw();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while with_key(&stack, "GET", "/api", &key).await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key is not refreshed once the provider answers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
