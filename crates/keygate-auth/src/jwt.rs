@@ -26,6 +26,7 @@ use crate::grants::{GrantError, Grants};
 use crate::provider::{Keys, Provider};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
+use keygate_core::breaker::shared_while_up;
 pub use keygate_core::config::TokenIntrospection;
 use keygate_core::{AuthMethod, Identity, Secret};
 use moka::sync::Cache;
@@ -321,16 +322,8 @@ impl JwtVerifier {
         // Concurrent requests with one token share one introspection, except
         // while the provider is failing: then each asks its breaker, which
         // lets one probe and answers the rest at once.
-        let introspected = match self.provider.is_up() {
-            true => self.introspections.try_get_with(hash, ask).await,
-            false => match ask.await {
-                Ok(fresh) => {
-                    self.introspections.insert(hash, Arc::clone(&fresh)).await;
-                    Ok(fresh)
-                }
-                Err(e) => Err(Arc::new(e)),
-            },
-        };
+        let up = self.provider.is_up();
+        let introspected = shared_while_up(&self.introspections, hash, up, ask).await;
         let introspected = introspected.map_err(|e| {
             metrics::counter!("keygate_introspections_total", "result" => "error").increment(1);
             match &*e {

@@ -14,6 +14,7 @@
 use crate::grants::{GrantError, Grants};
 use crate::provider::Provider;
 use keygate_core::Secret;
+use keygate_core::breaker::shared_while_up;
 use moka::future::Cache;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,25 +129,13 @@ impl TokenExchanger {
             // provider is failing: then each request asks its breaker, which
             // lets one probe and answers the rest at once, where sharing
             // would make them all wait for the probe.
-            let outcome = match self.grants.is_up() {
-                true => self
-                    .cache
-                    .try_get_with(key, async {
-                        fresh = true;
-                        self.ask(subject).await.map(Arc::new)
-                    })
-                    .await
-                    .map_err(|e| (*e).clone())?,
-                false => match self.cache.get(&key).await {
-                    Some(cached) => cached,
-                    None => {
-                        fresh = true;
-                        let asked = Arc::new(self.ask(subject).await?);
-                        self.cache.insert(key, Arc::clone(&asked)).await;
-                        asked
-                    }
-                },
+            let ask = async {
+                fresh = true;
+                self.ask(subject).await.map(Arc::new)
             };
+            let outcome = shared_while_up(&self.cache, key, self.grants.is_up(), ask)
+                .await
+                .map_err(|e| (*e).clone())?;
             metrics::counter!("keygate_token_exchange_cache_total",
                 "result" => if fresh { "miss" } else { "hit" })
             .increment(1);

@@ -223,6 +223,35 @@ impl Drop for Call<'_> {
     }
 }
 
+/// One value per key: from `cache`, or made by `init` (and cached) when the
+/// cache has none. While `dependency_up`, concurrent callers for one key
+/// share one `init`. While the dependency's breaker is not closed they do
+/// not: each runs its own `init`, which asks the breaker, so that all but
+/// the probe are answered at once instead of waiting for the probe's call.
+pub async fn shared_while_up<K, V, S, E, F>(
+    cache: &moka::future::Cache<K, V, S>,
+    key: K,
+    dependency_up: bool,
+    init: F,
+) -> Result<V, std::sync::Arc<E>>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    F: std::future::Future<Output = Result<V, E>>,
+{
+    if dependency_up {
+        return cache.try_get_with(key, init).await;
+    }
+    if let Some(cached) = cache.get(&key).await {
+        return Ok(cached);
+    }
+    let made = init.await.map_err(std::sync::Arc::new)?;
+    cache.insert(key, made.clone()).await;
+    Ok(made)
+}
+
 /// The keys of calls in flight, for a caller that must never make two
 /// calls for one key at once (a refresh token that may rotate), yet must
 /// not make a request wait for another's probe of a failing dependency:

@@ -6,6 +6,7 @@
 
 use crate::error::{KeyError, KeyRefusal, Lookup};
 use crate::state::{ApiKeys, Found};
+use keygate_core::breaker::shared_while_up;
 use keygate_core::encoding::hex;
 use keygate_core::keys::KeyKind;
 use keygate_core::limits::{KeyLimit, Quota, RateLimit};
@@ -45,20 +46,8 @@ impl ApiKeys {
     /// answers the rest at once, where sharing would make them all wait
     /// for the probe.
     async fn lookup(&self, hash: &[u8; 32]) -> Result<Arc<Found>, Arc<Lookup>> {
-        match self.store.is_up() {
-            true => {
-                self.records
-                    .try_get_with(*hash, self.lookup_once(hash))
-                    .await
-            }
-            false => match self.lookup_once(hash).await {
-                Ok(found) => {
-                    self.records.insert(*hash, Arc::clone(&found)).await;
-                    Ok(found)
-                }
-                Err(e) => Err(Arc::new(e)),
-            },
-        }
+        let up = self.store.is_up();
+        shared_while_up(&self.records, *hash, up, self.lookup_once(hash)).await
     }
 
     /// One lookup: the shared negative cache, then the store.

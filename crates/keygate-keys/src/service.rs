@@ -30,6 +30,7 @@ use keygate_auth::apikey::{self, KeyCrypto};
 use keygate_auth::assertion::AssertionSigner;
 use keygate_auth::grants::Grants;
 use keygate_auth::{JwtVerifier, Provider};
+use keygate_core::breaker::shared_while_up;
 use keygate_core::config::Config;
 use keygate_core::keys::Backing;
 use keygate_core::{Identity, Secret, unix_now};
@@ -217,24 +218,17 @@ impl ApiKeys {
         verifier: &JwtVerifier,
     ) -> Result<Arc<Exchanged>, Arc<ExchangeError>> {
         let id = &found.record.id;
-        let exchange = self.exchange_shared(key, hash, found, verifier);
-        if found.record.backing == Backing::OfflineSession {
-            let _exchanging = match self.exchanging.claim(id) {
-                None if !self.grants.is_up() => return Err(Arc::new(ExchangeError::Unavailable)),
+        let up = self.grants.is_up();
+        let rotates = found.record.backing == Backing::OfflineSession;
+        let _exchanging = match rotates {
+            true => match self.exchanging.claim(id) {
+                None if !up => return Err(Arc::new(ExchangeError::Unavailable)),
                 claimed => claimed,
-            };
-            return self.tokens.try_get_with(id.clone(), exchange).await;
-        }
-        match self.grants.is_up() {
-            true => self.tokens.try_get_with(id.clone(), exchange).await,
-            false => match exchange.await {
-                Ok(exchanged) => {
-                    self.tokens.insert(id.clone(), Arc::clone(&exchanged)).await;
-                    Ok(exchanged)
-                }
-                Err(e) => Err(Arc::new(e)),
             },
-        }
+            false => None,
+        };
+        let exchange = self.exchange_shared(key, hash, found, verifier);
+        shared_while_up(&self.tokens, id.clone(), up || rotates, exchange).await
     }
 
     /// Writes the batched last-used times; called periodically.
